@@ -1,0 +1,238 @@
+"""Typed recipe dataclasses, YAML load/dump and dotted `key.sub=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from cofre.errors import CofreError
+
+
+@dataclass
+class ModelConfig:
+    """The denoiser (DESIGN.md §3): embedding, pre-stack, fixed-point block, post-stack, head."""
+
+    vocab_size: int = 50258  # GPT-2 BPE (50257) + [mask]
+    hidden: int = 768
+    heads: int = 12
+    cond_dim: int = 128  # width of the adaLN conditioning vector
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    max_seq_len: int = 1024
+    K_pre: int = 12  # explicit blocks before the fixed-point block; a plain model has all its blocks here
+    K_fp: int = 0  # blocks in the shared fixed-point block F; 0 = plain (no fixed-point part)
+    K_post: int = 0  # explicit blocks after the fixed-point block
+    injection: Literal["linear", "identity"] = "linear"  # G in Eq. 2
+    time_conditioning: bool = False  # MDLM's OWT model conditions on a constant (sigma = 0)
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size - 1
+
+    @property
+    def is_fixed_point(self) -> bool:
+        return self.K_fp > 0
+
+
+@dataclass
+class SolverConfig:
+    """Fixed-point iterations: stochastic JFB ranges for training (§3.2, App. C.1) and a fixed N for validation."""
+
+    nograd_min: int = 0  # N_ng ~ U{nograd_min..nograd_max}, run under torch.no_grad
+    nograd_max: int = 4
+    grad_min: int = 3  # N_g ~ U{grad_min..grad_max}, run with gradients
+    grad_max: int = 6
+    eval_iters: int = 8  # iterations N used for validation NLL
+
+
+@dataclass
+class TaskConfig:
+    """The masked diffusion objective (MDLM, Sahoo et al.)."""
+
+    name: Literal["mdlm"] = "mdlm"
+    eps: float = 1e-3  # log-linear schedule alpha_t = 1 - (1 - eps) t; t ~ U[eps, 1]
+    antithetic: bool = True  # stratified t across the batch
+
+
+@dataclass
+class DataConfig:
+    """The corpus, tokenised with GPT-2 BPE and packed into fixed-length blocks."""
+
+    corpus: str = "wiki-sample"  # "wiki-sample", "openwebtext", or a path: .txt, .jsonl, or a directory of them
+    seq_len: int = 1024  # tokens per packed block
+    val_docs: int = 100_000  # the last N documents are held out for validation
+    text_field: str = "text"  # JSONL key holding the document text
+    cache_dir: str = "~/.cache/cofre"  # tokenised corpora are cached here (COFRE_CACHE overrides)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up, then a constant or cosine learning rate."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 2500
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop: batch, precision, EMA, logging, validation, checkpoints."""
+
+    max_steps: int = 1_000_000
+    global_batch_size: int = 512  # sequences per optimizer step, over all processes
+    micro_batch_size: int = 32  # sequences per forward pass per process; accumulation fills the rest
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    ema: float = 0.9999  # EMA decay; 0 disables
+    seed: int = 1
+    log_every: int = 50
+    val_every: int = 5000
+    val_batches: int = 50  # micro-batches per validation (each with fresh t draws)
+    ckpt_every: int = 10_000
+    keep_last: int = 3  # checkpoints kept on disk (the newest K)
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe, one YAML file."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting YAML's lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise CofreError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(c) for c in typing.get_args(tp))
+            raise CofreError(f"{where}: {value!r} is not one of {choices}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+        options = [o for o in typing.get_args(tp) if o is not type(None)]
+        return _coerce(value, options[0], where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise CofreError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise CofreError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise CofreError(f"unknown key '{path}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def recipe_from_dict(values: dict[str, Any]) -> Recipe:
+    """Build a validated Recipe from plain data (as read from YAML)."""
+    if not isinstance(values, dict):
+        raise CofreError(f"a recipe must be a mapping of sections, got {type(values).__name__}")
+    return _build(Recipe, values, "")
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to nested plain data."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CofreError(f"override '{item}' is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CofreError(f"override '{item}': '{part}' is not a section")
+        node[leaf] = value
+    return values
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a one-line CofreError."""
+    if not path.is_file():
+        raise CofreError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise CofreError(f"{path}: YAML syntax error{at}: {problem}") from None
+    return data if data is not None else {}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe YAML file, apply dotted overrides, and validate every field."""
+    path = Path(path)
+    values = apply_overrides(read_yaml(path), overrides or [])
+    values.setdefault("name", path.stem)
+    try:
+        return recipe_from_dict(values)
+    except CofreError as err:
+        raise CofreError(f"{path}: {err}") from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Plain data for YAML/JSON (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(recipe))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Text data: the GPT-2 tokenizer, document corpora, and packed token blocks for MDLM training."""

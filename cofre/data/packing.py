@@ -1,0 +1,191 @@
+"""Tokenise a corpus, split it by documents, pack each split into fixed-length blocks, and cache the result.
+
+Packing follows MDLM's "wrap" mode: every document is followed by EOS, the split is concatenated
+and cut into blocks of `seq_len`; the last partial block is dropped. The last `val_docs` documents
+form the validation split, so no document straddles the two splits.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import numpy as np
+import torch
+
+from cofre.data.corpora import corpus_identity, iter_documents
+from cofre.data.tokenizer import EOS_ID, gpt2_tokenizer
+from cofre.errors import CofreError
+
+if TYPE_CHECKING:
+    from cofre.config import DataConfig
+
+FORMAT_VERSION = 1  # bump when packing changes, so old caches are not reused
+_BATCH_DOCS = 1024  # documents per encode_ordinary_batch call: enough to keep its threads busy
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackedCorpus:
+    """Packed token blocks: int32 tensors [n_blocks, seq_len], memory-mapped from the cache (`.long()` per batch)."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    source: str  # human-readable identity: corpus, tokenizer, seq_len, documents, tokens, cache folder
+
+
+def load_corpus(cfg: DataConfig) -> PackedCorpus:
+    """The packed corpus `cfg` names, tokenised on the first call and read from the cache afterwards."""
+    if cfg.seq_len < 1:
+        raise CofreError(f"data.seq_len must be at least 1, got {cfg.seq_len}")
+    if cfg.val_docs < 1:
+        raise CofreError(f"data.val_docs must be at least 1, got {cfg.val_docs}")
+    root = cache_root(cfg)
+    final = root / cache_key(cfg)
+    if not (final / "meta.json").is_file():
+        _build(cfg, root, final)
+    meta = json.loads((final / "meta.json").read_text())
+    # Copy-on-write mapping: torch needs a writable array, and a stray in-place write must not reach the cache.
+    train, val = (torch.from_numpy(np.load(final / f"{s}.npy", mmap_mode="c")) for s in ("train", "val"))
+    return PackedCorpus(train=train, val=val, source=f"{meta['source']} | cache {final}")
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    """The cache folder: $COFRE_CACHE when set, else cfg.cache_dir."""
+    return Path(os.environ.get("COFRE_CACHE") or cfg.cache_dir).expanduser()
+
+
+def cache_key(cfg: DataConfig) -> str:
+    """A folder name that changes whenever anything the packed arrays depend on changes."""
+    identity = {
+        "format": FORMAT_VERSION,
+        "corpus": corpus_identity(cfg),
+        "tokenizer": gpt2_tokenizer().name,
+        "seq_len": cfg.seq_len,
+        "val_docs": cfg.val_docs,
+        "text_field": cfg.text_field,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.corpus).name or "corpus")[:40]
+    return f"{slug}-L{cfg.seq_len}-{digest}"
+
+
+def _build(cfg: DataConfig, root: Path, final: Path) -> None:
+    """Pack into a temporary folder beside `final`, then rename it into place: a killed run leaves no half cache."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        _log.info("tokenising corpus %r into %s", cfg.corpus, final)
+        meta = _pack(cfg, tmp)
+        meta["source"] = (
+            f"{cfg.corpus} | gpt2 BPE | seq_len {cfg.seq_len} | "
+            f"{meta['train_docs']} train + {meta['val_docs']} val docs | "
+            f"{meta['train_tokens']} train + {meta['val_tokens']} val tokens | "
+            f"{meta['train_blocks']} + {meta['val_blocks']} blocks"
+        )
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "meta.json").is_file():
+                raise
+            # Another process finished the same cache first; theirs is identical, so use it.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pack(cfg: DataConfig, out: Path) -> dict[str, object]:
+    """Write train.npy and val.npy into `out`, streaming so that memory holds only the validation documents."""
+    held: collections.deque[np.ndarray] = collections.deque()  # the latest val_docs documents seen
+    n_docs = 0
+    with _BlockWriter(out / "train.npy", cfg.seq_len) as train:
+        for doc in _tokenised(iter_documents(cfg)):
+            n_docs += 1
+            held.append(doc)
+            if len(held) > cfg.val_docs:
+                train.add(held.popleft())
+        if n_docs <= cfg.val_docs:
+            raise CofreError(
+                f"corpus '{cfg.corpus}' has {n_docs} documents, but data.val_docs={cfg.val_docs} are held out "
+                f"for validation; set data.val_docs below {n_docs}"
+            )
+        with _BlockWriter(out / "val.npy", cfg.seq_len) as val:
+            for doc in held:
+                val.add(doc)
+    for name, split in (("train", train), ("val", val)):
+        if split.blocks == 0:
+            raise CofreError(
+                f"the {name} split of corpus '{cfg.corpus}' has {split.tokens} tokens, "
+                f"fewer than one block of data.seq_len={cfg.seq_len}"
+            )
+    return {
+        "format": FORMAT_VERSION,
+        "corpus": corpus_identity(cfg),
+        "seq_len": cfg.seq_len,
+        "train_docs": n_docs - len(held),
+        "val_docs": len(held),
+        "train_tokens": train.tokens,
+        "val_tokens": val.tokens,
+        "train_blocks": train.blocks,
+        "val_blocks": val.blocks,
+    }
+
+
+def _tokenised(docs: Iterable[str]) -> Iterator[np.ndarray]:
+    """Each document's GPT-2 ids followed by EOS, as int32, encoded in multithreaded batches."""
+    enc = gpt2_tokenizer()
+    threads = min(32, os.cpu_count() or 1)
+    it = iter(docs)
+    while batch := list(islice(it, _BATCH_DOCS)):
+        for ids in enc.encode_ordinary_batch(batch, num_threads=threads):
+            yield np.array([*ids, EOS_ID], dtype=np.int32)
+
+
+class _BlockWriter:
+    """Streams tokens into an .npy file of int32 [n, seq_len] blocks, dropping a final partial block."""
+
+    def __init__(self, path: Path, seq_len: int) -> None:
+        self.seq_len, self.tokens, self.blocks = seq_len, 0, 0
+        self._pending: list[np.ndarray] = []
+        self._n_pending = 0
+        self._file: BinaryIO = path.open("wb")
+        self._write_header()  # placeholder shape; rewritten on close
+        self._data_start = self._file.tell()
+
+    def _write_header(self) -> None:
+        header = {"descr": "<i4", "fortran_order": False, "shape": (self.blocks, self.seq_len)}
+        np.lib.format.write_array_header_1_0(self._file, header)
+
+    def add(self, tokens: np.ndarray) -> None:
+        """Append tokens; every complete block is written out at once."""
+        self.tokens += len(tokens)
+        self._pending.append(tokens)
+        self._n_pending += len(tokens)
+        if self._n_pending >= self.seq_len:
+            flat = np.concatenate(self._pending)
+            n_full = len(flat) // self.seq_len * self.seq_len
+            flat[:n_full].astype("<i4", copy=False).tofile(self._file)
+            self.blocks += n_full // self.seq_len
+            self._pending, self._n_pending = [flat[n_full:]], len(flat) - n_full
+
+    def __enter__(self) -> _BlockWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # numpy pads the header so the shape can grow in place; the check guards that assumption.
+        self._file.seek(0)
+        self._write_header()
+        if self._file.tell() != self._data_start:
+            raise RuntimeError("npy header changed size while packing")
+        self._file.close()

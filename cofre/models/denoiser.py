@@ -1,0 +1,137 @@
+"""The masked denoiser of Eq. 2: pre-stack P, injection G, fixed-point block F, post-stack H, output head.
+
+A plain MDLM is the same class with K_fp = 0 (all its blocks in the pre-stack). The model is a pure
+function of its inputs: the solver loop and any warm-start state live outside it (cofre.solver, samplers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from cofre.config import ModelConfig
+from cofre.models.blocks import DiTBlock, FinalLayer, Rotary, TimestepEmbedder
+from cofre.solver import SolveStats, sjfb_solve
+
+
+@dataclass
+class Conditioning:
+    """Per-call inputs shared by every block: the adaLN vector c [B, cond_dim] and rotary cos/sin."""
+
+    c: Tensor
+    rope: tuple[Tensor, Tensor]
+
+
+@dataclass
+class DenoiserOutput:
+    logits: Tensor  # [B, L, V], or [M, V] at the requested positions
+    hidden: Tensor  # final pre-logit hidden state after F and H, [B, L, hidden] (consistency loss, §3.2)
+    stats: SolveStats | None  # fixed-point solve report; None for a plain model
+
+
+class FixedPointBlock(nn.Module):
+    """F(h; h̃, t) = Blocks(W [h, h̃]): FPDM's injection of h̃ through a projection of the concatenation."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.mix = nn.Linear(2 * cfg.hidden, cfg.hidden)
+        self.blocks = nn.ModuleList(_block(cfg) for _ in range(cfg.K_fp))
+        with torch.no_grad():  # close to identity: at h = h̃ the mix returns h (§3.4)
+            eye = torch.eye(cfg.hidden)
+            self.mix.weight.copy_(torch.cat([0.5 * eye, 0.5 * eye], dim=1))
+            self.mix.bias.zero_()
+
+    def forward(self, h: Tensor, h_tilde: Tensor, cond: Conditioning) -> Tensor:
+        x = self.mix(torch.cat([h, h_tilde], dim=-1))
+        for block in self.blocks:
+            x = block(x, cond.c, cond.rope)
+        return x
+
+
+def _block(cfg: ModelConfig) -> DiTBlock:
+    return DiTBlock(cfg.hidden, cfg.heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout)
+
+
+class Denoiser(nn.Module):
+    """Embedding -> P -> G -> Fix(F) -> H -> head (Eq. 2-3); blocks per step = K_pre + N K_fp + K_post."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.hidden % cfg.heads:
+            raise ValueError(f"hidden {cfg.hidden} is not divisible by heads {cfg.heads}")
+        self.cfg = cfg
+        self.vocab_embed = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        nn.init.kaiming_uniform_(self.vocab_embed.weight, a=5**0.5)  # as MDLM's EmbeddingLayer
+        self.sigma_map = TimestepEmbedder(cfg.cond_dim)
+        self.rotary = Rotary(cfg.hidden // cfg.heads)
+        self.pre = nn.ModuleList(_block(cfg) for _ in range(cfg.K_pre))
+        self.injection = nn.Linear(cfg.hidden, cfg.hidden) if cfg.is_fixed_point and cfg.injection == "linear" else None
+        if self.injection is not None:
+            with torch.no_grad():
+                self.injection.weight.copy_(torch.eye(cfg.hidden))
+                self.injection.bias.zero_()
+        self.fixed_point = FixedPointBlock(cfg) if cfg.is_fixed_point else None
+        self.post = nn.ModuleList(_block(cfg) for _ in range(cfg.K_post))
+        self.output_layer = FinalLayer(cfg.hidden, cfg.vocab_size, cfg.cond_dim)
+
+    # -- the four parts of Eq. 2, public so that samplers can own the solver loop ------------------
+    def conditioning(self, sigma: Tensor, seq_len: int) -> Conditioning:
+        if not self.cfg.time_conditioning:
+            sigma = torch.zeros_like(sigma)
+        c = torch.nn.functional.silu(self.sigma_map(sigma))
+        return Conditioning(c=c, rope=self.rotary(seq_len, sigma.device))
+
+    def pre_stack(self, z: Tensor, cond: Conditioning) -> Tensor:
+        """h_pre = P(z_t, t)."""
+        h = self.vocab_embed(z)
+        for block in self.pre:
+            h = block(h, cond.c, cond.rope)
+        return h
+
+    def inject(self, h_pre: Tensor) -> Tensor:
+        """h̃ = G(h_pre); identity when no projection is used."""
+        return h_pre if self.injection is None else self.injection(h_pre)
+
+    def fp_step(self, h: Tensor, h_tilde: Tensor, cond: Conditioning) -> Tensor:
+        """One fixed-point iteration h^{n+1} = F(h^n; h̃, t) (Eq. 3)."""
+        assert self.fixed_point is not None, "fp_step on a model without a fixed-point block"
+        return self.fixed_point(h, h_tilde, cond)
+
+    def post_stack(self, h: Tensor, cond: Conditioning) -> Tensor:
+        """H without the head: the final pre-logit hidden state."""
+        for block in self.post:
+            h = block(h, cond.c, cond.rope)
+        return h
+
+    def head(self, hidden: Tensor, cond: Conditioning, positions: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Logits everywhere, or only at (batch_idx, seq_idx) positions (training: the masked ones)."""
+        if positions is None:
+            return self.output_layer(hidden, cond.c[:, None])
+        batch_idx, seq_idx = positions
+        return self.output_layer(hidden[batch_idx, seq_idx], cond.c[batch_idx])
+
+    # -- the whole denoiser --------------------------------------------------------------------------
+    def forward(
+        self,
+        z: Tensor,
+        sigma: Tensor,
+        n_nograd: int = 0,
+        n_grad: int = 0,
+        positions: tuple[Tensor, Tensor] | None = None,
+        track_residuals: bool = False,
+    ) -> DenoiserOutput:
+        """Denoise z [B, L] at noise level sigma [B]; the FP block runs n_nograd + n_grad iterations (SJFB)."""
+        cond = self.conditioning(sigma, z.shape[1])
+        h = self.pre_stack(z, cond)
+        stats = None
+        if self.fixed_point is not None:
+            h_tilde = self.inject(h)
+            h, stats = sjfb_solve(lambda s: self.fp_step(s, h_tilde, cond), h, n_nograd, n_grad, track_residuals)
+        hidden = self.post_stack(h, cond)
+        return DenoiserOutput(logits=self.head(hidden, cond, positions), hidden=hidden, stats=stats)
+
+    def blocks_per_step(self, n_iters: int) -> int:
+        """Transformer-block evaluations of one denoising step: K_pre + N K_fp + K_post (§3.1)."""
+        return self.cfg.K_pre + n_iters * self.cfg.K_fp + self.cfg.K_post

@@ -1,0 +1,1 @@
+"""The Accelerate training loop, checkpoints, EMA, optimiser and batch order."""

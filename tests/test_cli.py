@@ -1,0 +1,80 @@
+"""The command line: paper-scale model summaries, and one-line errors that leave runs untouched."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def cofre(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "cofre", *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("recipe, expected, tolerance", [("owt-mdlm", 170e6, 0.03), ("owt-fp-mdlm", 104e6, 0.04)])
+def test_inspect_matches_table_7(recipe: str, expected: float, tolerance: float) -> None:
+    result = cofre("inspect", f"recipes/{recipe}.yaml", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert abs(summary["total_params"] - expected) / expected < tolerance
+    assert summary["total_params"] == sum(summary["params_by_part"].values())
+
+
+def test_inspect_block_cost() -> None:
+    summary = json.loads(cofre("inspect", "recipes/owt-fp-mdlm.yaml", "--json", "--iters", "6").stdout)
+    assert (summary["K_pre"], summary["K_fp"], summary["K_post"], summary["blocks_per_step"]) == (1, 1, 1, 8)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("model: {hidden: 64\n", "YAML syntax error"),
+        ("model: {hiden: 64}\n", "did you mean 'hidden'"),
+        ("model: {hidden: wide}\n", "expected int"),
+        ("data: {corpus: /no/such/corpus.jsonl}\n", "/no/such/corpus.jsonl"),
+    ],
+)
+def test_bad_recipes_fail_cleanly_and_touch_nothing(tmp_path: Path, text: str, fragment: str) -> None:
+    (tmp_path / "bad.yaml").write_text(text)
+    run = tmp_path / "run"
+    assert_one_line_error(cofre("train", str(tmp_path / "bad.yaml"), "--run-dir", str(run)), fragment)
+    assert not (run / "checkpoints").exists()
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    assert_one_line_error(cofre("train", str(tmp_path / "nope.yaml")), "recipe file not found")
+
+
+def test_existing_run_with_other_recipe_is_not_overwritten(tmp_path: Path, tiny_recipe: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(tiny_recipe.read_text().replace("hidden: 32", "hidden: 64"))
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    before = {p: p.read_bytes() for p in run.iterdir()}
+    assert_one_line_error(cofre("train", str(tiny_recipe), "--run-dir", str(run)), "holds a different recipe")
+    assert {p: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_non_run_directory_is_refused(tmp_path: Path, tiny_recipe: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert_one_line_error(cofre("train", str(tiny_recipe), "--run-dir", str(tmp_path)), "holds no recipe.yaml")
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_every_option_has_help() -> None:
+    for command in ("train", "inspect"):
+        result = cofre(command, "--help")
+        assert result.returncode == 0
+        assert "--help" in result.stdout

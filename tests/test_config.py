@@ -1,0 +1,71 @@
+"""Recipes: shipped files load, overrides apply, and bad input gives one clear error."""
+
+from pathlib import Path
+
+import pytest
+
+from cofre.config import Recipe, dump_recipe, load_recipe, recipe_from_dict
+from cofre.errors import CofreError
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_shipped_recipes_load_and_round_trip(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
+    assert recipe_from_dict(__import__("yaml").safe_load(dump_recipe(recipe))) == recipe
+
+
+def test_paper_recipes_match_the_paper() -> None:
+    mdlm = load_recipe(Path(__file__).parents[1] / "recipes/owt-mdlm.yaml")
+    fp = load_recipe(Path(__file__).parents[1] / "recipes/owt-fp-mdlm.yaml")
+    assert (mdlm.model.hidden, mdlm.model.heads, mdlm.model.K_pre, mdlm.data.seq_len) == (768, 12, 12, 1024)
+    assert (mdlm.optim.lr, mdlm.trainer.global_batch_size, mdlm.trainer.ema) == (3e-4, 512, 0.9999)
+    assert (fp.model.K_pre, fp.model.K_fp, fp.model.K_post) == (1, 1, 1)
+    assert (fp.solver.nograd_min, fp.solver.nograd_max, fp.solver.grad_min, fp.solver.grad_max) == (0, 4, 3, 6)
+    assert (fp.optim.lr, fp.optim.grad_clip) == (2e-4, 1.0)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: {hidden: 64}\n")
+    recipe = load_recipe(path, ["model.hidden=128", "optim.betas=[0.8, 0.9]", "optim.lr=1e-3", "name=x"])
+    assert recipe.model.hidden == 128 and recipe.optim.betas == (0.8, 0.9)
+    assert recipe.optim.lr == 1e-3 and recipe.name == "x"
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("model: {hiden: 64}\n", [], "unknown key 'model.hiden'; did you mean 'hidden'?"),
+        ("modle: {hidden: 64}\n", [], "unknown key 'modle'; did you mean 'model'?"),
+        ("model: {hidden: big}\n", [], "model.hidden: expected int, got str 'big'"),
+        ("model: {hidden: 64}\n", ["model.dropout=yes"], "model.dropout: expected float, got bool True"),
+        ("optim: {schedule: linear}\n", [], "optim.schedule: 'linear' is not one of 'constant', 'cosine'"),
+        ("model: {hidden: 64\n", [], "YAML syntax error at line"),
+        ("model: 3\n", [], "model: expected a mapping"),
+        ("model: {}\n", ["trainer.max_stepz=3"], "did you mean 'max_steps'?"),
+        ("model: {}\n", ["novalue"], "not of the form key.sub=value"),
+    ],
+)
+def test_config_errors_are_one_line(tmp_path: Path, text: str, overrides: list[str], message: str) -> None:
+    with pytest.raises(CofreError) as err:
+        load_recipe(write(tmp_path, text), overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(CofreError, match="recipe file not found"):
+        load_recipe("does/not/exist.yaml")
+
+
+def test_defaults_are_the_mdlm_baseline() -> None:
+    recipe = Recipe()
+    assert recipe.model.vocab_size == 50258 and recipe.model.mask_id == 50257 and not recipe.model.is_fixed_point
