@@ -103,6 +103,79 @@ def inspect(
     )
 
 
+@app.command()
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory (its latest checkpoint) or checkpoint folder.")],
+    budget: Annotated[int, typer.Option("--budget", "-b", help="Total transformer-block forward passes per sample.")],
+    steps: Annotated[
+        int | None, typer.Option(help="Denoising steps. Plain models: fixed by the budget. FP models: default rule "
+                                      "gives about 4 fixed-point iterations per step.")
+    ] = None,
+    schedule: Annotated[
+        str, typer.Option(help="How iterations are spread over steps: fixed, decreasing, increasing, cosine, front-loaded.")
+    ] = "decreasing",
+    reuse: Annotated[str, typer.Option(help="Solver warm start: none (h_pre), full (previous solution), 3sr.")] = "3sr",
+    gamma_mask_min: Annotated[float, typer.Option(help="3SR: still-masked gamma when nothing is visible.")] = 0.75,
+    gamma_mask_max: Annotated[float, typer.Option(help="3SR: still-masked gamma when all is visible.")] = 0.90,
+    gamma_changed: Annotated[float, typer.Option(help="3SR: gamma of newly revealed tokens.")] = 0.2,
+    num_samples: Annotated[int, typer.Option(help="Samples to draw.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same samples.")] = 1,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 disables it.")] = 1.0,
+    length: Annotated[int | None, typer.Option(help="Tokens per sample; default the training sequence length.")] = None,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA weights when the checkpoint has them.")] = True,
+    noise_removal: Annotated[bool, typer.Option(help="Take the most likely token at the last step.")] = False,
+    cache: Annotated[
+        bool, typer.Option(help="Skip the network on steps that reveal nothing (MDLM's cache; spends less than the budget).")
+    ] = False,
+    tol: Annotated[
+        float | None, typer.Option(help="Adaptive stopping: end a step's solve once every relative residual < tol; "
+                                        "unspent iterations carry over to later steps.")
+    ] = None,
+    trace: Annotated[Path | None, typer.Option(help="Write per-step solver diagnostics (residuals, shifts) as JSONL.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... or auto.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Output JSONL; default <run>/samples/<settings tag>.jsonl.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings."""
+    from cofre.sampling.budget import SCHEDULES
+    from cofre.sampling.generate import SampleSettings, sample_checkpoint
+    from cofre.sampling.reuse import REUSE_POLICIES
+    from cofre.training.checkpoint import resolve_checkpoint
+
+    if schedule not in SCHEDULES:
+        raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
+    if reuse not in REUSE_POLICIES:
+        raise CofreError(f"--reuse must be one of {', '.join(REUSE_POLICIES)}, got '{reuse}'")
+    settings = SampleSettings(
+        budget=budget, steps=steps, schedule=schedule, reuse=reuse, gamma_mask_min=gamma_mask_min,
+        gamma_mask_max=gamma_mask_max, gamma_changed=gamma_changed, num_samples=num_samples, batch_size=batch_size,
+        seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
+    )
+    folder = resolve_checkpoint(checkpoint)
+    run_root = folder.parent.parent if folder.parent.name == "checkpoints" else folder
+    tag = f"b{budget}-{reuse}-{schedule}-s{steps or 'auto'}-seed{seed}" + (f"-tol{tol:g}" if tol else "")
+    result = sample_checkpoint(folder, settings, out or run_root / "samples" / f"{tag}.jsonl", overwrite, trace)
+    table = Table(title=f"cofre sample: {result.num_samples} samples from {folder}")
+    table.add_column("setting")
+    table.add_column("value")
+    rows = [
+        ("budget asked", str(result.budget)),
+        ("blocks spent", ", ".join(str(b) for b in sorted(set(result.blocks_spent)))),
+        ("steps", str(result.steps)),
+        ("iterations per step", " ".join(map(str, result.iterations)) or "(plain model)"),
+        ("blocks per step (mean)", " ".join(f"{b:g}" for b in result.blocks_per_step)),
+        ("reuse / schedule", f"{reuse} / {schedule}"),
+        ("cached steps", str(result.cached_steps) if cache else "off"),
+        ("time", f"{result.wall_time_s:.1f}s, {result.tokens_per_s:,.0f} tokens/s"),
+        ("output", result.out),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    console.print(f"[dim]first sample:[/] {escape(result.texts[0][:300])}")
+
+
 def _is_main_process() -> bool:
     from accelerate import PartialState
 

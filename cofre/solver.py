@@ -37,3 +37,22 @@ def sjfb_solve(
             stats.residuals.append(relative_residual(h_next, h))
         h = h_next
     return h, stats
+
+
+@torch.no_grad()
+def solve(
+    f: Callable[[Tensor], Tensor], h0: Tensor, max_iters: int, tol: float | None = None, track: bool = False
+) -> tuple[Tensor, SolveStats]:
+    """Inference: iterate from the warm start h0 for `max_iters` iterations, or stop early once every
+    sample's relative residual is below `tol` (adaptive stopping; the unspent iterations are the caller's)."""
+    stats = SolveStats(iterations=0)
+    h = h0
+    for _ in range(max_iters):
+        h_next = f(h)
+        stats.iterations += 1
+        if track or tol is not None:
+            stats.residuals.append(relative_residual(h_next, h))
+        h = h_next
+        if tol is not None and bool(stats.residuals[-1].max() < tol):
+            break
+    return h, stats

@@ -2,6 +2,7 @@
 
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,12 @@ trainer: {{max_steps: 6, global_batch_size: 4, micro_batch_size: 2, ema: 0.9, lo
 """
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test tokenises into a private cache, shared within the session."""
-    monkeypatch.setenv("COFRE_CACHE", str(tmp_path_factory.getbasetemp() / "cofre-cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests (and the commands they start) tokenise into a private cache, shared within the session."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COFRE_CACHE", str(tmp_path_factory.getbasetemp() / "cofre-cache"))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +46,14 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "docs.jsonl")
 
 
+@pytest.fixture(scope="session")
+def tiny_recipe_text(corpus_file: Path) -> str:
+    """A CPU-sized FP-MDLM recipe over the test corpus (trains 6 steps in seconds)."""
+    return TINY_RECIPE.format(corpus=corpus_file)
+
+
 @pytest.fixture
-def tiny_recipe(tmp_path: Path, corpus_file: Path) -> Path:
+def tiny_recipe(tmp_path: Path, tiny_recipe_text: str) -> Path:
     path = tmp_path / "tiny-test.yaml"
-    path.write_text(TINY_RECIPE.format(corpus=corpus_file))
+    path.write_text(tiny_recipe_text)
     return path

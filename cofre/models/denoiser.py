@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cofre.config import ModelConfig
@@ -32,10 +33,15 @@ class DenoiserOutput:
 
 
 class FixedPointBlock(nn.Module):
-    """F(h; h̃, t) = Blocks(W [h, h̃]): FPDM's injection of h̃ through a projection of the concatenation."""
+    """F(h; h̃, t) = Blocks(W [h, h̃] + b): FPDM's injection of h̃ through a projection of the concatenation.
+
+    W [h, h̃] + b = W_h h + (W_x h̃ + b); the bracket depends on h̃ only, so `inject` computes it once per
+    denoising step and each iteration pays for W_h h alone.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.hidden = cfg.hidden
         self.mix = nn.Linear(2 * cfg.hidden, cfg.hidden)
         self.blocks = nn.ModuleList(_block(cfg) for _ in range(cfg.K_fp))
         with torch.no_grad():  # close to identity: at h = h̃ the mix returns h (§3.4)
@@ -43,8 +49,12 @@ class FixedPointBlock(nn.Module):
             self.mix.weight.copy_(torch.cat([0.5 * eye, 0.5 * eye], dim=1))
             self.mix.bias.zero_()
 
-    def forward(self, h: Tensor, h_tilde: Tensor, cond: Conditioning) -> Tensor:
-        x = self.mix(torch.cat([h, h_tilde], dim=-1))
+    def inject(self, h_tilde: Tensor) -> Tensor:
+        """The h̃ part of the mix, W_x h̃ + b."""
+        return F.linear(h_tilde, self.mix.weight[:, self.hidden :], self.mix.bias)
+
+    def forward(self, h: Tensor, injected: Tensor, cond: Conditioning) -> Tensor:
+        x = F.linear(h, self.mix.weight[:, : self.hidden]) + injected
         for block in self.blocks:
             x = block(x, cond.c, cond.rope)
         return x
@@ -91,13 +101,15 @@ class Denoiser(nn.Module):
         return h
 
     def inject(self, h_pre: Tensor) -> Tensor:
-        """h̃ = G(h_pre); identity when no projection is used."""
-        return h_pre if self.injection is None else self.injection(h_pre)
+        """h̃ = G(h_pre) (identity when no projection is used), returned as F's per-step injection term."""
+        assert self.fixed_point is not None, "inject on a model without a fixed-point block"
+        h_tilde = h_pre if self.injection is None else self.injection(h_pre)
+        return self.fixed_point.inject(h_tilde)
 
-    def fp_step(self, h: Tensor, h_tilde: Tensor, cond: Conditioning) -> Tensor:
-        """One fixed-point iteration h^{n+1} = F(h^n; h̃, t) (Eq. 3)."""
+    def fp_step(self, h: Tensor, injected: Tensor, cond: Conditioning) -> Tensor:
+        """One fixed-point iteration h^{n+1} = F(h^n; h̃, t) (Eq. 3), given `injected` = inject(h_pre)."""
         assert self.fixed_point is not None, "fp_step on a model without a fixed-point block"
-        return self.fixed_point(h, h_tilde, cond)
+        return self.fixed_point(h, injected, cond)
 
     def post_stack(self, h: Tensor, cond: Conditioning) -> Tensor:
         """H without the head: the final pre-logit hidden state."""
@@ -127,8 +139,8 @@ class Denoiser(nn.Module):
         h = self.pre_stack(z, cond)
         stats = None
         if self.fixed_point is not None:
-            h_tilde = self.inject(h)
-            h, stats = sjfb_solve(lambda s: self.fp_step(s, h_tilde, cond), h, n_nograd, n_grad, track_residuals)
+            injected = self.inject(h)
+            h, stats = sjfb_solve(lambda s: self.fp_step(s, injected, cond), h, n_nograd, n_grad, track_residuals)
         hidden = self.post_stack(h, cond)
         return DenoiserOutput(logits=self.head(hidden, cond, positions), hidden=hidden, stats=stats)
 

@@ -92,3 +92,15 @@ def test_time_conditioning_switch() -> None:
         a = model(z, torch.tensor([0.1, 0.1])).logits
         b = model(z, torch.tensor([2.0, 2.0])).logits
         assert torch.allclose(a, b) != flag  # without time conditioning the output ignores sigma
+
+
+def test_split_injection_equals_the_concatenated_mix() -> None:
+    """F(h; h̃) = Blocks(W [h, h̃] + b), with the h̃ part computed once per step."""
+    model = randomize(Denoiser(ModelConfig(**SMALL, K_pre=1, K_fp=1, K_post=1)))
+    h, h_pre = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    cond = model.conditioning(torch.rand(2), 8)
+    h_tilde = model.injection(h_pre)
+    x = model.fixed_point.mix(torch.cat([h, h_tilde], dim=-1))
+    for block in model.fixed_point.blocks:
+        x = block(x, cond.c, cond.rope)
+    assert torch.allclose(model.fp_step(h, model.inject(h_pre), cond), x, atol=1e-5)

@@ -1,0 +1,1 @@
+"""Metrics: generative perplexity, entropy, MAUVE, validation perplexity, lm-eval, latency, CKA."""

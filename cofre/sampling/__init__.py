@@ -1,0 +1,1 @@
+"""Samplers under a transformer-block budget, warm-start (reuse) policies and budget allocation."""

@@ -1,0 +1,134 @@
+"""MDLM's ancestral sampler under a block budget, with the fixed-point solve and its warm start (Alg. 1).
+
+Each step t -> s reveals every still-masked token independently with probability (alpha_s - alpha_t) /
+(1 - alpha_t) = (t - s) / t and draws its value from the denoiser's SUBS distribution; this is exactly
+MDLM's transition q(z_s | z_t, x_theta) split in two, so the head and the float64 categorical are only
+needed at the positions being revealed. The grid t_i = 1 - i/S ends at 0, so the last step reveals all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from cofre.models import Denoiser
+from cofre.sampling.budget import BudgetPlan
+from cofre.sampling.reuse import TRANSITION_NAMES, ReuseConfig, transition_types, warm_start
+from cofre.solver import solve
+from cofre.tasks.mdlm import LogLinearSchedule
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Everything that decides what a sampler draws, besides the model, the plan and the seed."""
+
+    length: int
+    reuse: ReuseConfig = field(default_factory=ReuseConfig)
+    top_p: float = 1.0  # nucleus sampling; 1 keeps the whole distribution
+    noise_removal: bool = False  # the last step takes the most likely token instead of sampling
+    cache: bool = False  # skip the network when no token is revealed (spends less than the budget)
+    tol: float | None = None  # adaptive stopping: leave the solve once every residual is below tol
+    trace: bool = False  # record residuals per iteration and solution shifts per transition type
+
+
+@dataclass
+class StepRecord:
+    """What one denoising step did (and, with trace, how the solver behaved)."""
+
+    step: int
+    t: float
+    allocated_iters: int  # N_i from the schedule plus iterations carried over by adaptive stopping
+    iterations: int
+    blocks: int
+    revealed: int
+    cached: bool
+    residuals: list[float] = field(default_factory=list)  # mean relative residual per iteration (App. F.12)
+    solution_shift: dict[str, float] = field(default_factory=dict)  # mean ||h*_t - h*_prev|| per type (Fig. 3)
+
+
+@dataclass
+class SampleBatch:
+    tokens: Tensor  # [B, L], no [mask] left
+    blocks_spent: int
+    steps: list[StepRecord]
+
+
+def nucleus(log_p: Tensor, top_p: float) -> Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p; the rest get -inf."""
+    sorted_log_p, order = log_p.sort(dim=-1, descending=True)
+    mass_before = sorted_log_p.exp().cumsum(dim=-1) - sorted_log_p.exp()
+    drop_sorted = mass_before >= top_p  # the token that crosses top_p is kept
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return log_p.masked_fill(drop, float("-inf"))
+
+
+def draw_tokens(logits: Tensor, mask_id: int, top_p: float, greedy: bool, generator: torch.Generator) -> Tensor:
+    """Token values at revealed positions: SUBS ([mask] excluded), float64 (App. D.4), optional top-p."""
+    log_p = logits.double()[:, :mask_id].log_softmax(dim=-1)
+    if greedy:
+        return log_p.argmax(dim=-1)
+    if top_p < 1.0:
+        log_p = nucleus(log_p, top_p)
+    u = torch.rand(log_p.shape, dtype=torch.float64, generator=generator, device=log_p.device)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))  # Gumbel-max draws from softmax(log_p)
+    return (log_p + gumbel).argmax(dim=-1)
+
+
+def _solution_shift(h_star: Tensor, h_prev: Tensor, kinds: Tensor) -> dict[str, float]:
+    distance = (h_star - h_prev).float().norm(dim=-1)  # per token
+    return {name: float(distance[kinds == k].mean()) for k, name in enumerate(TRANSITION_NAMES) if (kinds == k).any()}
+
+
+class MDLMSampler:
+    """Owns the solver's warm-start state across the steps of one batch; the model stays a pure function."""
+
+    def __init__(self, model: Denoiser, plan: BudgetPlan, cfg: SamplerConfig, eps: float = 1e-3) -> None:
+        self.model = model.eval()
+        self.plan = plan
+        self.cfg = cfg
+        self.schedule = LogLinearSchedule(eps)
+        self.mask_id = model.cfg.mask_id
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, generator: torch.Generator) -> SampleBatch:
+        model, cfg, plan = self.model, self.cfg, self.plan
+        device = next(model.parameters()).device
+        z = torch.full((batch_size, cfg.length), self.mask_id, dtype=torch.long, device=device)
+        times = torch.linspace(1.0, 0.0, plan.steps + 1, dtype=torch.float64).tolist()
+        h_prev: Tensor | None = None
+        z_prev: Tensor | None = None
+        carry, spent, records = 0, 0, []
+        for i in range(plan.steps):
+            t, s = times[i], times[i + 1]
+            masked = z == self.mask_id
+            reveal = masked & (torch.rand(z.shape, generator=generator, device=device, dtype=torch.float64) < (t - s) / t)
+            allocated = plan.iterations[i] + carry if plan.iterations else 0
+            record = StepRecord(step=i, t=t, allocated_iters=allocated, iterations=0, blocks=0,
+                                revealed=int(reveal.sum()), cached=False)
+            records.append(record)
+            if cfg.cache and record.revealed == 0:
+                record.cached = True  # nothing changes: MDLM's cache shortcut, no network call, no blocks
+                continue
+            cond = model.conditioning(self.schedule.sigma(torch.full((batch_size,), t, device=device)), cfg.length)
+            h = model.pre_stack(z, cond)  # h_pre (the whole network for a plain model)
+            if model.fixed_point is not None:
+                injected = model.inject(h)
+                h0 = warm_start(h, h_prev, z, z_prev, self.mask_id, cfg.reuse)
+                h, stats = solve(lambda x: model.fp_step(x, injected, cond), h0, allocated, cfg.tol, cfg.trace)
+                record.iterations = stats.iterations
+                record.residuals = [float(r.mean()) for r in stats.residuals] if cfg.trace else []
+                if cfg.trace and h_prev is not None and z_prev is not None:
+                    record.solution_shift = _solution_shift(h, h_prev, transition_types(z, z_prev, self.mask_id))
+                carry = allocated - stats.iterations  # unspent iterations move on to later steps
+                h_prev, z_prev = h, z
+            record.blocks = model.blocks_per_step(record.iterations)
+            spent += record.blocks
+            hidden = model.post_stack(h, cond)
+            positions = reveal.nonzero(as_tuple=True)
+            logits = model.head(hidden, cond, positions)
+            greedy = cfg.noise_removal and i == plan.steps - 1
+            z = z.clone()
+            z[positions] = draw_tokens(logits, self.mask_id, cfg.top_p, greedy, generator)
+        return SampleBatch(tokens=z, blocks_spent=spent, steps=records)
