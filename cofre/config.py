@@ -104,16 +104,42 @@ class TrainerConfig:
 
 
 @dataclass
+class ConsistencyConfig:
+    """An auxiliary cross-step loss between a noisier student and a cleaner teacher state (§3.2, §3.4, App. C.3.3).
+
+    CoFRe's consistency stage: loss hidden_mse, teacher self. Conversion adaptation: loss logit_kl,
+    teacher checkpoint (the frozen source MDLM), temperature 1.5.
+    """
+
+    loss: Literal["none", "hidden_mse", "hidden_cosine", "logit_kl"] = "none"
+    teacher: Literal["self", "ema", "checkpoint"] = "self"  # self: stop-gradient of the model itself
+    teacher_checkpoint: str = ""  # run or checkpoint folder of the frozen teacher (teacher: checkpoint)
+    weight: float = 0.1  # lambda after warm-up
+    warmup_steps: int = 5000  # lambda rises linearly from 0 over these steps
+    gap_min: float = 0.05  # t_c = t_s - gap, gap ~ U[gap_min, gap_max]
+    gap_max: float = 0.30
+    temperature: float = 1.5  # tau of logit_kl (the loss is scaled by tau^2)
+    select_ppl_increase: float = 0.15  # App. F.7: select the first checkpoint whose val PPL exceeds pre x (1 + this); 0: off
+    stop_at_selection: bool = True  # end the stage at the selected checkpoint
+
+    @property
+    def enabled(self) -> bool:
+        return self.loss != "none"
+
+
+@dataclass
 class Recipe:
     """A whole training recipe, one YAML file."""
 
     name: str = "run"
+    init_from: str = ""  # a run or checkpoint whose weights (and EMA) start this run: post-training stages
     model: ModelConfig = field(default_factory=ModelConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
 
 def _type_name(tp: Any) -> str:

@@ -19,6 +19,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new one, never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
@@ -108,3 +111,20 @@ class RunDir:
         if not self.metrics_path.is_file():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+
+def code_version() -> str:
+    """The cofre version and, in a git checkout, the commit (with '+dirty' for uncommitted changes)."""
+    import subprocess
+
+    from cofre import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{commit}" + ("-dirty" if dirty else "")

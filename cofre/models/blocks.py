@@ -73,7 +73,7 @@ class DiTBlock(nn.Module):
         q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # each [B, H, L, Dh]
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        attn = F.scaled_dot_product_attention(q, k, v)  # no dropout on attention weights, as MDLM
         attn = attn.transpose(1, 2).reshape(B, L, D)
         x = x + gate_msa * F.dropout(self.attn_out(attn), self.dropout, self.training)
         h = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))

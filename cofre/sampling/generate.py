@@ -18,7 +18,10 @@ from cofre.errors import CofreError
 from cofre.sampling.budget import BudgetPlan, plan_budget
 from cofre.sampling.mdlm import MDLMSampler, SamplerConfig, StepRecord
 from cofre.sampling.reuse import ReuseConfig
-from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_train_state, resolve_checkpoint
+from cofre.config import Recipe
+from cofre.models import Denoiser
+from cofre.runs import code_version
+from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_train_state, resolve_checkpoint, run_root
 
 
 @dataclass
@@ -60,14 +63,45 @@ class SampleResult:
     tokens_per_s: float
     checkpoint: dict[str, Any]
     texts: list[str] = field(default_factory=list)
+    ids: list[list[int]] = field(default_factory=list)
+
+
+def sample_tag(settings: SampleSettings, checkpoint: dict[str, Any]) -> str:
+    """A file name that names the main settings and changes whenever any setting or the weights do."""
+    identity = {"settings": dataclasses.asdict(settings), "weights": checkpoint["sha256"]}
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    return f"step{checkpoint['step']}-b{settings.budget}-{settings.reuse}-{settings.schedule}-seed{settings.seed}-{digest}"
 
 
 def checkpoint_identity(folder: Path, ema: bool) -> dict[str, Any]:
-    """Which weights produced the samples: folder, training step, weights file and its sha256."""
+    """Which weights produced the samples: folder, training step, weights file and its sha256, code version."""
     weights = folder / (EMA_FILE if ema and (folder / EMA_FILE).is_file() else MODEL_FILE)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     progress = load_train_state(folder, "progress") if (folder / "train_state" / "progress.pt").is_file() else {}
-    return {"path": str(folder), "step": progress.get("step"), "weights": weights.name, "sha256": digest}
+    return {"path": str(folder), "step": progress.get("step"), "weights": weights.name, "sha256": digest,
+            "code": code_version()}
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model ready to sample, with the recipe it was trained with and where its weights came from."""
+
+    folder: Path
+    model: Denoiser
+    recipe: Recipe
+    identity: dict[str, Any]
+    device: torch.device
+
+    @property
+    def run_root(self) -> Path:
+        return run_root(self.folder)
+
+
+def open_checkpoint(path: str | Path, ema: bool = True, device: str = "auto") -> LoadedCheckpoint:
+    folder = resolve_checkpoint(path)
+    model, recipe = load_model(folder, ema=ema)
+    dev = resolve_device(device)
+    return LoadedCheckpoint(folder, model.to(dev).eval(), recipe, checkpoint_identity(folder, ema), dev)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,31 +122,55 @@ def validate_settings(settings: SampleSettings, max_len: int) -> None:
             raise CofreError(message)
 
 
-def sample_checkpoint(checkpoint: str | Path, settings: SampleSettings, out: Path, overwrite: bool = False,
-                      trace: Path | None = None, show_progress: bool = True) -> SampleResult:
-    """Sample `settings.num_samples` sequences and write them (with settings and cost) to `out`."""
-    folder = resolve_checkpoint(checkpoint)
-    for path in (out, trace):
-        if path is not None and path.exists() and not overwrite:
-            raise CofreError(f"{path} exists; pass --overwrite to replace it")
-    model, recipe = load_model(folder, ema=settings.ema)
+def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool = False) -> MDLMSampler:
+    """The sampler `settings` describe, for this checkpoint (budget plan checked here)."""
+    recipe = ckpt.recipe
     validate_settings(settings, recipe.model.max_seq_len)
     plan: BudgetPlan = plan_budget(recipe.model, settings.budget, settings.steps, settings.schedule)
-    device = resolve_device(settings.device)
-    model.to(device)
-    length = settings.length or recipe.data.seq_len
     reuse = ReuseConfig(settings.reuse, settings.gamma_mask_min, settings.gamma_mask_max, settings.gamma_changed)
-    sampler = MDLMSampler(model, plan, SamplerConfig(length=length, reuse=reuse, top_p=settings.top_p,
-                                                     noise_removal=settings.noise_removal, cache=settings.cache,
-                                                     tol=settings.tol, trace=trace is not None),
-                          eps=recipe.task.eps)
-    identity = checkpoint_identity(folder, settings.ema)
+    config = SamplerConfig(length=settings.length or recipe.data.seq_len, reuse=reuse, top_p=settings.top_p,
+                           noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace)
+    return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps)
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _result(out: Path, records: list[dict[str, Any]], settings: SampleSettings, sampler: MDLMSampler,
+            traces: list[list[StepRecord]], wall: float, identity: dict[str, Any]) -> SampleResult:
+    plan = sampler.plan
+    spent = [records[i]["blocks_spent"] for i in range(0, len(records), settings.batch_size)]
+    per_batch = [records[i]["blocks_per_step"] for i in range(0, len(records), settings.batch_size)]
+    return SampleResult(
+        out=str(out), num_samples=len(records), budget=settings.budget, steps=plan.steps, iterations=plan.iterations,
+        blocks_spent=spent, blocks_per_step=[sum(b[i] for b in per_batch) / len(per_batch) for i in range(plan.steps)],
+        cached_steps=sum(r.cached for steps in traces for r in steps), wall_time_s=wall,
+        tokens_per_s=len(records) * sampler.cfg.length / wall, checkpoint=identity, texts=[r["text"] for r in records],
+        ids=[r["ids"] for r in records],
+    )
+
+
+def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Path | None = None,
+                      if_exists: str = "error", trace: Path | None = None, show_progress: bool = True) -> SampleResult:
+    """Sample `settings.num_samples` sequences and write them (with settings and cost) to `out`, by default
+    `<run>/samples/<tag>.jsonl`. An existing file is an error, replaced ("overwrite"), or read back ("reuse")."""
+    sampler = build_sampler(ckpt, settings, trace=trace is not None)
+    out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, ckpt.identity)}.jsonl"
+    if out.exists() and if_exists == "reuse":
+        records = read_samples(out)
+        if all(r["settings"] == dataclasses.asdict(settings) and r["checkpoint"]["sha256"] == ckpt.identity["sha256"]
+               for r in records) and len(records) == settings.num_samples:
+            return _result(out, records, settings, sampler, [], sum(r["batch_wall_time_s"] for r in records[:: settings.batch_size]), ckpt.identity)
+        raise CofreError(f"{out} holds samples with other settings or weights; remove it to sample again")
+    for path in (out, trace):
+        if path is not None and path.exists() and if_exists != "overwrite":
+            raise CofreError(f"{path} exists; pass --overwrite to replace it")
     tokenizer = gpt2_tokenizer()
-    generator = torch.Generator(device).manual_seed(settings.seed)
+    generator = torch.Generator(ckpt.device).manual_seed(settings.seed)
     batches = [min(settings.batch_size, settings.num_samples - i) for i in range(0, settings.num_samples, settings.batch_size)]
     records: list[dict[str, Any]] = []
     traces: list[list[StepRecord]] = []
-    spent: list[int] = []
     started = time.perf_counter()
     progress = Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         disable=not show_progress)
@@ -121,17 +179,16 @@ def sample_checkpoint(checkpoint: str | Path, settings: SampleSettings, out: Pat
         for size in batches:
             batch_start = time.perf_counter()
             batch = sampler.sample(size, generator)
-            if device.type == "cuda":
+            if ckpt.device.type == "cuda":
                 torch.cuda.synchronize()
             batch_time = time.perf_counter() - batch_start
-            spent.append(batch.blocks_spent)
             traces.append(batch.steps)
             for ids in batch.tokens.tolist():
                 records.append({
-                    "ids": ids, "text": tokenizer.decode(ids), "settings": {**dataclasses.asdict(settings), "length": length},
-                    "plan": {"steps": plan.steps, "iterations": plan.iterations},
+                    "ids": ids, "text": tokenizer.decode(ids), "settings": dataclasses.asdict(settings),
+                    "length": sampler.cfg.length, "plan": {"steps": sampler.plan.steps, "iterations": sampler.plan.iterations},
                     "blocks_spent": batch.blocks_spent, "blocks_per_step": [r.blocks for r in batch.steps],
-                    "batch_wall_time_s": batch_time, "checkpoint": identity,
+                    "batch_wall_time_s": batch_time, "checkpoint": ckpt.identity,
                 })
             progress.advance(bar)
     wall = time.perf_counter() - started
@@ -139,13 +196,7 @@ def sample_checkpoint(checkpoint: str | Path, settings: SampleSettings, out: Pat
     _write_jsonl(out, records)
     if trace is not None:
         _write_jsonl(trace, [{"batch": b, **dataclasses.asdict(r)} for b, steps in enumerate(traces) for r in steps])
-    per_step = [sum(steps[i].blocks for steps in traces) / len(traces) for i in range(plan.steps)]
-    return SampleResult(
-        out=str(out), num_samples=len(records), budget=settings.budget, steps=plan.steps, iterations=plan.iterations,
-        blocks_spent=spent, blocks_per_step=per_step,
-        cached_steps=sum(r.cached for steps in traces for r in steps), wall_time_s=wall,
-        tokens_per_s=len(records) * length / wall, checkpoint=identity, texts=[r["text"] for r in records],
-    )
+    return _result(out, records, settings, sampler, traces, wall, ckpt.identity)
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

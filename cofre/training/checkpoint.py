@@ -62,10 +62,23 @@ def publish_checkpoint(checkpoints: Path, step: int, keep_last: int) -> Path:
         shutil.rmtree(final)
     staging_dir(checkpoints, step).rename(final)
     atomic_write_text(checkpoints / "latest", final.name + "\n")
+    selected = checkpoints / "selected"
+    keep = {selected.read_text().strip()} if selected.is_file() else set()
     published = sorted(p for p in checkpoints.glob("step-*") if p.is_dir())
     for old in published[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old)
+        if old.name not in keep:
+            shutil.rmtree(old)
     return final
+
+
+def mark_selected(checkpoints: Path, folder: Path) -> None:
+    """Mark the checkpoint a run should be used at (App. F.7); it is never pruned, and a run resolves to it."""
+    atomic_write_text(checkpoints / "selected", folder.name + "\n")
+
+
+def run_root(folder: Path) -> Path:
+    """The run directory of a run's checkpoint folder, else the folder itself."""
+    return folder.parent.parent if folder.parent.name == "checkpoints" else folder
 
 
 def load_train_state(folder: Path, name: str) -> Any:
@@ -73,13 +86,13 @@ def load_train_state(folder: Path, name: str) -> Any:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run directory (its latest checkpoint)."""
+    """A checkpoint folder, or a run directory: its selected checkpoint if it has one, else its latest."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return path
-    pointer = path / "checkpoints" / "latest"
-    if pointer.is_file():
-        return path / "checkpoints" / pointer.read_text().strip()
+    for pointer in (path / "checkpoints" / "selected", path / "checkpoints" / "latest"):
+        if pointer.is_file():
+            return path / "checkpoints" / pointer.read_text().strip()
     raise CofreError(f"{path} is neither a checkpoint folder (with {CONFIG_FILE}) nor a run with checkpoints")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 from contextlib import nullcontext
 import time
@@ -19,8 +18,10 @@ from torch import Tensor
 from cofre.config import Recipe
 from cofre.data.packing import PackedCorpus, load_corpus
 from cofre.errors import CofreError
+from cofre.evaluation.valppl import VAL_SEED, bound_totals, summarize_totals
 from cofre.models import Denoiser
 from cofre.runs import RunDir
+from cofre.tasks.consistency import consistency_weight, correlated_pair
 from cofre.tasks.mdlm import MDLMTask
 from cofre.training.batches import BlockOrder
 from cofre.training.checkpoint import (
@@ -28,15 +29,15 @@ from cofre.training.checkpoint import (
     MODEL_FILE,
     STATE_DIR,
     load_train_state,
+    mark_selected,
     publish_checkpoint,
+    resolve_checkpoint,
     staging_dir,
     write_checkpoint_files,
 )
+from cofre.training.auxiliary import AuxiliaryLoss
 from cofre.training.ema import EMA
 from cofre.training.optim import build_optimizer, build_scheduler
-
-VAL_SEED = 20_240_531  # validation redraws the same t and masks every time, so values are comparable
-
 
 @dataclass
 class TrainResult:
@@ -48,6 +49,8 @@ class TrainResult:
     elapsed_s: float
     validations: list[dict[str, Any]] = field(default_factory=list)  # every validation of the run so far
     checkpoint: str | None = None
+    pre_consistency_ppl: float | None = None  # consistency stages: the validation PPL they started from
+    selected_step: int | None = None  # consistency stages: the checkpoint the App. F.7 rule selected
 
 
 def resolve_precision(precision: str) -> str:
@@ -78,31 +81,16 @@ def accumulation_steps(recipe: Recipe, world: int) -> int:
     return t.global_batch_size // (world * t.micro_batch_size)
 
 
-@torch.no_grad()
 def validate(model: Denoiser, task: MDLMTask, val: Tensor, recipe: Recipe, accelerator: Accelerator) -> dict[str, float]:
-    """Validation NLL per token (the variational bound, fixed t draws) and its perplexity."""
+    """Validation NLL per token (the variational bound, fixed t draws) and its perplexity, over all processes."""
     model.eval()
-    micro, n_iters = recipe.trainer.micro_batch_size, recipe.solver.eval_iters
-    gen = torch.Generator(accelerator.device).manual_seed(VAL_SEED + accelerator.process_index)
-    totals = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # nll sum, tokens, residual sum
-    for k in range(accelerator.process_index, recipe.trainer.val_batches, accelerator.num_processes):
-        idx = torch.arange(k * micro, (k + 1) * micro) % val.shape[0]
-        x = val[idx].long().to(accelerator.device)
-        batch = task.noise(x, generator=gen)
-        with accelerator.autocast():
-            out = model(batch.z, batch.sigma, n_nograd=n_iters, positions=batch.masked.nonzero(as_tuple=True),
-                        track_residuals=model.cfg.is_fixed_point)
-        totals[0] += task.loss(out.logits, batch).double() * x.numel()
-        totals[1] += x.numel()
-        if out.stats is not None:
-            totals[2] += out.stats.residuals[-1].sum().double() / micro * x.numel()
-    totals = accelerator.reduce(totals, reduction="sum")
+    t = recipe.trainer
+    generator = torch.Generator(accelerator.device).manual_seed(VAL_SEED + accelerator.process_index)
+    mine = range(accelerator.process_index, t.val_batches, accelerator.num_processes)
+    totals = bound_totals(model, task, val, mine, t.micro_batch_size, recipe.solver.eval_iters, generator,
+                          accelerator.autocast)
     model.train()
-    nll = float(totals[0] / totals[1])
-    record = {"val_nll": nll, "val_ppl": math.exp(nll)}
-    if model.cfg.is_fixed_point:
-        record["val_residual"] = float(totals[2] / totals[1])  # relative residual of the last iteration
-    return record
+    return summarize_totals(accelerator.reduce(totals, reduction="sum"), model.cfg.is_fixed_point)
 
 
 class Trainer:
@@ -135,9 +123,14 @@ class Trainer:
         torch.manual_seed(recipe.trainer.seed + 1000 * acc.process_index)  # dropout differs per process
         self.noise_gen = torch.Generator(acc.device).manual_seed(recipe.trainer.seed * 31 + acc.process_index)
         self.step = 0
+        self.pre_ppl: float | None = None  # validation PPL before a consistency stage (App. F.7)
+        self.selected_step: int | None = None
         latest = self.run.latest_checkpoint() if resuming else None
         if latest is not None:
             self._resume(latest)
+        elif recipe.init_from:
+            self._initialize_from(recipe.init_from)
+        self.aux = AuxiliaryLoss(recipe, self.unwrapped, self.ema, acc.device) if recipe.consistency.enabled else None
 
     @property
     def unwrapped(self) -> Denoiser:
@@ -150,13 +143,28 @@ class Trainer:
             state["cuda"] = torch.cuda.get_rng_state()
         return state
 
+    def _initialize_from(self, parent: str) -> None:
+        """A post-training stage starts from its parent's weights (and EMA); optimiser and step start afresh."""
+        folder = resolve_checkpoint(parent)
+        state = load_file(str(folder / MODEL_FILE))
+        try:
+            self.unwrapped.load_state_dict(state)
+        except RuntimeError as err:
+            raise CofreError(f"init_from {folder}: its weights do not fit this recipe's model ({str(err).splitlines()[0]})") from None
+        if self.ema is not None:
+            ema_file = folder / EMA_FILE
+            self.ema.load(load_file(str(ema_file)) if ema_file.is_file() else state)
+
     def _resume(self, folder: Path) -> None:
         self.unwrapped.load_state_dict(load_file(str(folder / MODEL_FILE)))
         if self.ema is not None:
             self.ema.load(load_file(str(folder / EMA_FILE)))
         self.optimizer.load_state_dict(load_train_state(folder, "optimizer"))
         self.scheduler.load_state_dict(load_train_state(folder, "scheduler"))
-        self.step = int(load_train_state(folder, "progress")["step"])
+        progress = load_train_state(folder, "progress")
+        self.step = int(progress["step"])
+        self.pre_ppl = progress.get("pre_ppl")
+        self.selected_step = progress.get("selected_step")
         rng_file = folder / STATE_DIR / f"rng-rank{self.accelerator.process_index}.pt"
         if rng_file.is_file():  # absent when resuming with more processes than wrote the checkpoint
             rng = torch.load(rng_file, weights_only=True)
@@ -180,7 +188,8 @@ class Trainer:
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "progress": {"step": self.step, "world_size": acc.num_processes},
+                "progress": {"step": self.step, "world_size": acc.num_processes, "pre_ppl": self.pre_ppl,
+                             "selected_step": self.selected_step},
             }
             write_checkpoint_files(staging, self.unwrapped, ema, self.recipe, state)
             publish_checkpoint(self.run.checkpoints, self.step, self.recipe.trainer.keep_last)
@@ -193,17 +202,25 @@ class Trainer:
         n_ng, n_g = sjfb_iterations(self.recipe, self.step)
         micro_batches = self.order.micro_batches(self.step, acc.process_index, acc.num_processes, t.micro_batch_size)
         total = torch.zeros((), device=acc.device)
+        aux_total = torch.zeros((), device=acc.device)
+        lam = consistency_weight(self.recipe.consistency, self.step)
         for i, idx in enumerate(micro_batches):
             x = self.corpus.train[idx].long().to(acc.device)
-            batch = self.task.noise(x, generator=self.noise_gen)
+            pair = correlated_pair(self.task, x, self.recipe.consistency, self.noise_gen) if self.aux else None
+            batch = pair.student if pair is not None else self.task.noise(x, generator=self.noise_gen)
+            positions = batch.masked.nonzero(as_tuple=True)
             # gradients are all-reduced once, on the last micro-batch
             sync = acc.no_sync(self.model) if i < len(micro_batches) - 1 else nullcontext()
             with sync, acc.autocast():
-                out = self.model(batch.z, batch.sigma, n_nograd=n_ng, n_grad=n_g,
-                                 positions=batch.masked.nonzero(as_tuple=True))
-                loss = self.task.loss(out.logits, batch) / self.accum
-                acc.backward(loss)
-            total += loss.detach()
+                out = self.model(batch.z, batch.sigma, n_nograd=n_ng, n_grad=n_g, positions=positions)
+                base = self.task.loss(out.logits, batch)
+                loss = base
+                if self.aux is not None and pair is not None:  # L = L_MDLM + lambda L_aux (§3.2, §3.4)
+                    aux = self.aux(self.unwrapped, out, pair, positions, n_ng + n_g)
+                    aux_total += aux.detach() / self.accum
+                    loss = base + lam * aux
+                acc.backward(loss / self.accum)
+            total += base.detach() / self.accum
         clip = self.recipe.optim.grad_clip
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         self.optimizer.step()
@@ -211,8 +228,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.unwrapped)
+        if self.aux is not None:
+            self.aux.refresh(self.ema)
         self.step += 1
-        return {"loss": total, "grad_norm": grad_norm, "n_nograd": n_ng, "n_grad": n_g}
+        stats = {"loss": total, "grad_norm": grad_norm, "n_nograd": n_ng, "n_grad": n_g}
+        return {**stats, "aux_loss": aux_total, "lambda": lam} if self.aux is not None else stats
 
     def validate(self) -> dict[str, float]:
         """Validation with the EMA weights when EMA is on (as MDLM does)."""
@@ -240,8 +260,12 @@ class Trainer:
         )
         with progress:
             bar = progress.add_task("train", total=t.max_steps, completed=self.step, status="")
+            if self.aux is not None and self.pre_ppl is None:  # the reference of the App. F.7 selection rule
+                record = {"step": self.step, **self.validate(), "pre_consistency": True}
+                self.pre_ppl = record["val_ppl"]
+                self._log(record)
             window_start, window_steps = time.perf_counter(), 0
-            while self.step < t.max_steps:
+            while self.step < t.max_steps and not self._stage_over():
                 stats = self.train_step()
                 window_steps += 1
                 progress.update(bar, advance=1)
@@ -253,21 +277,44 @@ class Trainer:
                         "grad_norm": float(stats["grad_norm"]), "tokens": self.step * tokens_per_step,
                         "tokens_per_s": rate, "n_nograd": stats["n_nograd"], "n_grad": stats["n_grad"],
                     }
+                    if "aux_loss" in stats:
+                        record["aux_loss"] = float(acc.reduce(stats["aux_loss"], reduction="mean"))
+                        record["lambda"] = stats["lambda"]
                     progress.update(bar, status=f"loss {loss:.3f}  {rate:,.0f} tok/s")
                     self._log(record)
                     window_start, window_steps = time.perf_counter(), 0
+                selected_now = False
                 if self.step % t.val_every == 0 or self.step == t.max_steps:
                     record = {"step": self.step, **self.validate()}
+                    selected_now = self._select(record["val_ppl"])
+                    record.update({"selected": True} if selected_now else {})
                     progress.update(bar, status=f"val ppl {record['val_ppl']:.2f}")
                     self._log(record)
-                if self.step % t.ckpt_every == 0 or self.step == t.max_steps:
-                    self.save_checkpoint()
+                if self.step % t.ckpt_every == 0 or self.step == t.max_steps or selected_now:
+                    folder = self.save_checkpoint()
+                    if selected_now and acc.is_main_process:
+                        mark_selected(self.run.checkpoints, folder)
         result.final_step = self.step
         result.elapsed_s = time.perf_counter() - started
         result.validations = [r for r in self.run.read_metrics() if "val_ppl" in r]
         latest = self.run.latest_checkpoint()
         result.checkpoint = str(latest) if latest else None
+        result.pre_consistency_ppl = self.pre_ppl
+        result.selected_step = self.selected_step
         return result
+
+    def _select(self, val_ppl: float) -> bool:
+        """App. F.7: the first checkpoint whose validation PPL exceeds the pre-consistency value by 15%."""
+        rule = self.recipe.consistency.select_ppl_increase
+        if self.aux is None or self.pre_ppl is None or self.selected_step is not None or rule <= 0:
+            return False
+        if val_ppl > self.pre_ppl * (1 + rule):
+            self.selected_step = self.step
+            return True
+        return False
+
+    def _stage_over(self) -> bool:
+        return self.selected_step is not None and self.recipe.consistency.stop_at_selection
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:

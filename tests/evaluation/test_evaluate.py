@@ -1,0 +1,52 @@
+"""`cofre evaluate` end to end on tiny runs with a tiny local judge: JSON per cell, summary, table, plot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+def cofre(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cofre", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**__import__("os").environ, "COLUMNS": "200"})
+
+
+@pytest.mark.slow
+def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recipe: Path, tiny_gpt2_dir: Path) -> None:
+    fp, plain = tmp_path / "fp", tmp_path / "plain"
+    assert cofre("train", str(tiny_recipe), "--run-dir", str(fp)).returncode == 0
+    assert cofre("train", str(tiny_recipe), "model.K_pre=3", "model.K_fp=0", "model.K_post=0", "name=plain",
+                 "--run-dir", str(plain)).returncode == 0
+    report = tmp_path / "report"
+    args = ["evaluate", str(plain), str(fp), "--budget", "24,48", "--reuse", "none,3sr", "--judge", str(tiny_gpt2_dir),
+            "--num-samples", "4", "--batch-size", "2", "--metrics", "genppl,entropy,valppl,latency",
+            "--latency-repeats", "1", "--val-batches", "2", "--report-dir", str(report)]
+    result = cofre(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cells = sorted((fp / "eval").glob("*.json")) + sorted((plain / "eval").glob("*.json"))
+    assert len(cells) == 2 * 2 + 2  # FP: 2 reuse x 2 budgets; plain: 2 budgets (reuse does not apply)
+    cell = json.loads(cells[0].read_text())
+    assert cell["judge"] == str(tiny_gpt2_dir) and cell["seed"] == 1 and cell["code"]
+    assert cell["metrics"]["genppl"]["value"] > 1 and cell["metrics"]["entropy"]["value"] > 0
+    assert cell["metrics"]["latency"]["repeats"] == 1 and cell["blocks_spent"] == [cell["budget"]] * 2
+    summary = json.loads(next(report.glob("summary-*.json")).read_text())
+    assert {c["label"] for c in summary["cells"]} == {"plain", "tiny-test none", "tiny-test 3sr"}
+    assert set(summary["valppl"]) == {"plain", "tiny-test"}
+    png = next(report.glob("genppl-*.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for fragment in ("tiny-test 3sr", "plain", "24", "48", "val. PPL"):
+        assert fragment in result.stdout
+    # a second run reuses the samples (identical settings and weights) and gives identical numbers
+    again = cofre(*args)
+    assert again.returncode == 0
+    assert json.loads(cells[0].read_text())["metrics"]["genppl"] == cell["metrics"]["genppl"]
+
+
+@pytest.mark.slow
+def test_unknown_metric_is_a_one_line_error(tmp_path: Path) -> None:
+    result = cofre("evaluate", str(tmp_path), "--metrics", "bleu")
+    assert result.returncode == 2 and "unknown metric(s) bleu" in result.stderr
