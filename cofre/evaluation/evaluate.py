@@ -24,6 +24,8 @@ from cofre.errors import CofreError
 from cofre.evaluation.latency import measure_latency
 from cofre.evaluation.valppl import validation_perplexity
 from cofre.runs import atomic_write_text, code_version
+from cofre.sampling.budget import SCHEDULES
+from cofre.sampling.reuse import REUSE_POLICIES
 from cofre.sampling.generate import (
     LoadedCheckpoint,
     SampleSettings,
@@ -36,6 +38,7 @@ from cofre.sampling.generate import (
 from cofre.tasks.mdlm import MDLMTask
 
 METRICS = ("genppl", "entropy", "mauve", "valppl", "latency")
+SAMPLE_METRICS = {"genppl", "entropy", "mauve", "latency"}  # the metrics that need samples
 
 
 @dataclass
@@ -87,8 +90,16 @@ def check_settings(settings: EvalSettings) -> None:
     unknown = [m for m in settings.metrics if m not in METRICS]
     if unknown:
         raise CofreError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    if not settings.budgets:
+    if not settings.budgets and SAMPLE_METRICS & set(settings.metrics):
         raise CofreError("give at least one --budget")
+    bad_reuse = [r for r in settings.reuse if r not in REUSE_POLICIES]
+    if bad_reuse:
+        raise CofreError(f"unknown reuse policy {', '.join(bad_reuse)}; choose from {', '.join(REUSE_POLICIES)}")
+    if settings.schedule not in SCHEDULES:
+        raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{settings.schedule}'")
+    for budget in settings.budgets:
+        if budget < 1:
+            raise CofreError(f"--budget values must be positive, got {budget}")
 
 
 def reference_texts(ckpt: LoadedCheckpoint, count: int, length: int) -> list[str]:
@@ -149,6 +160,8 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
             valppl[name] = validation_perplexity(ckpt.model, task, val, settings.val_batches,
                                                  ckpt.recipe.trainer.micro_batch_size, ckpt.recipe.solver.eval_iters)
         policies = settings.reuse if ckpt.model.cfg.is_fixed_point else ["none"]  # reuse needs a fixed-point solve
+        if not SAMPLE_METRICS & set(settings.metrics):
+            policies = []  # nothing to score on samples (e.g. --metrics valppl with --lm-eval)
         reference_features = None  # held-out texts of the run's corpus, featurised once per run
         for reuse in policies:
             for budget in settings.budgets:

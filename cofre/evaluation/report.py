@@ -53,11 +53,16 @@ def plot_genppl(summary: EvalSummary, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    runs = list(dict.fromkeys(c.run for c in summary.cells))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"none": ("-", "o"), "full": ("--", "s"), "3sr": (":", "^")}  # coinciding lines stay visible
     for label in dict.fromkeys(c.label for c in summary.cells):
         cells = sorted((c for c in summary.cells if c.label == label), key=lambda c: c.budget)
         x = [c.budget for c in cells]
         y = [c.metrics["genppl"]["value"] for c in cells]
-        (line,) = ax.plot(x, y, marker="o", label=label)
+        linestyle, marker = styles.get(cells[0].reuse, ("-", "o"))
+        color = colors[runs.index(cells[0].run) % len(colors)]
+        (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=label, markerfacecolor="none")
         for c, xi, yi in zip(cells, x, y):
             if "entropy" in c.metrics:
                 ax.annotate(f"{c.metrics['entropy']['value']:.2f}", (xi, yi), textcoords="offset points",

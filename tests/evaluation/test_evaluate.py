@@ -47,6 +47,15 @@ def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recip
 
 
 @pytest.mark.slow
-def test_unknown_metric_is_a_one_line_error(tmp_path: Path) -> None:
-    result = cofre("evaluate", str(tmp_path), "--metrics", "bleu")
-    assert result.returncode == 2 and "unknown metric(s) bleu" in result.stderr
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--metrics", "bleu"], "unknown metric(s) bleu"),
+        (["--reuse", "none,most"], "unknown reuse policy most"),
+        (["--budget", "96,x"], "--budget takes comma-separated integers"),
+        (["--budget", "0"], "--budget values must be positive"),
+    ],
+)
+def test_bad_evaluate_arguments_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
+    result = cofre("evaluate", str(tmp_path), *args)
+    assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr

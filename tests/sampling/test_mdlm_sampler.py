@@ -72,8 +72,10 @@ def test_none_reuse_equals_solving_from_h_pre() -> None:
     model = fp_model()
     tokens, _, _ = draw(model, 96, seed=5, reuse=ReuseConfig("none"))
     assert torch.equal(tokens, reference_no_reuse(model, 96, seed=5))
-    full, _, _ = draw(model, 96, seed=5, reuse=ReuseConfig("full"))
-    assert not torch.equal(tokens, full)  # a warm start changes the solve
+    # with one iteration per step the solve is far from converged, so each warm start shows in the samples
+    one_iter = {name: draw(model, 48, seed=5, steps=16, batch=8, reuse=ReuseConfig(name))[0] for name in REUSE_POLICIES}
+    assert not torch.equal(one_iter["none"], one_iter["full"])
+    assert not torch.equal(one_iter["3sr"], one_iter["full"]) and not torch.equal(one_iter["3sr"], one_iter["none"])
 
 
 def constant_model(probs: list[float]) -> Denoiser:
