@@ -72,7 +72,7 @@ def _report_training(result: Any, recipe: Recipe, directory: Path) -> None:
     for column in ("step", "val NLL", "val PPL", "weights", "note"):
         table.add_column(column, justify="right")
     for record in result.validations:
-        note = "pre-consistency" if record.get("pre_consistency") else "selected (F.7)" if record.get("selected") else ""
+        note = "stage start" if record.get("pre_consistency") else "selected (F.7)" if record.get("selected") else ""
         table.add_row(str(record["step"]), f"{record['val_nll']:.4f}", f"{record['val_ppl']:.2f}", record["weights"], note)
     console.print(table)
     verb = "resumed at step %d, trained" % result.start_step if result.start_step else "trained"

@@ -27,8 +27,9 @@ def _cell_text(metrics: dict) -> str:
 def results_table(summary: EvalSummary) -> Table:
     """Rows: run x reuse; columns: budgets; cells: Gen. PPL (entropy) [MAUVE] [latency per batch]."""
     budgets = sorted({c.budget for c in summary.cells})
-    labels = list(dict.fromkeys(c.label for c in summary.cells))
-    title = f"Gen. PPL (entropy) by transformer-block budget; judge {summary.judge}"
+    labels = list(dict.fromkeys(c.label for c in summary.cells)) or list(summary.valppl)  # valppl-only runs
+    judged = any("genppl" in c.metrics for c in summary.cells)
+    title = f"Gen. PPL (entropy) by transformer-block budget; judge {summary.judge}" if judged else "Evaluation"
     table = Table(title=title)
     table.add_column("model / reuse")
     for budget in budgets:
