@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cofre.data.packing import load_corpus
@@ -86,8 +85,8 @@ def residual_streams(model: Denoiser, z: Tensor, sigma: Tensor, n_iters: int = 0
         fp = model.fixed_point
         injected = model.inject(h)
         for n in range(1, n_iters + 1):
-            # FixedPointBlock.forward, opened up so that each of its blocks is seen: W_h h + (W_x h̃ + b), then blocks
-            h = F.linear(h, fp.mix.weight[:, : fp.hidden]) + injected
+            # FixedPointBlock.forward, opened up so that each of its blocks is seen
+            h = fp.mixed_input(h, injected)
             for k, block in enumerate(fp.blocks, start=1):
                 h = block(h, cond.c, cond.rope)
                 keep(h, f"fp {n}" if len(fp.blocks) == 1 else f"fp {n}.{k}")

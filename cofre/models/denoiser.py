@@ -53,8 +53,12 @@ class FixedPointBlock(nn.Module):
         """The h̃ part of the mix, W_x h̃ + b."""
         return F.linear(h_tilde, self.mix.weight[:, self.hidden :], self.mix.bias)
 
+    def mixed_input(self, h: Tensor, injected: Tensor) -> Tensor:
+        """The first blocks' input, W_h h + (W_x h̃ + b)."""
+        return F.linear(h, self.mix.weight[:, : self.hidden]) + injected
+
     def forward(self, h: Tensor, injected: Tensor, cond: Conditioning) -> Tensor:
-        x = F.linear(h, self.mix.weight[:, : self.hidden]) + injected
+        x = self.mixed_input(h, injected)
         for block in self.blocks:
             x = block(x, cond.c, cond.rope)
         return x
