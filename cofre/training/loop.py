@@ -103,6 +103,7 @@ class Trainer:
         acc = self.accelerator
         self.accum = accumulation_steps(recipe, acc.num_processes)
         resuming = self.run.check(recipe)
+        acc.wait_for_everyone()  # every process has read the directory before the main one writes to it
         if acc.is_main_process:
             self.run.create(recipe)
             for stale in self.run.checkpoints.glob(".tmp-*"):
