@@ -34,6 +34,15 @@ def main(
     DEBUG["on"] = debug
 
 
+PrecisionOption = Annotated[
+    str, typer.Option(help="The network's precision: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. "
+                           "Logits are float64 before sampling either way.")
+]
+CompileOption = Annotated[
+    bool, typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks (first batch compiles).")
+]
+
+
 def recipe_or_run(path: Path, overrides: list[str]) -> Recipe:
     """A recipe YAML file, a run directory (its recipe.yaml) or a checkpoint folder (its config.json)."""
     if path.is_dir():
@@ -193,11 +202,14 @@ def sample(
     ] = None,
     trace: Annotated[Path | None, typer.Option(help="Write per-step solver diagnostics (residuals, shifts) as JSONL.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... or auto.")] = "auto",
+    precision: PrecisionOption = "auto",
+    compile: CompileOption = False,
     out: Annotated[Path | None, typer.Option(help="Output JSONL; default <run>/samples/<settings tag>.jsonl.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings."""
     from cofre.sampling.budget import SCHEDULES
+    from cofre.precision import resolve_device, resolve_precision
     from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint
     from cofre.sampling.reuse import REUSE_POLICIES
     if schedule not in SCHEDULES:
@@ -208,8 +220,9 @@ def sample(
         budget=budget, steps=steps, schedule=schedule, reuse=reuse, gamma_mask_min=gamma_mask_min,
         gamma_mask_max=gamma_mask_max, gamma_changed=gamma_changed, num_samples=num_samples, batch_size=batch_size,
         seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
+        precision=resolve_precision(precision, resolve_device(device)), compile=compile,
     )
-    ckpt = open_checkpoint(checkpoint, ema=ema, device=device)
+    ckpt = open_checkpoint(checkpoint, ema=ema, device=device, compile=compile)
     result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace)
     table = Table(title=f"cofre sample: {result.num_samples} samples from {ckpt.folder}")
     table.add_column("setting")
@@ -221,6 +234,7 @@ def sample(
         ("iterations per step", " ".join(map(str, result.iterations)) or "(plain model)"),
         ("blocks per step (mean)", " ".join(f"{b:g}" for b in result.blocks_per_step)),
         ("reuse / schedule", f"{reuse} / {schedule}"),
+        ("device / precision", f"{ckpt.device} / {settings.precision}{' / compiled' if compile else ''}"),
         ("cached steps", str(result.cached_steps) if cache else "off"),
         ("time", f"{result.wall_time_s:.1f}s, {result.tokens_per_s:,.0f} tokens/s"),
         ("output", result.out),
@@ -244,7 +258,10 @@ def _name_list(text: str) -> list[str]:
 
 @app.command()
 def evaluate(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories (latest checkpoint) or checkpoint folders.")],
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="Run directories (latest checkpoint) or checkpoint folders; "
+                                               "default: every run under ./runs that holds a checkpoint.")
+    ] = None,
     budget: Annotated[str, typer.Option("--budget", "-b", help="Comma-separated block budgets.")] = "96,192,384,768",
     reuse: Annotated[str, typer.Option(help="Comma-separated warm starts for FP models: none, full, 3sr.")] = "none,full,3sr",
     metrics: Annotated[
@@ -272,6 +289,8 @@ def evaluate(
     lm_eval_limit: Annotated[int | None, typer.Option(help="Documents per lm-eval task (default all).")] = None,
     lm_eval_include: Annotated[Path | None, typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    precision: PrecisionOption = "auto",
+    compile: CompileOption = False,
     report_dir: Annotated[
         Path | None, typer.Option(help="Where the summary JSON and plot go; default runs/reports/<run names>.")
     ] = None,
@@ -279,13 +298,18 @@ def evaluate(
     """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot."""
     from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
     from cofre.evaluation.report import results_table
-    from cofre.sampling.generate import resolve_device
+    from cofre.precision import resolve_device
+    from cofre.runs import runs_with_checkpoints
 
     settings = EvalSettings(
         budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse), metrics=_name_list(metrics), judge=judge,
         num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p, steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
+        precision=precision, compile=compile,
     )
+    if not runs:
+        runs = runs_with_checkpoints(Path("runs"))
+        console.print("evaluating every run under runs/: " + ", ".join(str(r) for r in runs))
     report_dir = report_dir or Path("runs") / "reports" / "+".join(p.name for p in runs)
     summary = evaluate_runs(runs, settings, report_dir, console)
     console.print(results_table(summary))
@@ -317,16 +341,22 @@ def convert(
         str, typer.Option("--map", help="Source layers (1-based) for PRE,FP,POST, e.g. 1,6,12; '+' joins several "
                                         "layers in one part (1+2,6,11+12); 'all' keeps every layer (a plain copy).")
     ],
-    out: Annotated[Path, typer.Option(help="New run directory for the converted FP-MDLM (must not exist or be empty).")],
+    out: Annotated[
+        Path | None, typer.Option(help="New run directory for the converted FP-MDLM (must not exist or be empty); "
+                                       "default runs/<source name>-fp.")
+    ] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads of the source, when its files cannot tell.")] = None,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Convert the EMA weights when the source has them.")] = True,
     injection: Annotated[str, typer.Option(help="Input injection G of the FP model: linear (init identity) or identity.")] = "linear",
 ) -> None:
     """Turn a pretrained MDLM into an FP-MDLM by mapping its layers into pre, fixed-point and post blocks (§3.4)."""
-    from cofre.convert import convert_checkpoint
+    from cofre.convert import convert_checkpoint, default_output
 
     if injection not in ("linear", "identity"):
         raise CofreError(f"--injection must be linear or identity, got '{injection}'")
+    if out is None:
+        out = default_output(source)
+        console.print(f"out      {out} (default: runs/<source name>-fp)")
     report = convert_checkpoint(source, layer_map, out, heads=heads, ema=ema, injection=injection)  # type: ignore[arg-type]
     console.print(f"source   {report.source}  ({report.format})")
     console.print(f"map      {report.layer_map}")
@@ -347,6 +377,8 @@ def cka(
     max_tokens: Annotated[int, typer.Option(help="Token rows per layer kept for CKA (a fixed random subset).")] = 4096,
     seed: Annotated[int, typer.Option(help="Seed of the batches, masks and rows.")] = 0,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA weights when present.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    precision: PrecisionOption = "auto",
     out: Annotated[Path | None, typer.Option(help="Output folder; default <run>/cka.")] = None,
 ) -> None:
     """Linear CKA between the residual streams of every layer, averaged over t (App. C.3.1, Fig. 6)."""
@@ -361,7 +393,7 @@ def cka(
         raise CofreError(f"--timesteps must be in (0, 1], got '{timesteps}'")
     folder = resolve_checkpoint(checkpoint)
     report = analyze_checkpoint(folder, tuple(times), batches=batches, batch_size=batch_size, seed=seed, ema=ema,
-                                max_tokens=max_tokens)
+                                max_tokens=max_tokens, device=device, precision=precision)
     paths = write_cka_outputs(report, out or run_root(folder) / "cka")
     table = Table(title=f"linear CKA of consecutive layers, mean over t = {timesteps}")
     table.add_column("layers")

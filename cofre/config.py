@@ -94,6 +94,8 @@ class TrainerConfig:
     global_batch_size: int = 512  # sequences per optimizer step, over all processes
     micro_batch_size: int = 32  # sequences per forward pass per process; accumulation fills the rest
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False  # torch.compile each transformer block (the SJFB loop stays eager: no recompiles)
+    log_with: Literal["none", "tensorboard", "wandb"] = "none"  # experiment tracker beside metrics.jsonl
     ema: float = 0.9999  # EMA decay; 0 disables
     seed: int = 1
     log_every: int = 50

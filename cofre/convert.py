@@ -33,6 +33,7 @@ from cofre.training.checkpoint import (
     MODEL_FILE,
     publish_checkpoint,
     resolve_checkpoint,
+    run_root,
     staging_dir,
     write_checkpoint_files,
 )
@@ -525,6 +526,13 @@ class ConversionReport:
 
 def _count(state: dict[str, Tensor]) -> int:
     return sum(v.numel() for v in state.values())
+
+
+def default_output(source: Path) -> Path:
+    """runs/<source name>-fp: the run's name for a cofre run or checkpoint, the file's stem for `mdlm.ckpt`."""
+    source = Path(source)
+    name = source.stem if source.is_file() else run_root(source.resolve()).name
+    return Path("runs") / f"{name}-fp"
 
 
 def convert_checkpoint(

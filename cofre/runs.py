@@ -29,11 +29,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested plain data as {"section.key": value}."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -41,8 +42,16 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def recipe_differences(old: Recipe, new: Recipe) -> list[str]:
     """Dotted keys whose values differ between two recipes."""
-    a, b = _flatten(recipe_to_dict(old)), _flatten(recipe_to_dict(new))
+    a, b = flatten(recipe_to_dict(old)), flatten(recipe_to_dict(new))
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def runs_with_checkpoints(root: Path) -> list[Path]:
+    """Every run directory directly under `root` that holds a published checkpoint, by name."""
+    runs = sorted(p for p in root.glob("*") if (p / "checkpoints" / "latest").is_file()) if root.is_dir() else []
+    if not runs:
+        raise CofreError(f"no run under {root}/ holds a checkpoint; train one first or name the runs to use")
+    return runs
 
 
 class RunDir:

@@ -19,6 +19,7 @@ from torch import Tensor
 from cofre.data.packing import load_corpus
 from cofre.errors import CofreError
 from cofre.models import Denoiser
+from cofre.precision import autocast, resolve_device, resolve_precision
 from cofre.tasks.mdlm import MDLMTask, mask_tokens
 from cofre.training.checkpoint import load_model, resolve_checkpoint
 
@@ -117,6 +118,8 @@ class CKAReport:
     num_tokens: int  # token rows per layer and timestep
     seed: int
     boundary_per_t: dict[str, int]  # the boundary found at each timestep alone (its stability, App. C.3.1)
+    device: str = "cpu"
+    precision: str = "fp32"  # of the network's forward passes; CKA itself is computed in fp32
 
 
 def block_boundary(consecutive: list[float]) -> int:
@@ -161,12 +164,14 @@ def analyze_checkpoint(
     ema: bool = True,
     max_tokens: int = 4096,
     n_iters: int | None = None,
-    device: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
 ) -> CKAReport:
     """CKA between all block evaluations of a checkpoint on held-out blocks masked at each t, averaged over t.
 
     The same blocks, mask draws u (so masks are nested across t) and token rows serve every t and layer.
-    `n_iters` (fixed-point models) defaults to the recipe's solver.eval_iters; `device` to CUDA when present.
+    `n_iters` (fixed-point models) defaults to the recipe's solver.eval_iters; `device` to CUDA when present;
+    the network runs at `precision` (auto: bf16 autocast on CUDA), CKA itself in fp32.
     """
     if not timesteps or any(not 0.0 <= t <= 1.0 for t in timesteps):
         raise CofreError(f"CKA timesteps must be in [0, 1], got {list(timesteps)}")
@@ -174,7 +179,8 @@ def analyze_checkpoint(
         raise CofreError("CKA needs batches >= 1, batch_size >= 1 and max_tokens >= 2")
     folder = resolve_checkpoint(checkpoint)
     model, recipe = load_model(folder, ema=ema)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     model = model.to(dev).eval()
     iters = recipe.solver.eval_iters if n_iters is None else n_iters
     if model.blocks_per_step(iters) < 2:
@@ -201,7 +207,7 @@ def analyze_checkpoint(
             z = mask_tokens(x, 1 - task.schedule.alpha(t_vec), task.mask_id, u)
             first = start * x_all.shape[1]
             local = rows[(rows >= first) & (rows < first + x.numel())] - first
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(dev, precision):
                 streams, labels = residual_streams(model, z.to(dev), task.schedule.sigma(t_vec).to(dev), iters)
             collected.append([s[local.to(dev)].float().cpu() for s in streams])
         features = [torch.cat(layer) for layer in zip(*collected)]
@@ -224,6 +230,8 @@ def analyze_checkpoint(
         num_tokens=len(rows),
         seed=seed,
         boundary_per_t={k: summarize(m)[1] for k, m in per_t.items()},
+        device=str(dev),
+        precision=precision,
     )
 
 

@@ -23,6 +23,7 @@ from cofre.data.tokenizer import gpt2_tokenizer
 from cofre.errors import CofreError
 from cofre.evaluation.latency import measure_latency
 from cofre.evaluation.valppl import validation_perplexity
+from cofre.precision import resolve_device, resolve_precision
 from cofre.runs import atomic_write_text, code_version
 from cofre.sampling.budget import SCHEDULES
 from cofre.sampling.reuse import REUSE_POLICIES
@@ -31,7 +32,6 @@ from cofre.sampling.generate import (
     SampleSettings,
     build_sampler,
     open_checkpoint,
-    resolve_device,
     sample_checkpoint,
     sample_tag,
 )
@@ -60,6 +60,8 @@ class EvalSettings:
     val_batches: int = 16  # micro-batches of held-out blocks for validation perplexity
     latency_warmup: int = 2
     latency_repeats: int = 20
+    precision: str = "auto"  # the network's: bf16 autocast on CUDA, fp32 on CPU; val PPL's loss stays fp32
+    compile: bool = False  # torch.compile the transformer blocks
 
 
 @dataclass
@@ -132,7 +134,8 @@ def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: l
         sampler = build_sampler(ckpt, sample_settings)
         generator = torch.Generator(ckpt.device).manual_seed(settings.seed)
         latency = measure_latency(lambda: sampler.sample(settings.batch_size, generator), settings.batch_size,
-                                  sampler.cfg.length, ckpt.device, "fp32", settings.latency_warmup, settings.latency_repeats)
+                                  sampler.cfg.length, ckpt.device, sampler.cfg.precision, settings.latency_warmup,
+                                  settings.latency_repeats)
         metrics["latency"] = dataclasses.asdict(latency)
     return metrics
 
@@ -152,13 +155,15 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     cells: list[Cell] = []
     valppl: dict[str, dict[str, float]] = {}
     for run in runs:
-        ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device)
+        ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device, compile=settings.compile)
         name = ckpt.recipe.name
+        precision = resolve_precision(settings.precision, ckpt.device)
         if "valppl" in settings.metrics:
             task = MDLMTask(ckpt.recipe.task, ckpt.recipe.model.mask_id)
             val = load_corpus(ckpt.recipe.data).val
-            valppl[name] = validation_perplexity(ckpt.model, task, val, settings.val_batches,
-                                                 ckpt.recipe.trainer.micro_batch_size, ckpt.recipe.solver.eval_iters)
+            valppl[name] = {**validation_perplexity(ckpt.model, task, val, settings.val_batches,
+                                                    ckpt.recipe.trainer.micro_batch_size, ckpt.recipe.solver.eval_iters,
+                                                    precision), "precision": precision}
         policies = settings.reuse if ckpt.model.cfg.is_fixed_point else ["none"]  # reuse needs a fixed-point solve
         if not SAMPLE_METRICS & set(settings.metrics):
             policies = []  # nothing to score on samples (e.g. --metrics valppl with --lm-eval)
@@ -168,7 +173,8 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
                 sample_settings = SampleSettings(
                     budget=budget, steps=settings.steps, schedule=settings.schedule, reuse=reuse,
                     num_samples=settings.num_samples, batch_size=settings.batch_size, seed=settings.seed,
-                    top_p=settings.top_p, ema=settings.ema, device=settings.device,
+                    top_p=settings.top_p, ema=settings.ema, device=settings.device, precision=precision,
+                    compile=settings.compile,
                 )
                 label = f"{name} {reuse}" if ckpt.model.cfg.is_fixed_point else name
                 console.print(f"[bold]{label}[/] budget {budget}: sampling {settings.num_samples}")
@@ -183,7 +189,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
                 record = {
                     "run": str(run), "label": label, "reuse": reuse, "budget": budget,
                     "blocks_spent": result.blocks_spent, "steps": result.steps, "iterations": result.iterations,
-                    "metrics": metrics, "judge": settings.judge if judge is not None else None,
+                    "metrics": metrics, "judge": settings.judge if judge is not None else None, "precision": precision,
                     "seed": settings.seed, "num_samples": result.num_samples, "samples": result.out,
                     "sample_settings": dataclasses.asdict(sample_settings), "checkpoint": ckpt.identity,
                     "code": code, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

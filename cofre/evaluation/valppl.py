@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from cofre.models import Denoiser
+from cofre.precision import autocast
 from cofre.tasks.mdlm import MDLMTask
 
 VAL_SEED = 20_240_531  # every validation redraws the same t and masks, so values are comparable
@@ -44,11 +45,14 @@ def summarize_totals(totals: Tensor, fixed_point: bool) -> dict[str, float]:
 
 
 def validation_perplexity(model: Denoiser, task: MDLMTask, val: Tensor, batches: int, micro: int,
-                          n_iters: int) -> dict[str, float]:
-    """Single-process validation over `batches` micro-batches of `micro` blocks (the training loop's draws)."""
+                          n_iters: int, precision: str = "fp32") -> dict[str, float]:
+    """Single-process validation over `batches` micro-batches of `micro` blocks (the training loop's draws);
+    the network runs at `precision`, the loss in fp32 or better."""
     was_training = model.training
     model.eval()
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(VAL_SEED)
-    totals = bound_totals(model, task, val, range(batches), micro, n_iters, generator)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(VAL_SEED)
+    totals = bound_totals(model, task, val, range(batches), micro, n_iters, generator,
+                          lambda: autocast(device, precision))
     model.train(was_training)
     return summarize_totals(totals, model.cfg.is_fixed_point)

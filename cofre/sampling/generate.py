@@ -20,6 +20,7 @@ from cofre.sampling.mdlm import MDLMSampler, SamplerConfig, StepRecord
 from cofre.sampling.reuse import ReuseConfig
 from cofre.config import Recipe
 from cofre.models import Denoiser
+from cofre.precision import resolve_device, resolve_precision
 from cofre.runs import code_version
 from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_train_state, resolve_checkpoint, run_root
 
@@ -45,6 +46,8 @@ class SampleSettings:
     cache: bool = False
     tol: float | None = None
     device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (resolved before sampling, so recorded as run)
+    compile: bool = False  # torch.compile the transformer blocks
 
 
 @dataclass
@@ -97,15 +100,19 @@ class LoadedCheckpoint:
         return run_root(self.folder)
 
 
-def open_checkpoint(path: str | Path, ema: bool = True, device: str = "auto") -> LoadedCheckpoint:
+def open_checkpoint(path: str | Path, ema: bool = True, device: str = "auto", compile: bool = False) -> LoadedCheckpoint:
     folder = resolve_checkpoint(path)
     model, recipe = load_model(folder, ema=ema)
     dev = resolve_device(device)
-    return LoadedCheckpoint(folder, model.to(dev).eval(), recipe, checkpoint_identity(folder, ema), dev)
+    model = model.to(dev).eval()
+    if compile:
+        model.compile_blocks()
+    return LoadedCheckpoint(folder, model, recipe, checkpoint_identity(folder, ema), dev)
 
 
-def resolve_device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+def resolved(settings: SampleSettings, device: torch.device) -> SampleSettings:
+    """`settings` with 'auto' precision made concrete for `device`, so files name what actually ran."""
+    return dataclasses.replace(settings, precision=resolve_precision(settings.precision, device))
 
 
 def validate_settings(settings: SampleSettings, max_len: int) -> None:
@@ -129,7 +136,8 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
     plan: BudgetPlan = plan_budget(recipe.model, settings.budget, settings.steps, settings.schedule)
     reuse = ReuseConfig(settings.reuse, settings.gamma_mask_min, settings.gamma_mask_max, settings.gamma_changed)
     config = SamplerConfig(length=settings.length or recipe.data.seq_len, reuse=reuse, top_p=settings.top_p,
-                           noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace)
+                           noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace,
+                           precision=resolve_precision(settings.precision, ckpt.device))
     return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps)
 
 
@@ -155,6 +163,7 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
                       if_exists: str = "error", trace: Path | None = None, show_progress: bool = True) -> SampleResult:
     """Sample `settings.num_samples` sequences and write them (with settings and cost) to `out`, by default
     `<run>/samples/<tag>.jsonl`. An existing file is an error, replaced ("overwrite"), or read back ("reuse")."""
+    settings = resolved(settings, ckpt.device)
     sampler = build_sampler(ckpt, settings, trace=trace is not None)
     out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, ckpt.identity)}.jsonl"
     if out.exists() and if_exists == "reuse":

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from cofre.models import Denoiser
+from cofre.precision import autocast
 from cofre.sampling.budget import BudgetPlan
 from cofre.sampling.reuse import TRANSITION_NAMES, ReuseConfig, transition_types, warm_start
 from cofre.solver import solve
@@ -31,6 +32,7 @@ class SamplerConfig:
     cache: bool = False  # skip the network when no token is revealed (spends less than the budget)
     tol: float | None = None  # adaptive stopping: leave the solve once every residual is below tol
     trace: bool = False  # record residuals per iteration and solution shifts per transition type
+    precision: str = "fp32"  # the network's: fp32, or bf16 autocast (logits are float64 before every draw)
 
 
 @dataclass
@@ -111,23 +113,24 @@ class MDLMSampler:
             if cfg.cache and record.revealed == 0:
                 record.cached = True  # nothing changes: MDLM's cache shortcut, no network call, no blocks
                 continue
-            cond = model.conditioning(self.schedule.sigma(torch.full((batch_size,), t, device=device)), cfg.length)
-            h = model.pre_stack(z, cond)  # h_pre (the whole network for a plain model)
-            if model.fixed_point is not None:
-                injected = model.inject(h)
-                h0 = warm_start(h, h_prev, z, z_prev, self.mask_id, cfg.reuse)
-                h, stats = solve(lambda x: model.fp_step(x, injected, cond), h0, allocated, cfg.tol, cfg.trace)
-                record.iterations = stats.iterations
-                record.residuals = [float(r.mean()) for r in stats.residuals] if cfg.trace else []
-                if cfg.trace and h_prev is not None and z_prev is not None:
-                    record.solution_shift = _solution_shift(h, h_prev, transition_types(z, z_prev, self.mask_id))
-                carry = allocated - stats.iterations  # unspent iterations move on to later steps
-                h_prev, z_prev = h, z
-            record.blocks = model.blocks_per_step(record.iterations)
-            spent += record.blocks
-            hidden = model.post_stack(h, cond)
-            positions = reveal.nonzero(as_tuple=True)
-            logits = model.head(hidden, cond, positions)
+            with autocast(device, cfg.precision):
+                cond = model.conditioning(self.schedule.sigma(torch.full((batch_size,), t, device=device)), cfg.length)
+                h = model.pre_stack(z, cond)  # h_pre (the whole network for a plain model)
+                if model.fixed_point is not None:
+                    injected = model.inject(h)
+                    h0 = warm_start(h, h_prev, z, z_prev, self.mask_id, cfg.reuse)
+                    h, stats = solve(lambda x: model.fp_step(x, injected, cond), h0, allocated, cfg.tol, cfg.trace)
+                    record.iterations = stats.iterations
+                    record.residuals = [float(r.mean()) for r in stats.residuals] if cfg.trace else []
+                    if cfg.trace and h_prev is not None and z_prev is not None:
+                        record.solution_shift = _solution_shift(h, h_prev, transition_types(z, z_prev, self.mask_id))
+                    carry = allocated - stats.iterations  # unspent iterations move on to later steps
+                    h_prev, z_prev = h, z
+                record.blocks = model.blocks_per_step(record.iterations)
+                spent += record.blocks
+                hidden = model.post_stack(h, cond)
+                positions = reveal.nonzero(as_tuple=True)
+                logits = model.head(hidden, cond, positions)
             greedy = cfg.noise_removal and i == plan.steps - 1
             z = z.clone()
             z[positions] = draw_tokens(logits, self.mask_id, cfg.top_p, greedy, generator)

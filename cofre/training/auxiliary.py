@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor
 
@@ -18,10 +16,11 @@ class AuxiliaryLoss:
     """L_aux between the student (the model in training) and a teacher on a strictly cleaner input:
     the model itself under stop-gradient, its EMA, or a frozen checkpoint (the source MDLM of §3.4)."""
 
-    def __init__(self, recipe: Recipe, model: Denoiser, ema: EMA | None, device: torch.device) -> None:
+    def __init__(self, recipe: Recipe, model: Denoiser, ema: EMA | None) -> None:
         self.cfg: ConsistencyConfig = recipe.consistency
         self.mask_id = recipe.model.mask_id
         self.frozen: Denoiser | None = None
+        device = next(model.parameters()).device  # the teacher follows the prepared student onto its device
         if self.cfg.teacher == "checkpoint":
             if not self.cfg.teacher_checkpoint:
                 raise CofreError("consistency.teacher is 'checkpoint' but consistency.teacher_checkpoint is empty")
@@ -31,7 +30,8 @@ class AuxiliaryLoss:
         elif self.cfg.teacher == "ema":
             if ema is None:
                 raise CofreError("consistency.teacher 'ema' needs trainer.ema > 0")
-            self.frozen = copy.deepcopy(model)
+            self.frozen = Denoiser(model.cfg).to(device)  # a plain copy (not of a compiled model) with the EMA weights
+            self.frozen.load_state_dict(ema.state_dict(model))
         if self.frozen is not None:
             self.frozen.to(device).eval().requires_grad_(False)
         if self.cfg.loss.startswith("hidden") and self.frozen is not None and self.frozen.cfg.hidden != recipe.model.hidden:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from contextlib import nullcontext
 import time
@@ -15,12 +16,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file
 from torch import Tensor
 
-from cofre.config import Recipe
+from cofre.config import Recipe, recipe_to_dict
 from cofre.data.packing import PackedCorpus, load_corpus
 from cofre.errors import CofreError
 from cofre.evaluation.valppl import VAL_SEED, bound_totals, summarize_totals
 from cofre.models import Denoiser
-from cofre.runs import RunDir
+from cofre.runs import RunDir, flatten
 from cofre.tasks.consistency import consistency_weight, correlated_pair
 from cofre.tasks.mdlm import MDLMTask
 from cofre.training.batches import BlockOrder
@@ -58,6 +59,25 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
     return {"fp32": "no", "bf16": "bf16"}[precision]
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def tracker(log_with: str) -> str | None:
+    """Accelerate's tracker name for `trainer.log_with`; a missing package is a one-line error."""
+    if log_with == "none":
+        return None
+    package = TRACKER_PACKAGES[log_with]
+    if importlib.util.find_spec(package) is None:
+        raise CofreError(f"trainer.log_with '{log_with}' needs the '{package}' package: pip install {package}")
+    return log_with
+
+
+def tracker_config(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as flat scalar hyper-parameters (what TensorBoard's hparams and W&B's config accept)."""
+    flat = flatten(recipe_to_dict(recipe))
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
 def sjfb_iterations(recipe: Recipe, step: int) -> tuple[int, int]:
@@ -99,7 +119,8 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: str | Path) -> None:
         self.recipe = recipe
         self.run = RunDir(run_dir)
-        self.accelerator = Accelerator(mixed_precision=resolve_precision(recipe.trainer.precision))
+        self.accelerator = Accelerator(mixed_precision=resolve_precision(recipe.trainer.precision),
+                                       log_with=tracker(recipe.trainer.log_with), project_dir=str(self.run.path))
         acc = self.accelerator
         self.accum = accumulation_steps(recipe, acc.num_processes)
         resuming = self.run.check(recipe)
@@ -115,10 +136,13 @@ class Trainer:
             raise CofreError(f"data.seq_len {self.corpus.train.shape[1]} exceeds model.max_seq_len {recipe.model.max_seq_len}")
         torch.manual_seed(recipe.trainer.seed)  # identical initial weights on every process
         model = Denoiser(recipe.model)
-        self.ema = EMA(model, recipe.trainer.ema) if recipe.trainer.ema > 0 else None
+        if recipe.trainer.compile:
+            model.compile_blocks()
         optimizer = build_optimizer(model, recipe.optim)
         self.scheduler = build_scheduler(optimizer, recipe.optim, recipe.trainer.max_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        # built from the prepared model, so the shadow lives on its device (a CPU shadow breaks CUDA training)
+        self.ema = EMA(self.unwrapped, recipe.trainer.ema) if recipe.trainer.ema > 0 else None
         self.task = MDLMTask(recipe.task, recipe.model.mask_id)
         self.order = BlockOrder(self.corpus.train.shape[0], recipe.trainer.global_batch_size, recipe.trainer.seed)
         torch.manual_seed(recipe.trainer.seed + 1000 * acc.process_index)  # dropout differs per process
@@ -131,7 +155,9 @@ class Trainer:
             self._resume(latest)
         elif recipe.init_from:
             self._initialize_from(recipe.init_from)
-        self.aux = AuxiliaryLoss(recipe, self.unwrapped, self.ema, acc.device) if recipe.consistency.enabled else None
+        self.aux = AuxiliaryLoss(recipe, self.unwrapped, self.ema) if recipe.consistency.enabled else None
+        if acc.is_main_process and recipe.trainer.log_with != "none":
+            acc.init_trackers(recipe.name, config=tracker_config(recipe))
 
     @property
     def unwrapped(self) -> Denoiser:
@@ -295,6 +321,7 @@ class Trainer:
                     folder = self.save_checkpoint()
                     if selected_now and acc.is_main_process:
                         mark_selected(self.run.checkpoints, folder)
+        acc.end_training()  # flushes and closes the experiment trackers
         result.final_step = self.step
         result.elapsed_s = time.perf_counter() - started
         result.validations = [r for r in self.run.read_metrics() if "val_ppl" in r]
@@ -318,8 +345,12 @@ class Trainer:
         return self.selected_step is not None and self.recipe.consistency.stop_at_selection
 
     def _log(self, record: dict[str, Any]) -> None:
+        """metrics.jsonl is the source of truth; trackers (TensorBoard, W&B) get the numeric fields."""
         if self.accelerator.is_main_process:
             self.run.append_metrics(record)
+            if self.recipe.trainer.log_with != "none":
+                numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+                self.accelerator.log(numbers, step=record["step"])
 
 
 def train(recipe: Recipe, run_dir: str | Path) -> TrainResult:

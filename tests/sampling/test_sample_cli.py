@@ -84,3 +84,28 @@ def test_existing_output_is_not_overwritten(trained_run: Path, tmp_path: Path) -
     result = cofre("sample", str(trained_run), "--budget", "24", "--out", str(out))
     assert result.returncode == 2 and "pass --overwrite" in result.stderr
     assert out.read_text() == "precious\n"
+
+
+@pytest.mark.slow
+def test_precision_and_compile_are_recorded(trained_run: Path, tmp_path: Path) -> None:
+    """auto is fp32 on a CPU; bf16 autocast and compiled blocks run here too (slowly) and say so in the JSON."""
+    runs = {
+        "auto": ["--precision", "auto"],
+        "bf16": ["--precision", "bf16"],
+        "compiled": ["--precision", "fp32", "--compile"],
+    }
+    rows = {}
+    for name, args in runs.items():
+        out = tmp_path / f"{name}.jsonl"
+        result = cofre("sample", str(trained_run), "--budget", "24", "--num-samples", "2", "--device", "cpu",
+                       *args, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        rows[name] = read(out)
+    assert [r["settings"]["precision"] for r in rows["auto"]] == ["fp32", "fp32"]
+    assert [r["settings"]["precision"] for r in rows["bf16"]] == ["bf16", "bf16"]
+    assert all(r["settings"]["compile"] for r in rows["compiled"])
+    assert not any(r["settings"]["compile"] for r in rows["auto"] + rows["bf16"])
+    for name in runs:
+        assert all(len(r["ids"]) == 32 and 50257 not in r["ids"] and r["blocks_spent"] == 24 for r in rows[name])
+    # the same seed in fp32, eager or compiled, draws the same tokens (float64 logits, same draws)
+    assert [r["ids"] for r in rows["auto"]] == [r["ids"] for r in rows["compiled"]]

@@ -1,0 +1,44 @@
+"""Where and at what precision the network runs: bf16 autocast on GPUs (as the paper trains and samples), fp32 on CPUs.
+
+Only the blocks' matmuls run under autocast; losses stay in fp32 and sampling logits are cast to float64
+before the categorical draw (App. D.4), wherever the network ran.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import torch
+
+from cofre.errors import CofreError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when present, else the CPU; a device that does not exist here is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CofreError(f"--device '{name}' is not a device name (cpu, cuda, cuda:1, ... or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CofreError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CofreError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto' is bf16 on CUDA and fp32 elsewhere (bf16 on a CPU is correct but slow); the others are kept."""
+    if name not in PRECISIONS:
+        raise CofreError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{name}'")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The autocast context of a resolved precision ('fp32' disables it)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
