@@ -1,0 +1,73 @@
+"""Model FLOPs of the denoiser, counted from its shapes, and MFU against a device's peak (benchmarks).
+
+Counted: every matmul (2 FLOPs per multiply-add) and attention's two L x L products; not counted:
+norms, activations, softmax, embeddings and the per-sequence adaLN vectors (small beside the matmuls).
+Training costs 3x a forward (backward = 2x) for everything that carries gradients; SJFB's no-grad
+iterations cost 1x. The output head is counted only where it is computed: at the masked positions in
+training, at the revealed positions in sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from cofre.models import Denoiser
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' datasheets; matched on the device name.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def _matmul_weights(module: nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+@dataclass(frozen=True)
+class FlopCounts:
+    """Forward FLOPs per token of each part of one denoising step at sequence length L."""
+
+    block: float  # one transformer block: 2 x its token matmul weights + 4 L D for attention
+    mix: float  # F's input mix [h, h~] -> D, per iteration (all its weights: an upper bound, since the h~ half
+    #             is computed once per step)
+    injection: float  # G, once per step
+    head: float  # the output head at one position: 2 D V
+
+    @staticmethod
+    def of(model: Denoiser, seq_len: int) -> FlopCounts:
+        cfg = model.cfg
+        block = model.blocks()[0]
+        per_token = _matmul_weights(block) - block.adaLN_modulation.weight.numel()  # adaLN runs once per sequence
+        fp = model.fixed_point
+        mix = _matmul_weights(fp) - sum(_matmul_weights(b) for b in fp.blocks) if fp is not None else 0
+        injection = model.injection.weight.numel() if model.injection is not None else 0
+        return FlopCounts(block=2 * per_token + 4 * seq_len * cfg.hidden, mix=2 * mix, injection=2 * injection,
+                          head=2 * model.output_layer.linear.weight.numel())
+
+
+def train_flops_per_token(model: Denoiser, seq_len: int, n_nograd: int, n_grad: int, head_fraction: float) -> float:
+    """Model FLOPs of one training step per token: P, G, H and N_g iterations at 3x, N_ng iterations at 1x,
+    and the head at 3x on the `head_fraction` of positions that are masked."""
+    f, cfg = FlopCounts.of(model, seq_len), model.cfg
+    explicit = 3 * ((cfg.K_pre + cfg.K_post) * f.block + f.injection)
+    iterations = (3 * n_grad + n_nograd) * (cfg.K_fp * f.block + f.mix)
+    return explicit + iterations + 3 * head_fraction * f.head
+
+
+def sampling_flops_per_token(model: Denoiser, seq_len: int, iterations: list[int]) -> float:
+    """Forward FLOPs per generated token of a whole sampling run, one entry of `iterations` per denoising step
+    (0 for a plain model): every step runs the stack over all positions, and each token meets the head once,
+    at the step that reveals it."""
+    f, cfg = FlopCounts.of(model, seq_len), model.cfg
+    per_step = [(cfg.K_pre + cfg.K_post) * f.block + (n * (cfg.K_fp * f.block + f.mix) + f.injection
+                                                     if cfg.is_fixed_point else 0.0) for n in iterations]
+    return sum(per_step) + f.head
+
+
+def peak_flops(device_name: str, precision: str, override_tflops: float | None = None) -> float | None:
+    """The device's dense peak for `precision`, or None when unknown (MFU is then not reported)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if precision != "bf16":
+        return None
+    return next((peak for name, peak in PEAK_BF16_FLOPS.items() if name in device_name), None)
