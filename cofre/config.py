@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -224,10 +225,39 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning every failure into a one-line CofreError."""
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update`'s values laid over it, section by section."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a one-line CofreError.
+
+    `base: other.yaml` (relative to this file) lays this file over another recipe, so variants of one recipe
+    hold only what differs; the base's `name` is not inherited."""
     if not path.is_file():
         raise CofreError(f"recipe file not found: {path}")
+    data = _read_mapping(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = path.parent / str(base)
+    if base_path.resolve() in _seen:
+        raise CofreError(f"{path}: 'base: {base}' makes a cycle of recipes")
+    if not base_path.is_file():
+        raise CofreError(f"{path}: base recipe not found: {base_path}")
+    inherited = read_yaml(base_path, (*_seen, path.resolve()))
+    inherited.pop("name", None)
+    return deep_merge(inherited, data)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -235,7 +265,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise CofreError(f"{path}: YAML syntax error{at}: {problem}") from None
-    return data if data is not None else {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CofreError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

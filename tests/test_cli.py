@@ -16,7 +16,8 @@ def cofre(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cofre", *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
-@pytest.mark.parametrize("recipe, expected, tolerance", [("owt-mdlm", 170e6, 0.03), ("owt-fp-mdlm", 104e6, 0.04)])
+@pytest.mark.parametrize("recipe, expected, tolerance",
+                         [("owt-mdlm", 170e6, 0.03), ("owt-fp-mdlm", 104e6, 0.04), ("owt", 104e6, 0.04)])
 def test_inspect_matches_table_7(recipe: str, expected: float, tolerance: float) -> None:
     result = cofre("inspect", f"recipes/{recipe}.yaml", "--json")
     assert result.returncode == 0, result.stderr
@@ -78,3 +79,24 @@ def test_every_option_has_help() -> None:
         result = cofre(command, "--help")
         assert result.returncode == 0
         assert "--help" in result.stdout
+
+
+def test_evaluate_without_runs_needs_a_trained_run(tmp_path: Path) -> None:
+    (tmp_path / "runs" / "reports").mkdir(parents=True)  # reports and empty folders are not runs
+    env_root = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "cofre", "evaluate", "--budget", "96", "--metrics", "valppl"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env_root)
+    assert_one_line_error(result, "no run under runs/ holds a checkpoint")
+
+
+def test_recipe_base_lays_a_variant_over_its_base(tmp_path: Path) -> None:
+    from cofre.config import load_recipe
+
+    (tmp_path / "main.yaml").write_text("name: main\nmodel: {hidden: 64, heads: 4}\noptim: {lr: 2.0e-4}\n")
+    (tmp_path / "variant.yaml").write_text("base: main.yaml\nmodel: {heads: 8}\n")
+    variant = load_recipe(tmp_path / "variant.yaml")
+    assert (variant.name, variant.model.hidden, variant.model.heads, variant.optim.lr) == ("variant", 64, 8, 2e-4)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    assert_one_line_error(cofre("inspect", str(tmp_path / "loop.yaml")), "makes a cycle of recipes")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    assert_one_line_error(cofre("inspect", str(tmp_path / "orphan.yaml")), "base recipe not found")

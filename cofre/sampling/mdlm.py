@@ -101,16 +101,16 @@ class MDLMSampler:
         times = torch.linspace(1.0, 0.0, plan.steps + 1, dtype=torch.float64).tolist()
         h_prev: Tensor | None = None
         z_prev: Tensor | None = None
-        carry, spent, records = 0, 0, []
+        carry, spent, records, revealed = 0, 0, [], []
         for i in range(plan.steps):
             t, s = times[i], times[i + 1]
             masked = z == self.mask_id
             reveal = masked & (torch.rand(z.shape, generator=generator, device=device, dtype=torch.float64) < (t - s) / t)
             allocated = plan.iterations[i] + carry if plan.iterations else 0
-            record = StepRecord(step=i, t=t, allocated_iters=allocated, iterations=0, blocks=0,
-                                revealed=int(reveal.sum()), cached=False)
+            record = StepRecord(step=i, t=t, allocated_iters=allocated, iterations=0, blocks=0, revealed=0, cached=False)
             records.append(record)
-            if cfg.cache and record.revealed == 0:
+            revealed.append(reveal.sum())  # read once after the loop: no host sync per step unless the cache needs it
+            if cfg.cache and int(revealed[-1]) == 0:
                 record.cached = True  # nothing changes: MDLM's cache shortcut, no network call, no blocks
                 continue
             with autocast(device, cfg.precision):
@@ -134,4 +134,6 @@ class MDLMSampler:
             greedy = cfg.noise_removal and i == plan.steps - 1
             z = z.clone()
             z[positions] = draw_tokens(logits, self.mask_id, cfg.top_p, greedy, generator)
+        for record, count in zip(records, torch.stack(revealed).tolist()):
+            record.revealed = count
         return SampleBatch(tokens=z, blocks_spent=spent, steps=records)

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-from cofre.config import Recipe, apply_overrides, read_yaml, recipe_from_dict, recipe_to_dict
+from cofre.config import Recipe, apply_overrides, deep_merge, read_yaml, recipe_from_dict, recipe_to_dict
 from cofre.errors import CofreError
 from cofre.training.checkpoint import checkpoint_recipe, resolve_checkpoint
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `update`'s values laid over it, section by section."""
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def stage_recipe(parent: str | Path, stage: Path | None, overrides: list[str], defaults: dict[str, Any],
