@@ -324,7 +324,8 @@ def evaluate(
             table.add_column(column)
         for run in runs:
             result = run_lm_eval(run, _name_list(lm_eval), include_path=lm_eval_include, mc_draws=lm_eval_draws,
-                                 limit=lm_eval_limit, seed=seed, device=str(resolve_device(device)), ema=ema)
+                                 limit=lm_eval_limit, seed=seed, device=str(resolve_device(device)), ema=ema,
+                                 precision=precision)
             out = report_dir / f"lm-eval-{run.name}.json"
             atomic_write_text(out, json.dumps(dataclasses.asdict(result), indent=2))
             for task_name, values in result.tasks.items():

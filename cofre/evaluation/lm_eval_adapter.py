@@ -24,6 +24,7 @@ from cofre.config import Recipe
 from cofre.data.tokenizer import EOS_ID, GPT2_VOCAB, gpt2_tokenizer
 from cofre.errors import CofreError
 from cofre.models import Denoiser
+from cofre.precision import autocast, resolve_precision
 from cofre.tasks.mdlm import LogLinearSchedule, sample_t, subs_nll
 from cofre.training.checkpoint import load_model, resolve_checkpoint
 
@@ -81,7 +82,8 @@ class CofreLM(LM):
     """
 
     def __init__(self, model: Denoiser, recipe: Recipe, mc_draws: int = 32, batch_size: int = 64, seed: int = 1,
-                 device: str | torch.device = "cpu", n_iters: int | None = None, greedy: bool = True) -> None:
+                 device: str | torch.device = "cpu", n_iters: int | None = None, greedy: bool = True,
+                 precision: str = "fp32") -> None:
         super().__init__()
         if recipe.model.vocab_size != GPT2_VOCAB + 1:
             raise CofreError(f"lm-eval needs a GPT-2 BPE text model (vocab {GPT2_VOCAB + 1}); "
@@ -89,6 +91,7 @@ class CofreLM(LM):
         if mc_draws < 1 or batch_size < 1:
             raise CofreError(f"lm-eval needs mc_draws >= 1 and batch_size >= 1, got {mc_draws} and {batch_size}")
         self._device = torch.device(device)
+        self.precision = resolve_precision(precision, self._device)  # the network's; the bound is summed in fp64
         self.model = model.to(self._device).eval()
         self.recipe = recipe
         self.mask_id = recipe.model.mask_id
@@ -225,8 +228,9 @@ class CofreLM(LM):
         if len(batch_idx) == 0:
             return
         dev = self._device
-        logits = self.model(rows.z.to(dev), rows.sigma.to(dev), n_nograd=self.n_iters,
-                            positions=(batch_idx.to(dev), seq_idx.to(dev))).logits
+        with autocast(dev, self.precision):
+            logits = self.model(rows.z.to(dev), rows.sigma.to(dev), n_nograd=self.n_iters,
+                                positions=(batch_idx.to(dev), seq_idx.to(dev))).logits
         targets = rows.x[batch_idx, seq_idx].to(dev)
         owner = rows.owner[batch_idx]
         bound.index_add_(0, owner, rows.weight[batch_idx].double() * subs_nll(logits, targets, self.mask_id).cpu())
@@ -246,6 +250,7 @@ class LMEvalResult:
     seed: int
     limit: int | None
     checkpoint: str
+    precision: str = "fp32"  # of the network's forward passes
 
 
 def _task_manager(tasks: list[str], include_path: Path | None) -> TaskManager:
@@ -277,7 +282,7 @@ def _metrics(task_results: dict[str, object]) -> dict[str, float]:
 
 def run_lm_eval(checkpoint: str | Path, tasks: list[str], include_path: Path | None = None, mc_draws: int = 32,
                 batch_size: int = 64, limit: int | None = None, seed: int = 1, device: str = "cpu",
-                ema: bool = True) -> LMEvalResult:
+                ema: bool = True, precision: str = "auto") -> LMEvalResult:
     """Evaluate a checkpoint (or run) on lm-eval tasks; `cofre_local_mc` is always available offline.
 
     Built-in tasks (arc_easy, piqa, ...) load their data from the Hugging Face hub.
@@ -287,9 +292,10 @@ def run_lm_eval(checkpoint: str | Path, tasks: list[str], include_path: Path | N
     manager = _task_manager(tasks, include_path)
     folder = resolve_checkpoint(checkpoint)
     model, recipe = load_model(folder, ema=ema)
-    lm = CofreLM(model, recipe, mc_draws=mc_draws, batch_size=batch_size, seed=seed, device=device)
+    lm = CofreLM(model, recipe, mc_draws=mc_draws, batch_size=batch_size, seed=seed, device=device, precision=precision)
     out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False,
                                   random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                   fewshot_random_seed=seed)
     results = {name: _metrics(values) for name, values in out["results"].items()}
-    return LMEvalResult(tasks=results, mc_draws=mc_draws, seed=seed, limit=limit, checkpoint=str(folder))
+    return LMEvalResult(tasks=results, mc_draws=mc_draws, seed=seed, limit=limit, checkpoint=str(folder),
+                        precision=lm.precision)
