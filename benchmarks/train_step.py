@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import statistics
 import sys
@@ -125,7 +126,13 @@ def measure_in_fresh_process(*args: object) -> Measurement:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, *args))
     proc.start()
-    result = queue.get()
+    while True:  # a child that dies (out of memory, a compiler error) must not leave us waiting forever
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if proc.exitcode is not None:
+                sys.exit(f"error: measuring {args[0]} failed in its process (exit code {proc.exitcode}); see above")
     proc.join()
     return Measurement(**result)
 

@@ -310,6 +310,7 @@ def evaluate(
     if not runs:
         runs = runs_with_checkpoints(Path("runs"))
         console.print("evaluating every run under runs/: " + ", ".join(str(r) for r in runs))
+        report_dir = report_dir or Path("runs") / "reports" / "all"
     report_dir = report_dir or Path("runs") / "reports" / "+".join(p.name for p in runs)
     summary = evaluate_runs(runs, settings, report_dir, console)
     console.print(results_table(summary))

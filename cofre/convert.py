@@ -531,7 +531,8 @@ def _count(state: dict[str, Tensor]) -> int:
 def default_output(source: Path) -> Path:
     """runs/<source name>-fp: the run's name for a cofre run or checkpoint, the file's stem for `mdlm.ckpt`."""
     source = Path(source)
-    name = source.stem if source.is_file() else run_root(source.resolve()).name
+    is_file = source.is_file() or source.suffix in (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+    name = source.stem if is_file else run_root(source.resolve()).name
     return Path("runs") / f"{name}-fp"
 
 

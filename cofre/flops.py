@@ -15,8 +15,10 @@ from torch import nn
 
 from cofre.models import Denoiser
 
-# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' datasheets; matched on the device name.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' datasheets; the first name contained in
+# the device's name wins, so the specific variants come before the family (an H100 without a suffix is the SXM).
+PEAK_BF16_FLOPS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+                   ("A100", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10", 125e12))
 
 
 def _matmul_weights(module: nn.Module) -> int:
@@ -70,4 +72,4 @@ def peak_flops(device_name: str, precision: str, override_tflops: float | None =
         return override_tflops * 1e12
     if precision != "bf16":
         return None
-    return next((peak for name, peak in PEAK_BF16_FLOPS.items() if name in device_name), None)
+    return next((peak for name, peak in PEAK_BF16_FLOPS if name in device_name), None)

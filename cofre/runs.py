@@ -11,8 +11,8 @@ from typing import Any
 from cofre.config import Recipe, dump_recipe, load_recipe, recipe_to_dict
 from cofre.errors import CofreError
 
-# Fields that may change when a run is resumed: extending training is the common case.
-RESUMABLE_CHANGES = {"trainer.max_steps"}
+# Fields that may change when a run is resumed: extending training, and how it runs or is watched (not its maths).
+RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.compile", "trainer.log_with"}
 
 
 def atomic_write_text(path: Path, text: str) -> None:

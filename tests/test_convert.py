@@ -304,3 +304,12 @@ def test_map_typos_fail_before_the_source_is_read_and_nothing_is_written(tmp_pat
     with pytest.raises(CofreError, match="out of range"):
         convert_checkpoint(ckpt, "1,6,13", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_default_output_names_the_source() -> None:
+    from cofre.convert import default_output
+
+    assert default_output(Path("downloads/mdlm.ckpt")) == Path("runs/mdlm-fp")  # a file that need not exist yet
+    run = Path("runs/tiny-mdlm")
+    assert default_output(run) == Path("runs/tiny-mdlm-fp")
+    assert default_output(run / "checkpoints" / "step-000000160") == Path("runs/tiny-mdlm-fp")

@@ -39,5 +39,6 @@ def test_sampling_counts_every_step_and_one_head_per_token() -> None:
 
 def test_peak_flops() -> None:
     assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12 and peak_flops("NVIDIA L40", "bf16") == 181e12
     assert peak_flops("NVIDIA H100 80GB HBM3", "fp32") is None and peak_flops("cpu", "bf16") is None
     assert peak_flops("cpu", "fp32", override_tflops=2.0) == 2e12

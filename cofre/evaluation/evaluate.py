@@ -97,6 +97,7 @@ def check_settings(settings: EvalSettings) -> None:
     bad_reuse = [r for r in settings.reuse if r not in REUSE_POLICIES]
     if bad_reuse:
         raise CofreError(f"unknown reuse policy {', '.join(bad_reuse)}; choose from {', '.join(REUSE_POLICIES)}")
+    resolve_precision(settings.precision, torch.device("cpu"))  # an unknown name fails before anything loads
     if settings.schedule not in SCHEDULES:
         raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{settings.schedule}'")
     for budget in settings.budgets:
@@ -156,7 +157,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     valppl: dict[str, dict[str, float]] = {}
     for run in runs:
         ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device, compile=settings.compile)
-        name = ckpt.recipe.name
+        name = ckpt.run_root.name  # the run directory: two runs of one recipe stay two rows
         precision = resolve_precision(settings.precision, ckpt.device)
         if "valppl" in settings.metrics:
             task = MDLMTask(ckpt.recipe.task, ckpt.recipe.model.mask_id)

@@ -109,7 +109,7 @@ class MDLMSampler:
             allocated = plan.iterations[i] + carry if plan.iterations else 0
             record = StepRecord(step=i, t=t, allocated_iters=allocated, iterations=0, blocks=0, revealed=0, cached=False)
             records.append(record)
-            revealed.append(reveal.sum())  # read once after the loop: no host sync per step unless the cache needs it
+            revealed.append(reveal.sum())  # counts are read once after the loop (the cache needs them now)
             if cfg.cache and int(revealed[-1]) == 0:
                 record.cached = True  # nothing changes: MDLM's cache shortcut, no network call, no blocks
                 continue

@@ -21,6 +21,10 @@ class AuxiliaryLoss:
         self.mask_id = recipe.model.mask_id
         self.frozen: Denoiser | None = None
         device = next(model.parameters()).device  # the teacher follows the prepared student onto its device
+        with torch.random.fork_rng(devices=[]):  # building a teacher must not move the restored RNG (exact resume)
+            self._build_teacher(recipe, model, ema, device)
+
+    def _build_teacher(self, recipe: Recipe, model: Denoiser, ema: EMA | None, device: torch.device) -> None:
         if self.cfg.teacher == "checkpoint":
             if not self.cfg.teacher_checkpoint:
                 raise CofreError("consistency.teacher is 'checkpoint' but consistency.teacher_checkpoint is empty")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from contextlib import nullcontext
 import time
@@ -54,10 +55,12 @@ class TrainResult:
     selected_step: int | None = None  # consistency stages: the checkpoint the App. F.7 rule selected
 
 
-def resolve_precision(precision: str) -> str:
-    """Accelerate's mixed_precision: bf16 autocast on GPU for 'auto', fp32 ('no') on CPU."""
+def mixed_precision(precision: str) -> str:
+    """Accelerate's mixed_precision for trainer.precision: 'auto' is bf16 autocast when training runs on a GPU
+    (not under ACCELERATE_USE_CPU), fp32 ('no') on a CPU."""
     if precision == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
+        on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
+        return "bf16" if on_gpu else "no"
     return {"fp32": "no", "bf16": "bf16"}[precision]
 
 
@@ -119,7 +122,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: str | Path) -> None:
         self.recipe = recipe
         self.run = RunDir(run_dir)
-        self.accelerator = Accelerator(mixed_precision=resolve_precision(recipe.trainer.precision),
+        self.accelerator = Accelerator(mixed_precision=mixed_precision(recipe.trainer.precision),
                                        log_with=tracker(recipe.trainer.log_with), project_dir=str(self.run.path))
         acc = self.accelerator
         self.accum = accumulation_steps(recipe, acc.num_processes)
