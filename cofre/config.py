@@ -30,6 +30,7 @@ class ModelConfig:
     K_fp: int = 0  # blocks in the shared fixed-point block F; 0 = plain (no fixed-point part)
     K_post: int = 0  # explicit blocks after the fixed-point block
     injection: Literal["linear", "identity"] = "linear"  # G in Eq. 2
+    injection_mlp: Literal["fpdm", "linear"] = "fpdm"  # F's mix of [h, h~]: FPDM's fc1-GELU-fc2, or one Linear
     time_conditioning: bool = False  # MDLM's OWT model conditions on a constant (sigma = 0)
 
     @property
@@ -67,6 +68,7 @@ class DataConfig:
 
     corpus: str = "wiki-sample"  # "wiki-sample", "openwebtext", or a path: .txt, .jsonl, or a directory of them
     seq_len: int = 1024  # tokens per packed block
+    packing: Literal["wrap", "concat"] = "wrap"  # wrap: MDLM's [BOS] + seq_len-2 tokens + [EOS]; concat: plain cuts
     val_docs: int = 100_000  # the last N documents are held out for validation
     text_field: str = "text"  # JSONL key holding the document text
     cache_dir: str = "~/.cache/cofre"  # tokenised corpora are cached here (COFRE_CACHE overrides)
