@@ -130,7 +130,8 @@ def adapt(
 
     required = {"consistency": {"loss": "logit_kl", "teacher": "checkpoint",
                                 "teacher_checkpoint": str(resolve_checkpoint(teacher))}}
-    defaults = {"consistency": {"temperature": 1.5, "select_ppl_increase": 0.0}}  # §3.4: a fixed-length stage
+    # §3.4: a fixed-length stage; a converted model has no optimiser state to continue
+    defaults = {"consistency": {"temperature": 1.5, "select_ppl_increase": 0.0, "continue_optimizer": False}}
     _train_stage(run, recipe, overrides, run_dir, defaults, required, "adapt")
 
 

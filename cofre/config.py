@@ -116,13 +116,14 @@ class ConsistencyConfig:
     loss: Literal["none", "hidden_mse", "hidden_cosine", "logit_kl"] = "none"
     teacher: Literal["self", "ema", "checkpoint"] = "self"  # self: stop-gradient of the model itself
     teacher_checkpoint: str = ""  # run or checkpoint folder of the frozen teacher (teacher: checkpoint)
-    weight: float = 0.1  # lambda after warm-up
+    weight: float = 0.1  # lambda after warm-up; hidden_mse is a mean over positions AND hidden units (a sum over units: lambda / hidden)
     warmup_steps: int = 5000  # lambda rises linearly from 0 over these steps
     gap_min: float = 0.05  # t_c = t_s - gap, gap ~ U[gap_min, gap_max]
     gap_max: float = 0.30
     temperature: float = 1.5  # tau of logit_kl (the loss is scaled by tau^2)
     select_ppl_increase: float = 0.15  # App. F.7: select the first checkpoint whose val PPL exceeds pre x (1 + this); 0: off
     stop_at_selection: bool = True  # end the stage at the selected checkpoint
+    continue_optimizer: bool = True  # continue the parent's AdamW moments (L_CONS joins the same run, App. F.6); false: from zero
 
     @property
     def enabled(self) -> bool:
