@@ -262,6 +262,10 @@ def evaluate(
         str, typer.Option(help="Judge LM: gpt2-large (the paper's; needs the hub or its cache), smollm2-135m "
                                "(packaged, offline) or a local Hugging Face model directory.")
     ] = "gpt2-large",
+    genppl_mode: Annotated[
+        str, typer.Option(help="Gen. PPL as eq4 (the paper's Eq. 4: mean over samples of each one's mean NLL) or mdlm "
+                               "(MDLM's code: token-weighted, every EOS but the first left out), recorded with the value.")
+    ] = "eq4",
     num_samples: Annotated[int, typer.Option(help="Samples per (run, reuse, budget) cell.")] = 16,
     batch_size: Annotated[int, typer.Option(help="Samples per batch (also the latency batch).")] = 8,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1,
@@ -291,6 +295,7 @@ def evaluate(
 
     settings = EvalSettings(
         budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse), metrics=_name_list(metrics), judge=judge,
+        genppl_mode=genppl_mode,
         num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p, steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
     )
