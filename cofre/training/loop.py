@@ -153,11 +153,11 @@ class Trainer:
             self.unwrapped.load_state_dict(state)
         except RuntimeError as err:
             raise CofreError(f"init_from {folder}: its weights do not fit this recipe's model ({str(err).splitlines()[0]})") from None
-        parent = load_train_state(folder, "progress") if (folder / STATE_DIR / "progress.pt").is_file() else {}
+        progress = load_train_state(folder, "progress") if (folder / STATE_DIR / "progress.pt").is_file() else {}
         if self.ema is not None:
             ema_file = folder / EMA_FILE
             self.ema.load(load_file(str(ema_file)) if ema_file.is_file() else state)
-            self.ema.num_updates = int(parent.get("ema_updates", parent.get("step", 0)))  # the warm-up goes on
+            self.ema.num_updates = int(progress.get("ema_updates", progress.get("step", 0)))  # the warm-up goes on
         if self.recipe.consistency.continue_optimizer:  # L_CONS joins the parent's run (App. F.6): same AdamW moments
             if not (folder / STATE_DIR / "optimizer.pt").is_file():
                 raise CofreError(f"init_from {folder} has no optimiser state to continue (a converted model?); "
