@@ -139,7 +139,8 @@ def adapt(
 
     required = {"consistency": {"loss": "logit_kl", "teacher": "checkpoint",
                                 "teacher_checkpoint": str(resolve_checkpoint(teacher))}}
-    defaults = {"consistency": {"temperature": 1.5, "select_ppl_increase": 0.0}}  # §3.4: a fixed-length stage
+    # §3.4: a fixed-length stage; a converted model has no optimiser state to continue
+    defaults = {"consistency": {"temperature": 1.5, "select_ppl_increase": 0.0, "continue_optimizer": False}}
     _train_stage(run, recipe, overrides, run_dir, defaults, required, "adapt")
 
 
@@ -185,14 +186,20 @@ def sample(
     reuse: Annotated[str, typer.Option(help="Solver warm start: none (h_pre), full (previous solution), 3sr.")] = "3sr",
     gamma_mask_min: Annotated[float, typer.Option(help="3SR: still-masked gamma when nothing is visible.")] = 0.75,
     gamma_mask_max: Annotated[float, typer.Option(help="3SR: still-masked gamma when all is visible.")] = 0.90,
-    gamma_changed: Annotated[float, typer.Option(help="3SR: gamma of newly revealed tokens.")] = 0.2,
+    gamma_changed_min: Annotated[float, typer.Option(help="3SR: newly revealed gamma when nothing is visible.")] = 0.2,
+    gamma_changed_max: Annotated[float, typer.Option(help="3SR: newly revealed gamma when all is visible "
+                                                          "(Tables 4-5 sweep the range; equal: a constant).")] = 0.2,
     num_samples: Annotated[int, typer.Option(help="Samples to draw.")] = 8,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same samples.")] = 1,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 disables it.")] = 1.0,
     length: Annotated[int | None, typer.Option(help="Tokens per sample; default the training sequence length.")] = None,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA weights when the checkpoint has them.")] = True,
-    noise_removal: Annotated[bool, typer.Option(help="Take the most likely token at the last step.")] = False,
+    noise_removal: Annotated[
+        bool, typer.Option(help="MDLM's noise removal: steps on MDLM's grid 1 -> 1e-5, then one more network pass at "
+                                "t = 1e-5 fills every still-masked token with its most likely value; that pass is the "
+                                "budget's last step (its blocks count in the budget).")
+    ] = False,
     cache: Annotated[
         bool, typer.Option(help="Skip the network on steps that reveal nothing (MDLM's cache; spends less than the budget).")
     ] = False,
@@ -218,7 +225,8 @@ def sample(
         raise CofreError(f"--reuse must be one of {', '.join(REUSE_POLICIES)}, got '{reuse}'")
     settings = SampleSettings(
         budget=budget, steps=steps, schedule=schedule, reuse=reuse, gamma_mask_min=gamma_mask_min,
-        gamma_mask_max=gamma_mask_max, gamma_changed=gamma_changed, num_samples=num_samples, batch_size=batch_size,
+        gamma_mask_max=gamma_mask_max, gamma_changed_min=gamma_changed_min,
+        gamma_changed_max=gamma_changed_max, num_samples=num_samples, batch_size=batch_size,
         seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
         precision=resolve_precision(precision, resolve_device(device)), compile=compile,
     )
@@ -271,6 +279,10 @@ def evaluate(
         str, typer.Option(help="Judge LM: gpt2-large (the paper's; needs the hub or its cache), smollm2-135m "
                                "(packaged, offline) or a local Hugging Face model directory.")
     ] = "gpt2-large",
+    genppl_mode: Annotated[
+        str, typer.Option(help="Gen. PPL as eq4 (the paper's Eq. 4: mean over samples of each one's mean NLL) or mdlm "
+                               "(MDLM's code: token-weighted, every EOS but the first left out), recorded with the value.")
+    ] = "eq4",
     num_samples: Annotated[int, typer.Option(help="Samples per (run, reuse, budget) cell.")] = 16,
     batch_size: Annotated[int, typer.Option(help="Samples per batch (also the latency batch).")] = 8,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1,
@@ -303,6 +315,7 @@ def evaluate(
 
     settings = EvalSettings(
         budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse), metrics=_name_list(metrics), judge=judge,
+        genppl_mode=genppl_mode,
         num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p, steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
         precision=precision, compile=compile,

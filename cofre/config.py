@@ -31,6 +31,7 @@ class ModelConfig:
     K_fp: int = 0  # blocks in the shared fixed-point block F; 0 = plain (no fixed-point part)
     K_post: int = 0  # explicit blocks after the fixed-point block
     injection: Literal["linear", "identity"] = "linear"  # G in Eq. 2
+    injection_mlp: Literal["fpdm", "linear"] = "fpdm"  # F's mix of [h, h~]: FPDM's fc1-GELU-fc2, or one Linear
     time_conditioning: bool = False  # MDLM's OWT model conditions on a constant (sigma = 0)
 
     @property
@@ -68,6 +69,7 @@ class DataConfig:
 
     corpus: str = "wiki-sample"  # "wiki-sample", "openwebtext", or a path: .txt, .jsonl, or a directory of them
     seq_len: int = 1024  # tokens per packed block
+    packing: Literal["wrap", "concat"] = "wrap"  # wrap: MDLM's [BOS] + seq_len-2 tokens + [EOS]; concat: plain cuts
     val_docs: int = 100_000  # the last N documents are held out for validation
     text_field: str = "text"  # JSONL key holding the document text
     cache_dir: str = "~/.cache/cofre"  # tokenised corpora are cached here (COFRE_CACHE overrides)
@@ -117,13 +119,14 @@ class ConsistencyConfig:
     loss: Literal["none", "hidden_mse", "hidden_cosine", "logit_kl"] = "none"
     teacher: Literal["self", "ema", "checkpoint"] = "self"  # self: stop-gradient of the model itself
     teacher_checkpoint: str = ""  # run or checkpoint folder of the frozen teacher (teacher: checkpoint)
-    weight: float = 0.1  # lambda after warm-up
+    weight: float = 0.1  # lambda after warm-up; hidden_mse is a mean over positions AND hidden units (a sum over units: lambda / hidden)
     warmup_steps: int = 5000  # lambda rises linearly from 0 over these steps
     gap_min: float = 0.05  # t_c = t_s - gap, gap ~ U[gap_min, gap_max]
     gap_max: float = 0.30
     temperature: float = 1.5  # tau of logit_kl (the loss is scaled by tau^2)
     select_ppl_increase: float = 0.15  # App. F.7: select the first checkpoint whose val PPL exceeds pre x (1 + this); 0: off
     stop_at_selection: bool = True  # end the stage at the selected checkpoint
+    continue_optimizer: bool = True  # continue the parent's AdamW moments (L_CONS joins the same run, App. F.6); false: from zero
 
     @property
     def enabled(self) -> bool:

@@ -63,7 +63,8 @@ SHARED_KEYS = (  # copied unchanged between source and target (cofre names)
     "output_layer.adaLN_modulation.weight",
     "output_layer.adaLN_modulation.bias",
 )
-FP_KEYS = ("injection.weight", "injection.bias", "fixed_point.mix.weight", "fixed_point.mix.bias")
+FP_KEYS = ("injection.weight", "injection.bias", "fixed_point.mix.weight", "fixed_point.mix.bias",
+           "fixed_point.mix_out.weight", "fixed_point.mix_out.bias")
 MDLM_ROTARY_KEY = "rotary_emb.inv_freq"  # a persistent buffer in MDLM, recomputed (not stored) by cofre
 ROTARY_BASE = 10_000.0
 
@@ -492,7 +493,11 @@ def convert_model(
     if target.injection is not None:
         lines.append("injection G -> new, identity (W = I, b = 0)")
     if target.fixed_point is not None:
-        lines.append("fixed_point.mix -> new, [0.5 I, 0.5 I] (returns h where h = h~), b = 0")
+        if target.fixed_point.mix_out is None:
+            lines.append("fixed_point.mix -> new, [0.5 I, 0.5 I] (returns h where h = h~), b = 0")
+        else:
+            lines.append("fixed_point.mix, mix_out -> new, FPDM's fc1/fc2 giving (h + h~)/2 exactly "
+                         "(fc1 = [[I, I], [-I, -I]]/2, fc2 = [I, -I], b = 0; returns h where h = h~)")
     unused = sorted(set(range(1, n_source + 1)) - set(layer_map.pre + layer_map.fp + layer_map.post))
     if unused:
         lines.append(f"source layers {_spans(unused)} -> dropped")
@@ -556,7 +561,8 @@ def convert_checkpoint(
     if src.recipe is not None:
         recipe = dataclasses.replace(src.recipe, name=out.name, model=cfg)
     else:
-        recipe = Recipe(name=out.name, model=cfg, data=DataConfig(seq_len=cfg.max_seq_len))
+        # an MDLM release was trained on OpenWebText (wrap packing, last 100k documents held out)
+        recipe = Recipe(name=out.name, model=cfg, data=DataConfig(corpus="openwebtext", seq_len=cfg.max_seq_len))
     checkpoints = out / "checkpoints"
     staging = staging_dir(checkpoints, 0)
     write_checkpoint_files(staging, model, None, recipe, {})

@@ -30,9 +30,8 @@ class FlopCounts:
     """Forward FLOPs per token of each part of one denoising step at sequence length L."""
 
     block: float  # one transformer block: 2 x its token matmul weights + 4 L D for attention
-    mix: float  # F's input mix [h, h~] -> D, per iteration (all its weights: an upper bound, since the h~ half
-    #             is computed once per step)
-    injection: float  # G, once per step
+    mix: float  # F's input mix per iteration: the h half of fc1 (or of the Linear mix), and fc2
+    injection: float  # once per step: G and the h~ half of fc1, which `inject` precomputes
     head: float  # the output head at one position: 2 D V
 
     @staticmethod
@@ -40,9 +39,13 @@ class FlopCounts:
         cfg = model.cfg
         block = model.blocks()[0]
         per_token = _matmul_weights(block) - block.adaLN_modulation.weight.numel()  # adaLN runs once per sequence
-        fp = model.fixed_point
-        mix = _matmul_weights(fp) - sum(_matmul_weights(b) for b in fp.blocks) if fp is not None else 0
-        injection = model.injection.weight.numel() if model.injection is not None else 0
+        fp, mix, injection = model.fixed_point, 0, 0
+        if fp is not None:
+            h_half = fp.mix.weight[:, : cfg.hidden].numel()
+            mix = h_half + (fp.mix_out.weight.numel() if fp.mix_out is not None else 0)
+            injection = fp.mix.weight.numel() - h_half
+        if model.injection is not None:
+            injection += model.injection.weight.numel()
         return FlopCounts(block=2 * per_token + 4 * seq_len * cfg.hidden, mix=2 * mix, injection=2 * injection,
                           head=2 * model.output_layer.linear.weight.numel())
 

@@ -27,9 +27,11 @@ def sjfb_solve(
     f: Callable[[Tensor], Tensor], h0: Tensor, n_nograd: int, n_grad: int, track: bool = False
 ) -> tuple[Tensor, SolveStats]:
     """Stochastic Jacobian-free backprop (§3.2, App. C.1): n_nograd iterations that keep no graph,
-    then n_grad iterations with gradients; backward flows only through the last n_grad."""
+    then n_grad iterations with gradients; backward flows only through the last n_grad. The initial state
+    is detached, as FPDM's is, so even with n_nograd = 0 no gradient reaches P through h^0 = h_pre (the
+    injection h̃ inside f still carries it)."""
     stats = SolveStats(iterations=n_nograd + n_grad)
-    h = h0
+    h = h0.detach()
     for n in range(n_nograd + n_grad):
         with torch.set_grad_enabled(n >= n_nograd and torch.is_grad_enabled()):
             h_next = f(h)

@@ -17,7 +17,7 @@ def cofre(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("recipe, expected, tolerance",
-                         [("owt-mdlm", 170e6, 0.03), ("owt-fp-mdlm", 104e6, 0.04), ("owt", 104e6, 0.04)])
+                         [("owt-mdlm", 170e6, 0.01), ("owt-fp-mdlm", 104e6, 0.01), ("owt", 104e6, 0.01)])
 def test_inspect_matches_table_7(recipe: str, expected: float, tolerance: float) -> None:
     result = cofre("inspect", f"recipes/{recipe}.yaml", "--json")
     assert result.returncode == 0, result.stderr

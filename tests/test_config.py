@@ -25,6 +25,12 @@ def test_paper_recipes_match_the_paper() -> None:
     assert (fp.model.K_pre, fp.model.K_fp, fp.model.K_post) == (1, 1, 1)
     assert (fp.solver.nograd_min, fp.solver.nograd_max, fp.solver.grad_min, fp.solver.grad_max) == (0, 4, 3, 6)
     assert (fp.optim.lr, fp.optim.grad_clip) == (2e-4, 1.0)
+    for recipe in (mdlm, fp):  # per GPU 64, no accumulation on 8 GPUs; MDLM's wrap packing; FPDM's injection
+        assert recipe.trainer.micro_batch_size == 64 and recipe.trainer.global_batch_size == 8 * 64
+        assert recipe.data.corpus == "openwebtext" and recipe.data.packing == "wrap"
+    assert fp.model.injection_mlp == "fpdm"
+    stages = [load_recipe(Path(__file__).parents[1] / f"recipes/{n}-cofre.yaml") for n in ("owt", "tiny")]
+    assert all(stage.consistency.continue_optimizer for stage in stages)
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -18,10 +18,17 @@ def test_block_and_head_by_hand() -> None:
     assert counts.head == 2 * D * V and counts.mix == 0 and counts.injection == 0
 
 
+def test_mix_counts_what_runs_per_iteration_and_per_step() -> None:
+    linear = FlopCounts.of(model(K_pre=1, K_fp=1, K_post=1, injection_mlp="linear"), L)
+    assert linear.mix == 2 * D * D and linear.injection == 2 * (D * D + D * D)  # W_h per iteration; W_x and G per step
+    fpdm = FlopCounts.of(model(K_pre=1, K_fp=1, K_post=1, injection_mlp="fpdm"), L)
+    # fc1 (2D -> 2D): its h half 2D x D per iteration, its h~ half once; fc2 (2D -> D) per iteration
+    assert fpdm.mix == 2 * (2 * D * D + 2 * D * D) and fpdm.injection == 2 * (2 * D * D + D * D)
+
+
 def test_training_counts_grad_iterations_three_times() -> None:
     fp = model(K_pre=1, K_fp=1, K_post=1)
     c = FlopCounts.of(fp, L)
-    assert c.mix == 2 * (2 * D * D) and c.injection == 2 * D * D  # linear [h, h~] -> D mix, linear G
     got = train_flops_per_token(fp, L, n_nograd=2, n_grad=3, head_fraction=0.5)
     expected = 3 * (2 * c.block + c.injection) + (3 * 3 + 2) * (c.block + c.mix) + 3 * 0.5 * c.head
     assert got == expected

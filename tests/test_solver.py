@@ -48,3 +48,13 @@ def test_residuals_tracked_per_iteration() -> None:
     expected = [1 / 4, 0.5 / 3, 0.25 / 2.5]
     assert [r[0].item() for r in stats.residuals] == pytest.approx(expected)
     assert relative_residual(torch.ones(2, 3), torch.ones(2, 3)).tolist() == [0.0, 0.0]
+
+
+def test_initial_state_is_detached_even_without_nograd_iterations() -> None:
+    # FPDM detaches h^0: with N_ng = 0 the gradient reaches w through f's iterations but never h0 itself.
+    w = torch.tensor(0.5, requires_grad=True)
+    h0 = torch.ones(3, requires_grad=True)
+    h, _ = sjfb_solve(lambda h: w * h + 1.0, h0, n_nograd=0, n_grad=2)
+    h.sum().backward()
+    assert h0.grad is None
+    assert w.grad is not None and w.grad.item() != 0.0

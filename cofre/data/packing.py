@@ -1,8 +1,12 @@
 """Tokenise a corpus, split it by documents, pack each split into fixed-length blocks, and cache the result.
 
-Packing follows MDLM's "wrap" mode: every document is followed by EOS, the split is concatenated
-and cut into blocks of `seq_len`; the last partial block is dropped. The last `val_docs` documents
-form the validation split, so no document straddles the two splits.
+Every document is followed by EOS and each split is concatenated into one stream. `packing: wrap` is
+MDLM's OpenWebText pipeline (`wrap=True`, `_group_texts` in kuleshov-group/mdlm's dataloader.py): the
+stream is cut into pieces of `seq_len - 2` tokens and each block is [BOS] + piece + [EOS], where GPT-2's
+one special token <|endoftext|> serves as both. `packing: concat` cuts the stream into blocks of
+`seq_len` as they come. Either way the last partial block is dropped (MDLM drops a remainder per
+`datasets.map` batch of documents; here only the stream's end). The last `val_docs` documents form the
+validation split, so no document straddles the two splits.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 
 from cofre.data.corpora import corpus_identity, iter_documents
-from cofre.data.tokenizer import EOS_ID, gpt2_tokenizer
+from cofre.data.tokenizer import BOS_ID, EOS_ID, gpt2_tokenizer
 from cofre.errors import CofreError
 
 if TYPE_CHECKING:
@@ -51,6 +55,8 @@ def load_corpus(cfg: DataConfig) -> PackedCorpus:
         raise CofreError(f"data.seq_len must be at least 1, got {cfg.seq_len}")
     if cfg.val_docs < 1:
         raise CofreError(f"data.val_docs must be at least 1, got {cfg.val_docs}")
+    if cfg.packing == "wrap" and cfg.seq_len < 3:
+        raise CofreError(f"data.packing 'wrap' needs data.seq_len >= 3 ([BOS] + tokens + [EOS]), got {cfg.seq_len}")
     root = cache_root(cfg)
     final = root / cache_key(cfg)
     if not (final / "meta.json").is_file():
@@ -73,12 +79,13 @@ def cache_key(cfg: DataConfig) -> str:
         "corpus": corpus_identity(cfg),
         "tokenizer": gpt2_tokenizer().name,
         "seq_len": cfg.seq_len,
+        "packing": cfg.packing,
         "val_docs": cfg.val_docs,
         "text_field": cfg.text_field,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.corpus).name or "corpus")[:40]
-    return f"{slug}-L{cfg.seq_len}-{digest}"
+    return f"{slug}-L{cfg.seq_len}-{cfg.packing}-{digest}"
 
 
 def _build(cfg: DataConfig, root: Path, final: Path) -> None:
@@ -89,7 +96,7 @@ def _build(cfg: DataConfig, root: Path, final: Path) -> None:
         _log.info("tokenising corpus %r into %s", cfg.corpus, final)
         meta = _pack(cfg, tmp)
         meta["source"] = (
-            f"{cfg.corpus} | gpt2 BPE | seq_len {cfg.seq_len} | "
+            f"{cfg.corpus} | gpt2 BPE | seq_len {cfg.seq_len}, {cfg.packing} packing | "
             f"{meta['train_docs']} train + {meta['val_docs']} val docs | "
             f"{meta['train_tokens']} train + {meta['val_tokens']} val tokens | "
             f"{meta['train_blocks']} + {meta['val_blocks']} blocks"
@@ -109,7 +116,8 @@ def _pack(cfg: DataConfig, out: Path) -> dict[str, object]:
     """Write train.npy and val.npy into `out`, streaming so that memory holds only the validation documents."""
     held: collections.deque[np.ndarray] = collections.deque()  # the latest val_docs documents seen
     n_docs = 0
-    with _BlockWriter(out / "train.npy", cfg.seq_len) as train:
+    wrap = cfg.packing == "wrap"
+    with _BlockWriter(out / "train.npy", cfg.seq_len, wrap) as train:
         for doc in _tokenised(iter_documents(cfg)):
             n_docs += 1
             held.append(doc)
@@ -120,19 +128,20 @@ def _pack(cfg: DataConfig, out: Path) -> dict[str, object]:
                 f"corpus '{cfg.corpus}' has {n_docs} documents, but data.val_docs={cfg.val_docs} are held out "
                 f"for validation; set data.val_docs below {n_docs}"
             )
-        with _BlockWriter(out / "val.npy", cfg.seq_len) as val:
+        with _BlockWriter(out / "val.npy", cfg.seq_len, wrap) as val:
             for doc in held:
                 val.add(doc)
     for name, split in (("train", train), ("val", val)):
         if split.blocks == 0:
             raise CofreError(
                 f"the {name} split of corpus '{cfg.corpus}' has {split.tokens} tokens, "
-                f"fewer than one block of data.seq_len={cfg.seq_len}"
+                f"fewer than one block of data.seq_len={cfg.seq_len}" + (" ([BOS] + seq_len-2 tokens + [EOS])" if wrap else "")
             )
     return {
         "format": FORMAT_VERSION,
         "corpus": corpus_identity(cfg),
         "seq_len": cfg.seq_len,
+        "packing": cfg.packing,
         "train_docs": n_docs - len(held),
         "val_docs": len(held),
         "train_tokens": train.tokens,
@@ -153,10 +162,14 @@ def _tokenised(docs: Iterable[str]) -> Iterator[np.ndarray]:
 
 
 class _BlockWriter:
-    """Streams tokens into an .npy file of int32 [n, seq_len] blocks, dropping a final partial block."""
+    """Streams tokens into an .npy file of int32 [n, seq_len] blocks, dropping a final partial block.
 
-    def __init__(self, path: Path, seq_len: int) -> None:
+    With `wrap`, each block holds seq_len - 2 stream tokens between [BOS] and [EOS] (MDLM's wrap)."""
+
+    def __init__(self, path: Path, seq_len: int, wrap: bool) -> None:
         self.seq_len, self.tokens, self.blocks = seq_len, 0, 0
+        self.wrap = wrap
+        self.piece = seq_len - 2 if wrap else seq_len  # stream tokens per block
         self._pending: list[np.ndarray] = []
         self._n_pending = 0
         self._file: BinaryIO = path.open("wb")
@@ -172,11 +185,15 @@ class _BlockWriter:
         self.tokens += len(tokens)
         self._pending.append(tokens)
         self._n_pending += len(tokens)
-        if self._n_pending >= self.seq_len:
+        if self._n_pending >= self.piece:
             flat = np.concatenate(self._pending)
-            n_full = len(flat) // self.seq_len * self.seq_len
-            flat[:n_full].astype("<i4", copy=False).tofile(self._file)
-            self.blocks += n_full // self.seq_len
+            n_full = len(flat) // self.piece * self.piece
+            blocks = flat[:n_full].reshape(-1, self.piece)
+            if self.wrap:  # [BOS] + piece + [EOS]
+                ends = np.ones((len(blocks), 1), dtype=blocks.dtype)
+                blocks = np.concatenate([ends * BOS_ID, blocks, ends * EOS_ID], axis=1)
+            blocks.astype("<i4", copy=False).tofile(self._file)
+            self.blocks += len(blocks)
             self._pending, self._n_pending = [flat[n_full:]], len(flat) - n_full
 
     def __enter__(self) -> _BlockWriter:

@@ -11,6 +11,7 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
 EOS_ID = 50256  # <|endoftext|>: MDLM appends it after every document
+BOS_ID = EOS_ID  # GPT-2 has one special token; MDLM's wrapped blocks start with it too
 GPT2_VOCAB = 50257
 
 # tiktoken's own sha256 pins for GPT-2's vocab.bpe and encoder.json: a mismatched file fails loudly.

@@ -49,6 +49,7 @@ class EvalSettings:
     reuse: list[str] = field(default_factory=lambda: ["none", "full", "3sr"])
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     judge: str = "gpt2-large"
+    genppl_mode: str = "eq4"  # eq4: the paper's per-sample mean; mdlm: MDLM's token-weighted code
     num_samples: int = 16
     batch_size: int = 8
     seed: int = 1
@@ -98,6 +99,8 @@ def check_settings(settings: EvalSettings) -> None:
     if bad_reuse:
         raise CofreError(f"unknown reuse policy {', '.join(bad_reuse)}; choose from {', '.join(REUSE_POLICIES)}")
     resolve_precision(settings.precision, torch.device("cpu"))  # an unknown name fails before anything loads
+    if settings.genppl_mode not in ("eq4", "mdlm"):
+        raise CofreError(f"--genppl-mode must be eq4 or mdlm, got '{settings.genppl_mode}'")
     if settings.schedule not in SCHEDULES:
         raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{settings.schedule}'")
     for budget in settings.budgets:
@@ -121,7 +124,8 @@ def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: l
     if "genppl" in settings.metrics:
         from cofre.evaluation.genppl import generative_perplexity
 
-        metrics["genppl"] = dataclasses.asdict(generative_perplexity(texts, judge, batch_size=settings.batch_size))
+        genppl = generative_perplexity(texts, judge, batch_size=settings.batch_size, mode=settings.genppl_mode)
+        metrics["genppl"] = dataclasses.asdict(genppl)
     if "entropy" in settings.metrics:
         from cofre.evaluation.entropy import unigram_entropy
 

@@ -29,7 +29,8 @@ def results_table(summary: EvalSummary) -> Table:
     budgets = sorted({c.budget for c in summary.cells})
     labels = list(dict.fromkeys(c.label for c in summary.cells)) or list(summary.valppl)  # valppl-only runs
     judged = any("genppl" in c.metrics for c in summary.cells)
-    title = f"Gen. PPL (entropy) by transformer-block budget; judge {summary.judge}" if judged else "Evaluation"
+    mode = {"eq4": "Eq. 4", "mdlm": "MDLM's token-weighted"}.get(summary.settings.get("genppl_mode", "eq4"), "")
+    title = f"Gen. PPL [{mode}] (entropy) by transformer-block budget; judge {summary.judge}" if judged else "Evaluation"
     table = Table(title=title)
     table.add_column("model / reuse")
     for budget in budgets:

@@ -33,35 +33,55 @@ class DenoiserOutput:
 
 
 class FixedPointBlock(nn.Module):
-    """F(h; h̃, t) = Blocks(W [h, h̃] + b): FPDM's injection of h̃ through a projection of the concatenation.
+    """F(h; h̃, t) = Blocks(M([h, h̃])): FPDM's injection of h̃ through a projection of the concatenation.
 
-    W [h, h̃] + b = W_h h + (W_x h̃ + b); the bracket depends on h̃ only, so `inject` computes it once per
-    denoising step and each iteration pays for W_h h alone.
+    M is FPDM's MLP fc2(GELU(fc1 [h, h̃])), fc1: 2D -> 2D, fc2: 2D -> D (`injection_mlp: fpdm`), or one
+    Linear 2D -> D (`linear`); `mix` is fc1 (or the Linear) and `mix_out` is fc2. fc1 [h, h̃] = W_h h +
+    (W_x h̃ + b); the bracket depends on h̃ only, so `inject` computes it once per denoising step and each
+    iteration pays for W_h h (and fc2) alone. The mix writes the whole solver state, so it runs in fp32 with
+    autocast off (as MDLM's residual stream is fp32); the blocks' matmuls stay under autocast.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.hidden = cfg.hidden
-        self.mix = nn.Linear(2 * cfg.hidden, cfg.hidden)
+        self.hidden = d = cfg.hidden
+        fpdm = cfg.injection_mlp == "fpdm"
+        self.mix = nn.Linear(2 * d, 2 * d if fpdm else d)
+        self.mix_out = nn.Linear(2 * d, d) if fpdm else None
         self.blocks = nn.ModuleList(_block(cfg) for _ in range(cfg.K_fp))
-        with torch.no_grad():  # close to identity: at h = h̃ the mix returns h (§3.4)
-            eye = torch.eye(cfg.hidden)
-            self.mix.weight.copy_(torch.cat([0.5 * eye, 0.5 * eye], dim=1))
+        with torch.no_grad():  # close to identity: M([h, h̃]) = (h + h̃) / 2, which returns h at h = h̃ (§3.4)
+            half = torch.cat([0.5 * torch.eye(d), 0.5 * torch.eye(d)], dim=1)
             self.mix.bias.zero_()
+            if self.mix_out is None:
+                self.mix.weight.copy_(half)
+            else:  # GELU(u) - GELU(-u) = u exactly (tanh form too): fc1 = [u; -u], fc2 = [I, -I]
+                self.mix.weight.copy_(torch.cat([half, -half], dim=0))
+                self.mix_out.weight.copy_(torch.cat([torch.eye(d), -torch.eye(d)], dim=1))
+                self.mix_out.bias.zero_()
 
     def inject(self, h_tilde: Tensor) -> Tensor:
-        """The h̃ part of the mix, W_x h̃ + b."""
-        return F.linear(h_tilde, self.mix.weight[:, self.hidden :], self.mix.bias)
+        """The h̃ part of fc1 (or of the Linear mix), W_x h̃ + b, in fp32."""
+        with _fp32(h_tilde):
+            return F.linear(h_tilde.float(), self.mix.weight[:, self.hidden :].float(), self.mix.bias.float())
 
     def mixed_input(self, h: Tensor, injected: Tensor) -> Tensor:
-        """The first blocks' input, W_h h + (W_x h̃ + b)."""
-        return F.linear(h, self.mix.weight[:, : self.hidden]) + injected
+        """The first blocks' input M([h, h̃]) in fp32: fc2(GELU(W_h h + injected)), or W_h h + injected."""
+        with _fp32(h):
+            x = F.linear(h.float(), self.mix.weight[:, : self.hidden].float()) + injected.float()
+            if self.mix_out is not None:  # FPDM's fc2(GELU(fc1 [h, h̃]))
+                x = F.linear(F.gelu(x, approximate="tanh"), self.mix_out.weight.float(), self.mix_out.bias.float())
+        return x
 
     def forward(self, h: Tensor, injected: Tensor, cond: Conditioning) -> Tensor:
         x = self.mixed_input(h, injected)
         for block in self.blocks:
             x = block(x, cond.c, cond.rope)
         return x
+
+
+def _fp32(x: Tensor) -> torch.autocast:
+    """Autocast off on x's device: the solver state (h, h_pre, h̃, the warm start, h*) stays fp32."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def _block(cfg: ModelConfig) -> DiTBlock:
@@ -118,7 +138,10 @@ class Denoiser(nn.Module):
     def inject(self, h_pre: Tensor) -> Tensor:
         """h̃ = G(h_pre) (identity when no projection is used), returned as F's per-step injection term."""
         assert self.fixed_point is not None, "inject on a model without a fixed-point block"
-        h_tilde = h_pre if self.injection is None else self.injection(h_pre)
+        if self.injection is None:
+            return self.fixed_point.inject(h_pre)
+        with _fp32(h_pre):
+            h_tilde = F.linear(h_pre.float(), self.injection.weight.float(), self.injection.bias.float())
         return self.fixed_point.inject(h_tilde)
 
     def fp_step(self, h: Tensor, injected: Tensor, cond: Conditioning) -> Tensor:

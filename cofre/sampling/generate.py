@@ -35,7 +35,8 @@ class SampleSettings:
     reuse: str = "3sr"
     gamma_mask_min: float = 0.75
     gamma_mask_max: float = 0.90
-    gamma_changed: float = 0.2
+    gamma_changed_min: float = 0.2
+    gamma_changed_max: float = 0.2
     num_samples: int = 8
     batch_size: int = 8
     seed: int = 1
@@ -134,7 +135,8 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
     recipe = ckpt.recipe
     validate_settings(settings, recipe.model.max_seq_len)
     plan: BudgetPlan = plan_budget(recipe.model, settings.budget, settings.steps, settings.schedule)
-    reuse = ReuseConfig(settings.reuse, settings.gamma_mask_min, settings.gamma_mask_max, settings.gamma_changed)
+    reuse = ReuseConfig(settings.reuse, settings.gamma_mask_min, settings.gamma_mask_max, settings.gamma_changed_min,
+                        settings.gamma_changed_max)
     config = SamplerConfig(length=settings.length or recipe.data.seq_len, reuse=reuse, top_p=settings.top_p,
                            noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace,
                            precision=resolve_precision(settings.precision, ckpt.device))

@@ -4,6 +4,9 @@ Each step t -> s reveals every still-masked token independently with probability
 (1 - alpha_t) = (t - s) / t and draws its value from the denoiser's SUBS distribution; this is exactly
 MDLM's transition q(z_s | z_t, x_theta) split in two, so the head and the float64 categorical are only
 needed at the positions being revealed. The grid t_i = 1 - i/S ends at 0, so the last step reveals all.
+With `noise_removal` the grid is MDLM's: S - 1 steps from t = 1 to 1e-5, then MDLM's noise removal, one
+more network pass at t = 1e-5 that fills every still-masked token with its most likely value; that pass is
+the budget's last step, so its blocks are counted like any other.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class SamplerConfig:
     length: int
     reuse: ReuseConfig = field(default_factory=ReuseConfig)
     top_p: float = 1.0  # nucleus sampling; 1 keeps the whole distribution
-    noise_removal: bool = False  # the last step takes the most likely token instead of sampling
+    noise_removal: bool = False  # MDLM's final pass at t = 1e-5: argmax fill of what is still masked (the last step)
     cache: bool = False  # skip the network when no token is revealed (spends less than the budget)
     tol: float | None = None  # adaptive stopping: leave the solve once every residual is below tol
     trace: bool = False  # record residuals per iteration and solution shifts per transition type
@@ -55,6 +58,17 @@ class SampleBatch:
     tokens: Tensor  # [B, L], no [mask] left
     blocks_spent: int
     steps: list[StepRecord]
+
+
+NOISE_REMOVAL_T = 1e-5  # MDLM's sampling grid ends here (`_sample(eps=1e-5)`); its noise removal runs at it
+
+
+def time_grid(steps: int, noise_removal: bool) -> list[float]:
+    """t_0 = 1 > ... > t_S = 0 for S network passes: 1 - i/S, or with noise removal MDLM's grid from 1 to
+    1e-5 over the first S - 1 steps and a last step from 1e-5 to 0 (the noise-removal pass, which reveals all)."""
+    if not noise_removal:
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+    return torch.linspace(1.0, NOISE_REMOVAL_T, steps, dtype=torch.float64).tolist() + [0.0]
 
 
 def nucleus(log_p: Tensor, top_p: float) -> Tensor:
@@ -98,7 +112,7 @@ class MDLMSampler:
         model, cfg, plan = self.model, self.cfg, self.plan
         device = next(model.parameters()).device
         z = torch.full((batch_size, cfg.length), self.mask_id, dtype=torch.long, device=device)
-        times = torch.linspace(1.0, 0.0, plan.steps + 1, dtype=torch.float64).tolist()
+        times = time_grid(plan.steps, cfg.noise_removal)
         h_prev: Tensor | None = None
         z_prev: Tensor | None = None
         carry, spent, records, revealed = 0, 0, [], []
@@ -131,7 +145,7 @@ class MDLMSampler:
                 hidden = model.post_stack(h, cond)
                 positions = reveal.nonzero(as_tuple=True)
                 logits = model.head(hidden, cond, positions)
-            greedy = cfg.noise_removal and i == plan.steps - 1
+            greedy = cfg.noise_removal and i == plan.steps - 1  # MDLM's noise removal: argmax of the final pass
             z = z.clone()
             z[positions] = draw_tokens(logits, self.mask_id, cfg.top_p, greedy, generator)
         for record, count in zip(records, torch.stack(revealed).tolist()):

@@ -18,12 +18,14 @@ TRANSITION_NAMES = ("unchanged_visible", "still_masked", "newly_revealed")
 
 @dataclass(frozen=True)
 class ReuseConfig:
-    """The policy and the 3SR coefficients (paper defaults: 0.75, 0.90, 0.2)."""
+    """The policy and the 3SR coefficients (paper defaults: 0.75, 0.90 and a constant 0.2); Tables 4-5 sweep
+    gamma_changed as a [min, max] range, interpolated with v_t as gamma_mask is."""
 
     policy: Reuse = "3sr"
     gamma_mask_min: float = 0.75
     gamma_mask_max: float = 0.90
-    gamma_changed: float = 0.2
+    gamma_changed_min: float = 0.2
+    gamma_changed_max: float = 0.2
 
 
 def transition_types(z: Tensor, z_prev: Tensor, mask_id: int) -> Tensor:
@@ -36,11 +38,13 @@ def transition_types(z: Tensor, z_prev: Tensor, mask_id: int) -> Tensor:
 
 
 def three_state_gamma(z: Tensor, z_prev: Tensor, mask_id: int, cfg: ReuseConfig) -> Tensor:
-    """gamma per token (Alg. 1 lines 13-16): 1, gamma_mask = min + (max - min) v_t, or gamma_changed; [B, L]."""
+    """gamma per token (Alg. 1 lines 13-16): 1, gamma_mask = min + (max - min) v_t, or gamma_changed, likewise
+    interpolated between its min and max (App. D.1.2, Tables 4-5); [B, L]."""
     visible_fraction = (z != mask_id).float().mean(dim=1, keepdim=True)  # v_t, per sample
     gamma_mask = cfg.gamma_mask_min + (cfg.gamma_mask_max - cfg.gamma_mask_min) * visible_fraction
+    gamma_changed = cfg.gamma_changed_min + (cfg.gamma_changed_max - cfg.gamma_changed_min) * visible_fraction
     kinds = transition_types(z, z_prev, mask_id)
-    gamma = torch.full(z.shape, cfg.gamma_changed, device=z.device)
+    gamma = gamma_changed.expand(z.shape).clone()
     gamma = torch.where(kinds == UNCHANGED_VISIBLE, torch.ones_like(gamma), gamma)
     return torch.where(kinds == STILL_MASKED, gamma_mask.expand_as(gamma), gamma)
 

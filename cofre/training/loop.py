@@ -174,24 +174,35 @@ class Trainer:
         return state
 
     def _initialize_from(self, parent: str) -> None:
-        """A post-training stage starts from its parent's weights (and EMA); optimiser and step start afresh."""
+        """A post-training stage starts from its parent's weights, EMA (and its warm-up count) and, with
+        consistency.continue_optimizer, its AdamW moments; the step, schedule and hyperparameters are the stage's."""
         folder = resolve_checkpoint(parent)
         state = load_file(str(folder / MODEL_FILE))
         try:
             self.unwrapped.load_state_dict(state)
         except RuntimeError as err:
             raise CofreError(f"init_from {folder}: its weights do not fit this recipe's model ({str(err).splitlines()[0]})") from None
+        progress = load_train_state(folder, "progress") if (folder / STATE_DIR / "progress.pt").is_file() else {}
         if self.ema is not None:
             ema_file = folder / EMA_FILE
             self.ema.load(load_file(str(ema_file)) if ema_file.is_file() else state)
+            self.ema.num_updates = int(progress.get("ema_updates", progress.get("step", 0)))  # the warm-up goes on
+        if self.recipe.consistency.continue_optimizer:  # L_CONS joins the parent's run (App. F.6): same AdamW moments
+            if not (folder / STATE_DIR / "optimizer.pt").is_file():
+                raise CofreError(f"init_from {folder} has no optimiser state to continue (a converted model?); "
+                                 "set consistency.continue_optimizer=false to start AdamW from zero")
+            own = self.optimizer.state_dict()  # this stage's hyperparameters (lr, betas, ...) are kept
+            self.optimizer.load_state_dict({"state": load_train_state(folder, "optimizer")["state"],
+                                            "param_groups": own["param_groups"]})
 
     def _resume(self, folder: Path) -> None:
         self.unwrapped.load_state_dict(load_file(str(folder / MODEL_FILE)))
+        progress = load_train_state(folder, "progress")
         if self.ema is not None:
             self.ema.load(load_file(str(folder / EMA_FILE)))
+            self.ema.num_updates = int(progress.get("ema_updates", progress["step"]))
         self.optimizer.load_state_dict(load_train_state(folder, "optimizer"))
         self.scheduler.load_state_dict(load_train_state(folder, "scheduler"))
-        progress = load_train_state(folder, "progress")
         self.step = int(progress["step"])
         self.pre_ppl = progress.get("pre_ppl")
         self.selected_step = progress.get("selected_step")
@@ -219,7 +230,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "progress": {"step": self.step, "world_size": acc.num_processes, "pre_ppl": self.pre_ppl,
-                             "selected_step": self.selected_step},
+                             "selected_step": self.selected_step,
+                             "ema_updates": self.ema.num_updates if self.ema is not None else 0},
             }
             write_checkpoint_files(staging, self.unwrapped, ema, self.recipe, state)
             publish_checkpoint(self.run.checkpoints, self.step, self.recipe.trainer.keep_last)

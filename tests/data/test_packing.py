@@ -63,7 +63,7 @@ def test_edited_file_invalidates_cache(tmp_path: Path, data_cfg: Cfg) -> None:
 def test_cofre_cache_env_overrides_cache_dir(tmp_path: Path, data_cfg: Cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COFRE_CACHE", str(tmp_path / "env-cache"))
     load_corpus(data_cfg(corpus=str(write_jsonl(tmp_path / "c.jsonl", DOCS)), seq_len=4, val_docs=2))
-    assert len(list((tmp_path / "env-cache").glob("c.jsonl-L4-*/meta.json"))) == 1
+    assert len(list((tmp_path / "env-cache").glob("c.jsonl-L4-concat-*/meta.json"))) == 1
     assert not (tmp_path / "cache").exists()
 
 
@@ -124,3 +124,25 @@ def test_wiki_sample_packs(data_cfg: Cfg) -> None:
     assert "96 train + 10 val docs" in corpus.source
     # every document but possibly the last of each split ends with an EOS inside a kept block
     assert (corpus.train == E).sum() >= 95 and (corpus.val == E).sum() >= 9
+
+
+def test_wrap_is_the_default_and_makes_mdlm_blocks(tmp_path: Path, data_cfg: Cfg) -> None:
+    """MDLM's wrap: the EOS-joined stream cut into seq_len - 2 pieces, each as [BOS] + piece + [EOS]."""
+    assert DataConfig().packing == "wrap"
+    cfg = data_cfg(corpus=str(write_jsonl(tmp_path / "c.jsonl", DOCS)), seq_len=5, val_docs=2, packing="wrap")
+    corpus = load_corpus(cfg)
+    # train stream: 15496 995 E 15496 E 15496 995 18435 995 E (10 tokens) -> pieces of 3, tail [E] dropped
+    assert corpus.train.tolist() == [[E, 15496, 995, E, E], [E, 15496, E, 15496, E], [E, 995, 18435, 995, E]]
+    # val stream: 6894 E 15496 995 E (5 tokens) -> one piece of 3
+    assert corpus.val.tolist() == [[E, 6894, E, 15496, E]]
+    assert "wrap packing" in corpus.source
+
+
+def test_packing_mode_is_part_of_the_cache_key(tmp_path: Path, data_cfg: Cfg) -> None:
+    path = str(write_jsonl(tmp_path / "c.jsonl", DOCS))
+    wrap, concat = (load_corpus(data_cfg(corpus=path, seq_len=4, val_docs=2, packing=mode)) for mode in ("wrap", "concat"))
+    assert wrap.train[:, 0].eq(E).all() and not torch.equal(wrap.train, concat.train)
+    assert len(list(Path(tmp_path / "cache").glob("c.jsonl-L4-wrap-*"))) == 1
+    assert len(list(Path(tmp_path / "cache").glob("c.jsonl-L4-concat-*"))) == 1
+    with pytest.raises(CofreError, match="needs data.seq_len >= 3"):
+        load_corpus(data_cfg(corpus=path, seq_len=2, val_docs=2, packing="wrap"))

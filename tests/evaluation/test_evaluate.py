@@ -32,6 +32,7 @@ def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recip
     cell = json.loads(cells[0].read_text())
     assert cell["judge"] == str(tiny_gpt2_dir) and cell["seed"] == 1 and cell["code"]
     assert cell["metrics"]["genppl"]["value"] > 1 and cell["metrics"]["entropy"]["value"] > 0
+    assert cell["metrics"]["genppl"]["mode"] == "eq4" and "Gen. PPL [Eq. 4]" in result.stdout
     assert cell["metrics"]["latency"]["repeats"] == 1 and cell["blocks_spent"] == [cell["budget"]] * 2
     summary = json.loads(next(report.glob("summary-*.json")).read_text())
     # rows are named by run directory ("fp" holds the recipe tiny-test), so two runs of one recipe stay apart
@@ -45,6 +46,11 @@ def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recip
     again = cofre(*args)
     assert again.returncode == 0
     assert json.loads(cells[0].read_text())["metrics"]["genppl"] == cell["metrics"]["genppl"]
+    # --genppl-mode mdlm scores the same samples MDLM's way and says so in the cell and the table
+    mdlm = cofre(*args, "--genppl-mode", "mdlm", "--metrics", "genppl")
+    assert mdlm.returncode == 0, mdlm.stderr[-2000:]
+    assert json.loads(cells[0].read_text())["metrics"]["genppl"]["mode"] == "mdlm"
+    assert "Gen. PPL [MDLM's token-weighted]" in mdlm.stdout
 
 
 @pytest.mark.slow
@@ -55,6 +61,7 @@ def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recip
         (["--reuse", "none,most"], "unknown reuse policy most"),
         (["--budget", "96,x"], "--budget takes comma-separated integers"),
         (["--budget", "0"], "--budget values must be positive"),
+        (["--genppl-mode", "token"], "--genppl-mode must be eq4 or mdlm"),
     ],
 )
 def test_bad_evaluate_arguments_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:

@@ -84,3 +84,38 @@ def test_real_judge_prefers_english(smollm2: Judge, wiki_passages: list[str], sh
     assert english.judge == "smollm2-135m"
     assert english.value < 100 < shuffled.value  # measured: about 27 vs 980
     assert shuffled.value > 5 * english.value
+
+
+def test_mdlm_mode_is_token_weighted_with_mdlms_first_eos_rule(tiny_gpt2_dir: Path) -> None:
+    """--genppl-mode mdlm: exp(sum NLL / tokens) over all samples, windows of the context without BOS, and
+    every EOS but the window's first left out (MDLM's compute_generative_perplexity)."""
+    eot = "<|endoftext|>"
+    texts = [f"{eot}The river runs{eot} past the mill.{eot}", "Hi there, river.", f"A {eot}b", TEXTS[3]]
+    judge = load_judge(str(tiny_gpt2_dir))
+    tokenizer, model = _reference_model(tiny_gpt2_dir)
+    eos = tokenizer.eos_token_id
+    total, tokens, per_sample = 0.0, 0, []
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        sample_nll, sample_tokens = 0.0, 0
+        for start in range(0, len(ids), judge.context):
+            window = torch.tensor([ids[start : start + judge.context]])
+            with torch.no_grad():
+                nll = torch.nn.functional.cross_entropy(model(window).logits[0, :-1], window[0, 1:], reduction="none")
+            first_eos = (window[0] == eos).cumsum(0) == 1
+            keep = ((window[0] != eos) | first_eos)[1:]
+            sample_nll += nll[keep].sum().item()
+            sample_tokens += int(keep.sum())
+        total, tokens = total + sample_nll, tokens + sample_tokens
+        per_sample.append(sample_nll / sample_tokens)
+    assert tokenizer(texts[0])["input_ids"].count(eos) == 3  # the EOS text is the judge's EOS token
+
+    result = generative_perplexity(texts, judge, batch_size=3, mode="mdlm")
+
+    assert result.mode == "mdlm" and result.tokens_scored == tokens
+    assert result.value == pytest.approx(math.exp(total / tokens), rel=1e-4)
+    assert result.per_sample_nll == pytest.approx(per_sample, rel=1e-4)
+    eq4 = generative_perplexity(texts, judge, batch_size=3)
+    assert eq4.mode == "eq4" and eq4.value != pytest.approx(result.value, rel=1e-3)  # the two differ
+    with pytest.raises(CofreError, match="genppl-mode"):
+        generative_perplexity(texts, judge, mode="token")

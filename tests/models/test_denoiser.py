@@ -31,7 +31,7 @@ def test_fixed_point_part_parameter_count(K_fp: int) -> None:
     model = Denoiser(cfg)
     fp = sum(p.numel() for p in model.fixed_point.parameters()) + sum(p.numel() for p in model.injection.parameters())
     d = cfg.hidden
-    injection, mix = d * d + d, 2 * d * d + d
+    injection, mix = d * d + d, (2 * d * 2 * d + 2 * d) + (2 * d * d + d)  # G; FPDM's fc1 (2D -> 2D), fc2 (2D -> D)
     assert fp == K_fp * block_params(d, cfg.cond_dim) + injection + mix
     # the shared block is counted once however many times it is iterated
     assert len(model.pre) == 1 and len(model.fixed_point.blocks) == K_fp and len(model.post) == 1
@@ -94,13 +94,57 @@ def test_time_conditioning_switch() -> None:
         assert torch.allclose(a, b) != flag  # without time conditioning the output ignores sigma
 
 
-def test_split_injection_equals_the_concatenated_mix() -> None:
-    """F(h; h̃) = Blocks(W [h, h̃] + b), with the h̃ part computed once per step."""
-    model = randomize(Denoiser(ModelConfig(**SMALL, K_pre=1, K_fp=1, K_post=1)))
+@pytest.mark.parametrize("mlp", ["fpdm", "linear"])
+def test_split_injection_equals_the_concatenated_mix(mlp: str) -> None:
+    """F(h; h̃) = Blocks(M([h, h̃])), M = fc2(GELU(fc1 .)) (FPDM) or one Linear, with fc1's h̃ part computed once per step."""
+    model = randomize(Denoiser(ModelConfig(**SMALL, K_pre=1, K_fp=1, K_post=1, injection_mlp=mlp)))
     h, h_pre = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
     cond = model.conditioning(torch.rand(2), 8)
     h_tilde = model.injection(h_pre)
     x = model.fixed_point.mix(torch.cat([h, h_tilde], dim=-1))
+    if mlp == "fpdm":
+        assert x.shape[-1] == 64  # fc1: 2D -> 2D
+        x = model.fixed_point.mix_out(torch.nn.functional.gelu(x, approximate="tanh"))
+    else:
+        assert model.fixed_point.mix_out is None
     for block in model.fixed_point.blocks:
         x = block(x, cond.c, cond.rope)
     assert torch.allclose(model.fp_step(h, model.inject(h_pre), cond), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("mlp", ["fpdm", "linear"])
+def test_mix_starts_as_the_mean_of_h_and_injection(mlp: str) -> None:
+    """Both mixes start as (h + h̃) / 2, so at h = h̃ F's input is h (conversion starts near the source, §3.4)."""
+    model = Denoiser(ModelConfig(**SMALL, K_pre=1, K_fp=1, K_post=1, injection_mlp=mlp))
+    h, h_tilde = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    fp = model.fixed_point
+    assert torch.allclose(fp.mixed_input(h, fp.inject(h_tilde)), (h + h_tilde) / 2, atol=1e-5)
+
+
+def test_fpdm_injection_is_the_default() -> None:
+    model = Denoiser(ModelConfig(**SMALL, K_pre=1, K_fp=1, K_post=1))
+    assert model.fixed_point.mix.weight.shape == (64, 64) and model.fixed_point.mix_out.weight.shape == (32, 64)
+
+
+def test_solver_state_stays_fp32_under_bf16_autocast() -> None:
+    """Under bf16 autocast the blocks' matmuls run in bf16, but h_pre, h̃, every iterate and h* are fp32 (issue 9.1)."""
+    model = randomize(Denoiser(ModelConfig(**SMALL, K_pre=1, K_fp=1, K_post=1)))
+    seen: dict[str, list[torch.dtype]] = {"iterate_in": [], "iterate_out": [], "qkv": []}
+
+    def record(m: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        seen["iterate_in"].append(args[0].dtype)
+        seen["iterate_out"].append(out.dtype)
+
+    model.fixed_point.register_forward_hook(record)
+    model.fixed_point.blocks[0].attn_qkv.register_forward_hook(lambda m, args, out: seen["qkv"].append(out.dtype) and None)
+    z = torch.randint(0, 49, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cond = model.conditioning(torch.rand(2), 8)
+        h_pre = model.pre_stack(z, cond)
+        injected = model.inject(h_pre)
+        out = model(z, torch.rand(2), n_nograd=1, n_grad=2)
+    assert h_pre.dtype == injected.dtype == torch.float32
+    assert seen["qkv"] and set(seen["qkv"]) == {torch.bfloat16}  # autocast is really on inside the blocks
+    assert len(seen["iterate_out"]) == 3
+    assert set(seen["iterate_in"]) == set(seen["iterate_out"]) == {torch.float32}
+    assert out.hidden.dtype == torch.float32

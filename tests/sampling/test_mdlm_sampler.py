@@ -148,3 +148,23 @@ def test_cache_skips_steps_that_reveal_nothing() -> None:
     cached = [r for r in steps if r.cached]
     assert cached and all(r.blocks == 0 and r.revealed == 0 for r in cached)
     assert spent == 768 - sum(2 + n for r, n in zip(steps, plan_budget(model.cfg, 768, 256, "decreasing").iterations) if r.cached)
+
+
+def test_noise_removal_is_mdlms_final_argmax_pass_inside_the_budget() -> None:
+    """S - 1 steps on MDLM's grid 1 -> 1e-5, then one pass at t = 1e-5 filling what is still masked with the argmax."""
+    probs = [0.4, 0.35, 0.25]
+    tokens, spent, steps = draw(constant_model(probs), 16, batch=400, noise_removal=True)
+    assert spent == 16 == len(steps)  # the extra pass is the budget's 16th block forward, not a 17th
+    grid = torch.linspace(1.0, 1e-5, 16, dtype=torch.float64).tolist()
+    assert [r.t for r in steps] == pytest.approx(grid, abs=1e-12)
+    assert steps[-1].t == pytest.approx(1e-5) and steps[-1].revealed <= 3  # ~ 1e-5 x 6400 tokens left for it
+    assert not (tokens == SMALL["vocab_size"] - 1).any()
+    _, _, only = draw(constant_model(probs), 1, batch=50, noise_removal=True)  # one pass: all of it is the fill
+    tokens_one, _, _ = draw(constant_model(probs), 1, batch=50, noise_removal=True)
+    assert only[0].t == 1.0 and (tokens_one == 0).all()  # the most likely token everywhere
+
+
+@pytest.mark.parametrize("budget", [96, 192])
+def test_noise_removal_spends_the_budget_exactly_on_fp_models(budget: int) -> None:
+    tokens, spent, steps = draw(fp_model(), budget, noise_removal=True, reuse=ReuseConfig("3sr"))
+    assert spent == budget == sum(r.blocks for r in steps) and not (tokens == 49).any()

@@ -51,3 +51,15 @@ def test_policies() -> None:
     v = 2 / 3
     assert mixed[0, :, 0].tolist() == pytest.approx([1.0, 0.75 + 0.15 * v, 0.2])
     assert torch.equal(warm_start(h_pre, None, z, None, M, ReuseConfig("3sr")), h_pre)  # first step
+
+
+def test_gamma_changed_range_is_interpolated_with_the_visible_fraction() -> None:
+    """Tables 4-5: gamma_changed from min (nothing visible) to max (all visible), like gamma_mask."""
+    z_prev = torch.tensor([[M, M, M, M], [M, M, M, M]])
+    z = torch.tensor([[5, M, M, M], [5, 6, 7, M]])  # v_t = 1/4 and 3/4; position 0 newly revealed in both
+    cfg = ReuseConfig(gamma_changed_min=0.0, gamma_changed_max=0.4)
+    gamma = three_state_gamma(z, z_prev, M, cfg)
+    assert gamma[:, 0].tolist() == pytest.approx([0.4 * 0.25, 0.4 * 0.75])
+    assert gamma[:, 3].tolist() == pytest.approx([0.75 + 0.15 * 0.25, 0.75 + 0.15 * 0.75])  # still masked: unchanged rule
+    default = three_state_gamma(z, z_prev, M, ReuseConfig())
+    assert default[:, 0].tolist() == pytest.approx([0.2, 0.2])  # the default 0.2 / 0.2 is the paper's constant

@@ -33,7 +33,7 @@ def test_sample_writes_samples_with_settings_and_exact_budget(trained_run: Path,
     out = tmp_path / "a.jsonl"
     trace = tmp_path / "trace.jsonl"
     result = cofre("sample", str(trained_run), "--budget", "40", "--num-samples", "3", "--batch-size", "2",
-                   "--out", str(out), "--trace", str(trace))
+                   "--gamma-changed-min", "0.1", "--gamma-changed-max", "0.3", "--out", str(out), "--trace", str(trace))
     assert result.returncode == 0, result.stderr
     rows = read(out)
     assert len(rows) == 3
@@ -41,6 +41,7 @@ def test_sample_writes_samples_with_settings_and_exact_budget(trained_run: Path,
         assert len(row["ids"]) == 32 and 50257 not in row["ids"]  # fully unmasked
         assert row["blocks_spent"] == 40 and sum(row["blocks_per_step"]) == 40
         assert row["settings"]["reuse"] == "3sr" and row["settings"]["schedule"] == "decreasing"
+        assert (row["settings"]["gamma_changed_min"], row["settings"]["gamma_changed_max"]) == (0.1, 0.3)
         assert row["checkpoint"]["sha256"] and row["checkpoint"]["step"] == 6
         assert isinstance(row["text"], str)
     steps = read(trace)
