@@ -13,8 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+try:  # recent typer vendors click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
+
 from cofre.config import Recipe, load_recipe
-from cofre.errors import CofreError
+from cofre.errors import CofreError, one_line, os_error_message
 from cofre.runs import RunDir, atomic_write_text
 
 app = typer.Typer(
@@ -382,12 +387,39 @@ def _is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def run() -> Any:
-    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+def run() -> None:
+    """Console-script entry point: user errors (ours, bad options, OS errors) become one line on stderr, exit 2."""
+    DEBUG["on"] = False
     try:
-        return app()
-    except CofreError as err:
+        code = app(standalone_mode=False)  # click raises usage errors instead of printing its usage box
+    except click_exceptions.NoArgsIsHelpError as err:  # `cofre` alone: the help is the answer
+        if err.format_message().strip():  # Rich has printed it already when the message is empty
+            err.show()
+        sys.exit(2)
+    except (CofreError, click_exceptions.ClickException, OSError) as err:
         if DEBUG["on"]:
             raise
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-        sys.exit(2)
+        _fail(_message(err))
+    except typer.Abort:
+        _fail("aborted", code=130)
+    if isinstance(code, int) and code:  # e.g. Ctrl-C (130)
+        sys.exit(code)
+
+
+def _message(err: Exception) -> str:
+    if isinstance(err, click_exceptions.UsageError):
+        command = f"cofre {err.ctx.info_name}: " if err.ctx is not None and err.ctx.parent is not None else ""
+        return f"{command}{err.format_message()} (see --help)"
+    if isinstance(err, click_exceptions.ClickException):
+        return err.format_message()
+    if isinstance(err, OSError) and not isinstance(err, CofreError):
+        return os_error_message(err)
+    return str(err)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """Print `error: <message>` as exactly one line (never wrapped) and exit."""
+    label = "\033[1;31merror:\033[0m" if sys.stderr.isatty() else "error:"
+    sys.stderr.write(f"{label} {one_line(message)}\n")
+    sys.stderr.flush()
+    sys.exit(code)

@@ -34,7 +34,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_overrides(tmp_path: Path) -> None:
-    path = write(tmp_path, "model: {hidden: 64}\n")
+    path = write(tmp_path, "model: {hidden: 64, heads: 4}\n")
     recipe = load_recipe(path, ["model.hidden=128", "optim.betas=[0.8, 0.9]", "optim.lr=1e-3", "name=x"])
     assert recipe.model.hidden == 128 and recipe.optim.betas == (0.8, 0.9)
     assert recipe.optim.lr == 1e-3 and recipe.name == "x"
