@@ -18,6 +18,7 @@ try:  # recent typer vendors click; older releases use the click package
 except ImportError:
     from click import exceptions as click_exceptions
 
+from cofre.checks import check_output_dir, check_output_file, check_range
 from cofre.config import Recipe, load_recipe
 from cofre.errors import CofreError, one_line, os_error_message
 from cofre.runs import RunDir, atomic_write_text
@@ -203,7 +204,7 @@ def sample(
 ) -> None:
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings."""
     from cofre.sampling.budget import SCHEDULES
-    from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint
+    from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint, validate_settings
     from cofre.sampling.reuse import REUSE_POLICIES
     if schedule not in SCHEDULES:
         raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
@@ -214,6 +215,9 @@ def sample(
         gamma_mask_max=gamma_mask_max, gamma_changed=gamma_changed, num_samples=num_samples, batch_size=batch_size,
         seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
     )
+    validate_settings(settings)  # before a checkpoint is read
+    check_output_file(out, "--out")
+    check_output_file(trace, "--trace")
     ckpt = open_checkpoint(checkpoint, ema=ema, device=device)
     result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace)
     table = Table(title=f"cofre sample: {result.num_samples} samples from {ckpt.folder}")
@@ -292,6 +296,11 @@ def evaluate(
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
     )
     report_dir = report_dir or Path("runs") / "reports" / "+".join(p.name for p in runs)
+    check_output_dir(report_dir, "--report-dir")
+    check_range("--lm-eval-draws", lm_eval_draws, 1)
+    check_range("--lm-eval-limit", lm_eval_limit, 1)
+    if lm_eval_include is not None and not lm_eval_include.is_dir():
+        raise CofreError(f"--lm-eval-include {lm_eval_include} is not a folder")
     summary = evaluate_runs(runs, settings, report_dir, console)
     console.print(results_table(summary))
     if summary.plot_path:
@@ -364,10 +373,16 @@ def cka(
         raise CofreError(f"--timesteps takes comma-separated numbers, got '{timesteps}'") from None
     if not times or not all(0 < t <= 1 for t in times):
         raise CofreError(f"--timesteps must be in (0, 1], got '{timesteps}'")
+    check_range("--batches", batches, 1)
+    check_range("--batch-size", batch_size, 1)
+    check_range("--max-tokens", max_tokens, 2)
+    check_range("--seed", seed, 0, 2**63 - 1)
     folder = resolve_checkpoint(checkpoint)
+    out = out or run_root(folder) / "cka"
+    check_output_dir(out, "--out")
     report = analyze_checkpoint(folder, tuple(times), batches=batches, batch_size=batch_size, seed=seed, ema=ema,
                                 max_tokens=max_tokens)
-    paths = write_cka_outputs(report, out or run_root(folder) / "cka")
+    paths = write_cka_outputs(report, out)
     table = Table(title=f"linear CKA of consecutive layers, mean over t = {timesteps}")
     table.add_column("layers")
     table.add_column("CKA", justify="right")

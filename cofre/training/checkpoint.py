@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cofre.config import Recipe, recipe_from_dict, recipe_to_dict
-from cofre.errors import CofreError
+from cofre.errors import CofreError, os_error_message
 from cofre.models import Denoiser
 from cofre.runs import atomic_write_text
 
@@ -47,14 +47,19 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def write_checkpoint_files(
     folder: Path, model: nn.Module, ema: dict[str, torch.Tensor] | None, recipe: Recipe, train_state: dict[str, Any]
 ) -> None:
-    """Write weights, config and the rank-independent train state into `folder` (main process)."""
-    (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    save_weights(model, folder / MODEL_FILE)
-    if ema is not None:
-        save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(folder / EMA_FILE))
-    (folder / CONFIG_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
-    for name, value in train_state.items():
-        torch.save(value, folder / STATE_DIR / f"{name}.pt")
+    """Write weights, config and the rank-independent train state into `folder` (main process). A failure
+    (a full disk) is one line; the unfinished folder is never published and the next start removes it."""
+    try:
+        (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        save_weights(model, folder / MODEL_FILE)
+        if ema is not None:
+            save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(folder / EMA_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+        for name, value in train_state.items():
+            torch.save(value, folder / STATE_DIR / f"{name}.pt")
+    except (OSError, RuntimeError, SafetensorError) as err:
+        detail = os_error_message(err) if isinstance(err, OSError) else " ".join(str(err).split())[:200]
+        raise CofreError(f"cannot write checkpoint {folder} ({detail}); the previous checkpoint is kept") from None
 
 
 def publish_checkpoint(checkpoints: Path, step: int, keep_last: int) -> Path:
