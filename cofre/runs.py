@@ -128,9 +128,10 @@ class RunDir:
         if new and self.exists():
             self.unlock()
             raise CofreError(f"another process started a run in {self.path} while this one was starting; rerun to resume it")
+        kept = self.read_metrics()  # read (and checked) before anything is written
         self.create(recipe)
         self.clean_temporary_files()
-        self.truncate_metrics(step)
+        self.truncate_metrics(step, kept)
 
     def clean_temporary_files(self) -> None:
         """Remove what a killed writer left: unfinished checkpoints (`.tmp-*`) and atomic writes' temp files."""
@@ -160,12 +161,13 @@ class RunDir:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def truncate_metrics(self, step: int | None) -> None:
+    def truncate_metrics(self, step: int | None, records: list[dict[str, Any]] | None = None) -> None:
         """Keep the records up to `step` (a run resumed at its checkpoint), or none (None: a fresh start), so that
         records a killed run logged after its last checkpoint are never kept twice."""
         if not self.metrics_path.exists():
             return
-        kept = [r for r in self.read_metrics() if step is not None and r.get("step", 0) <= step]
+        records = self.read_metrics() if records is None else records
+        kept = [r for r in records if step is not None and r.get("step", 0) <= step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read_metrics(self) -> list[dict[str, Any]]:

@@ -96,8 +96,10 @@ def load_train_state(folder: Path, name: str) -> Any:
         raise CofreError(f"{path}: missing; the checkpoint is incomplete")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CofreError(f"{path}: refused, it holds objects other than tensors and plain containers") from None
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):  # the weights-only unpickler met a class: nothing of it was run
+            raise CofreError(f"{path}: refused, it holds objects other than tensors and plain containers") from None
+        raise CofreError(f"{path}: not a readable train-state file (a damaged pickle)") from None
     except (RuntimeError, EOFError, ValueError) as err:
         raise CofreError(f"{path}: not a readable train-state file ({str(err).strip().splitlines()[0][:200]})") from None
 
