@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ def write_checkpoint_files(
 ) -> None:
     """Write weights, config and the rank-independent train state into `folder` (main process). A failure
     (a full disk) is one line; the unfinished folder is never published and the next start removes it."""
-    try:
+    with _writing(folder):
         (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
         save_weights(model, folder / MODEL_FILE)
         if ema is not None:
@@ -57,6 +59,19 @@ def write_checkpoint_files(
         (folder / CONFIG_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
         for name, value in train_state.items():
             torch.save(value, folder / STATE_DIR / f"{name}.pt")
+
+
+def save_train_state(folder: Path, name: str, value: Any) -> None:
+    """One train-state file (e.g. a rank's RNG state) into the staging folder `folder`."""
+    with _writing(folder):
+        torch.save(value, folder / STATE_DIR / f"{name}.pt")
+
+
+@contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """A failed checkpoint write (a full disk) is one line; the unpublished folder is removed by the next start."""
+    try:
+        yield
     except (OSError, RuntimeError, SafetensorError) as err:
         detail = os_error_message(err) if isinstance(err, OSError) else " ".join(str(err).split())[:200]
         raise CofreError(f"cannot write checkpoint {folder} ({detail}); the previous checkpoint is kept") from None

@@ -32,6 +32,7 @@ from cofre.training.checkpoint import (
     publish_checkpoint,
     read_weights,
     resolve_checkpoint,
+    save_train_state,
     staging_dir,
     write_checkpoint_files,
 )
@@ -210,7 +211,7 @@ class Trainer:
         if acc.is_main_process:
             (staging / STATE_DIR).mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
-        torch.save(self._rng_state(), staging / STATE_DIR / f"rng-rank{acc.process_index}.pt")
+        save_train_state(staging, f"rng-rank{acc.process_index}", self._rng_state())
         acc.wait_for_everyone()
         if acc.is_main_process:
             ema = self.ema.state_dict(self.unwrapped) if self.ema is not None else None
