@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from accelerate import Accelerator
 from torch import Tensor
@@ -18,7 +20,7 @@ class NonFiniteGuard:
         self.skipped = skipped  # over the whole run, resumes included
 
     def step_is_finite(self, accelerator: Accelerator, step: int, values: dict[str, Tensor],
-                       last_checkpoint: str | None) -> bool:
+                       last_checkpoint: Callable[[], str | None]) -> bool:
         """True when every value is finite on every process; False when the step is to be skipped; raises when
         the run must stop. `step` is the 1-based number of the step being taken."""
         bad = torch.stack([(~torch.isfinite(v.detach().float())).any() for v in values.values()]).float()
@@ -29,7 +31,8 @@ class NonFiniteGuard:
         if self.skipped < self.allowed:
             self.skipped += 1
             return False
-        kept = f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint else "no checkpoint was written yet"
+        folder = last_checkpoint()
+        kept = f"the last good checkpoint {folder} is kept" if folder else "no checkpoint was written yet"
         skipped = f" after skipping {self.skipped} such step(s)" if self.allowed else ""
         raise CofreError(f"non-finite {names} at step {step}{skipped}: the run stopped before updating the weights; "
                          f"{kept} (lower optim.lr, or set trainer.skip_nonfinite to skip a few such steps)")

@@ -254,7 +254,7 @@ class Trainer:
         clip = self.recipe.optim.grad_clip
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         checked = {"loss": total, "gradient": grad_norm, **({"auxiliary loss": aux_total} if self.aux is not None else {})}
-        if not self.guard.step_is_finite(acc, self.step + 1, checked, self._last_checkpoint()):
+        if not self.guard.step_is_finite(acc, self.step + 1, checked, self._last_checkpoint):
             self.optimizer.zero_grad(set_to_none=True)  # skipped: no update; the schedule still advances
             self.scheduler.step()
             self.step += 1
