@@ -284,3 +284,35 @@ def test_subprocess_matches_in_process(workspace: Path, index: int) -> None:
     assert_clean_error(real, fragment)
     assert (real.code, real.stderr) == (here.code, here.stderr)
     assert snapshot(workspace) == before
+
+
+@pytest.mark.parametrize("err, fragment", [
+    (OSError(28, "No space left on device", "x"), "No space left on device: x; free some space and rerun"),
+    (PermissionError(13, "Permission denied", "x"), "Permission denied: x; check the permissions of the path"),
+])
+def test_os_errors_are_one_line(workspace: Path, monkeypatch: pytest.MonkeyPatch, err: OSError, fragment: str) -> None:
+    """A full disk or a denied permission anywhere a command writes is one line too (here: taking the run's lock)."""
+    from cofre.runs import RunDir
+
+    def fail(self: RunDir) -> None:
+        raise err
+
+    monkeypatch.setattr(RunDir, "lock", fail)
+    before = snapshot(workspace)
+    assert_clean_error(run_in_process(["train", "tiny.yaml", "--run-dir", "run"], workspace), fragment)
+    assert snapshot(workspace) == before
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cofre.training import checkpoint
+
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device", str(args[1]))
+
+    monkeypatch.setattr(checkpoint, "save_weights", full)
+    shutil.copytree(workspace / "run", workspace / "full-disk")
+    outcome = run_in_process(["train", "tiny.yaml", "--run-dir", "full-disk", "trainer.max_steps=6"], workspace)
+    assert_clean_error(outcome, "No space left on device")
+    assert "the previous checkpoint is kept" in outcome.stderr
+    assert (workspace / "full-disk" / "checkpoints" / "latest").read_text().strip() == "step-000000003"
+    shutil.rmtree(workspace / "full-disk")
