@@ -18,7 +18,7 @@ try:  # recent typer vendors click; older releases use the click package
 except ImportError:
     from click import exceptions as click_exceptions
 
-from cofre.checks import check_output_dir, check_output_file, check_range
+from cofre.checks import MAX_SEED, check_output_dir, check_output_file, check_range
 from cofre.config import Recipe, load_recipe
 from cofre.errors import CofreError, one_line, os_error_message
 from cofre.runs import RunDir, atomic_write_text
@@ -376,7 +376,7 @@ def cka(
     check_range("--batches", batches, 1)
     check_range("--batch-size", batch_size, 1)
     check_range("--max-tokens", max_tokens, 2)
-    check_range("--seed", seed, 0, 2**63 - 1)
+    check_range("--seed", seed, 0, MAX_SEED)
     folder = resolve_checkpoint(checkpoint)
     out = out or run_root(folder) / "cka"
     check_output_dir(out, "--out")
@@ -427,7 +427,7 @@ def _message(err: Exception) -> str:
         return f"{command}{err.format_message()} (see --help)"
     if isinstance(err, click_exceptions.ClickException):
         return err.format_message()
-    if isinstance(err, OSError) and not isinstance(err, CofreError):
+    if isinstance(err, OSError):
         return os_error_message(err)
     return str(err)
 
