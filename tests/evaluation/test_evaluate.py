@@ -53,7 +53,7 @@ def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recip
         (["--metrics", "bleu"], "unknown metric(s) bleu"),
         (["--reuse", "none,most"], "unknown reuse policy most"),
         (["--budget", "96,x"], "--budget takes comma-separated integers"),
-        (["--budget", "0"], "--budget values must be positive"),
+        (["--budget", "0"], "--budget values must be in 1..1000000, got 0"),
     ],
 )
 def test_bad_evaluate_arguments_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
