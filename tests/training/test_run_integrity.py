@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,23 @@ def recipe(tiny_recipe: Path) -> Recipe:
     return load_recipe(tiny_recipe)
 
 
+@pytest.fixture(scope="module")
+def trained_to_3(tmp_path_factory: pytest.TempPathFactory, tiny_recipe_text: str) -> Path:
+    """The tiny recipe's run, trained to its first checkpoint (step 3 of 6), once for the module."""
+    path = tmp_path_factory.mktemp("recipe") / "tiny-test.yaml"
+    path.write_text(tiny_recipe_text)
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(load_recipe(path, ["trainer.max_steps=3"]), run)
+    return run
+
+
+@pytest.fixture
+def run3(tmp_path: Path, trained_to_3: Path) -> Path:
+    """A copy of the run at step 3, to resume or damage."""
+    shutil.copytree(trained_to_3, tmp_path / "run")
+    return tmp_path / "run"
+
+
 def test_killed_before_the_first_checkpoint_then_rerun_logs_each_step_once(
         tmp_path: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
@@ -62,15 +80,12 @@ def test_killed_before_the_first_checkpoint_then_rerun_logs_each_step_once(
     assert steps_logged(run, "val_nll") == [3, 6]
 
 
-def test_temporary_files_of_a_killed_run_are_removed_on_start(tmp_path: Path, recipe: Recipe) -> None:
-    run = tmp_path / "run"
-    recipe.trainer.max_steps = 3
-    train(recipe, run)
+def test_temporary_files_of_a_killed_run_are_removed_on_start(run3: Path, recipe: Recipe) -> None:
+    run = run3
     stale = [run / ".metrics.jsonl.x1y2", run / "checkpoints" / ".latest.abc123", run / ".recipe.yaml.q"]
     for path in stale:
         path.write_text("partial")
     (run / "checkpoints" / ".tmp-step-000000009" / "train_state").mkdir(parents=True)
-    recipe.trainer.max_steps = 6
     train(recipe, run)
     assert not any(p.exists() for p in stale) and not (run / "checkpoints" / ".tmp-step-000000009").exists()
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
@@ -100,10 +115,8 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path: Path, tiny_re
     assert len(steps_logged(run)) == len(set(steps_logged(run)))
 
 
-def test_latest_naming_a_missing_folder_is_an_error_and_nothing_is_deleted(tmp_path: Path, recipe: Recipe) -> None:
-    run = tmp_path / "run"
-    recipe.trainer.max_steps = 3
-    train(recipe, run)
+def test_latest_naming_a_missing_folder_is_an_error_and_nothing_is_deleted(run3: Path, recipe: Recipe) -> None:
+    run = run3
     (run / "checkpoints" / "latest").write_text("step-000000042\n")
     before = hashes(run)
     with pytest.raises(CofreError, match="names 'step-000000042', which is not a checkpoint folder"):
@@ -181,16 +194,13 @@ def test_skip_nonfinite_skips_a_bounded_number_of_bad_steps(
 
 
 def test_a_full_disk_while_checkpointing_is_one_error_and_the_previous_checkpoint_stays(
-        tmp_path: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = tmp_path / "run"
-    recipe.trainer.max_steps = 3
-    train(recipe, run)
+        run3: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run3
     before = hashes(run / "checkpoints")
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]))  # what a full disk raises
 
-    recipe.trainer.max_steps = 6
     with monkeypatch.context() as patch:
         patch.setattr(checkpoint_module, "save_weights", full)
         with pytest.raises(CofreError, match=r"cannot write checkpoint .*No space left on device.*previous checkpoint is kept"):
