@@ -13,8 +13,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+try:  # recent typer vendors click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
+
+from cofre.checks import MAX_SEED, check_output_dir, check_output_file, check_range
 from cofre.config import Recipe, load_recipe
-from cofre.errors import CofreError
+from cofre.errors import CofreError, one_line, os_error_message
 from cofre.runs import RunDir, atomic_write_text
 
 app = typer.Typer(
@@ -217,7 +223,7 @@ def sample(
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings."""
     from cofre.sampling.budget import SCHEDULES
     from cofre.precision import resolve_device, resolve_precision
-    from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint
+    from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint, validate_settings
     from cofre.sampling.reuse import REUSE_POLICIES
     if schedule not in SCHEDULES:
         raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
@@ -230,6 +236,9 @@ def sample(
         seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
         precision=resolve_precision(precision, resolve_device(device)), compile=compile,
     )
+    validate_settings(settings)  # before a checkpoint is read
+    check_output_file(out, "--out")
+    check_output_file(trace, "--trace")
     ckpt = open_checkpoint(checkpoint, ema=ema, device=device, compile=compile)
     result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace)
     table = Table(title=f"cofre sample: {result.num_samples} samples from {ckpt.folder}")
@@ -325,6 +334,11 @@ def evaluate(
         console.print("evaluating every run under runs/: " + ", ".join(str(r) for r in runs))
         report_dir = report_dir or Path("runs") / "reports" / "all"
     report_dir = report_dir or Path("runs") / "reports" / "+".join(p.name for p in runs)
+    check_output_dir(report_dir, "--report-dir")
+    check_range("--lm-eval-draws", lm_eval_draws, 1)
+    check_range("--lm-eval-limit", lm_eval_limit, 1)
+    if lm_eval_include is not None and not lm_eval_include.is_dir():
+        raise CofreError(f"--lm-eval-include {lm_eval_include} is not a folder")
     summary = evaluate_runs(runs, settings, report_dir, console)
     console.print(results_table(summary))
     if summary.plot_path:
@@ -406,10 +420,16 @@ def cka(
         raise CofreError(f"--timesteps takes comma-separated numbers, got '{timesteps}'") from None
     if not times or not all(0 < t <= 1 for t in times):
         raise CofreError(f"--timesteps must be in (0, 1], got '{timesteps}'")
+    check_range("--batches", batches, 1)
+    check_range("--batch-size", batch_size, 1)
+    check_range("--max-tokens", max_tokens, 2)
+    check_range("--seed", seed, 0, MAX_SEED)
     folder = resolve_checkpoint(checkpoint)
+    out = out or run_root(folder) / "cka"
+    check_output_dir(out, "--out")
     report = analyze_checkpoint(folder, tuple(times), batches=batches, batch_size=batch_size, seed=seed, ema=ema,
                                 max_tokens=max_tokens, device=device, precision=precision)
-    paths = write_cka_outputs(report, out or run_root(folder) / "cka")
+    paths = write_cka_outputs(report, out)
     table = Table(title=f"linear CKA of consecutive layers, mean over t = {timesteps}")
     table.add_column("layers")
     table.add_column("CKA", justify="right")
@@ -429,12 +449,39 @@ def _is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def run() -> Any:
-    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+def run() -> None:
+    """Console-script entry point: user errors (ours, bad options, OS errors) become one line on stderr, exit 2."""
+    DEBUG["on"] = False
     try:
-        return app()
-    except CofreError as err:
+        code = app(standalone_mode=False)  # click raises usage errors instead of printing its usage box
+    except click_exceptions.NoArgsIsHelpError as err:  # `cofre` alone: the help is the answer
+        if err.format_message().strip():  # Rich has printed it already when the message is empty
+            err.show()
+        sys.exit(2)
+    except (CofreError, click_exceptions.ClickException, OSError) as err:
         if DEBUG["on"]:
             raise
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-        sys.exit(2)
+        _fail(_message(err))
+    except typer.Abort:
+        _fail("aborted", code=130)
+    if isinstance(code, int) and code:  # e.g. Ctrl-C (130)
+        sys.exit(code)
+
+
+def _message(err: Exception) -> str:
+    if isinstance(err, click_exceptions.UsageError):
+        command = f"cofre {err.ctx.info_name}: " if err.ctx is not None and err.ctx.parent is not None else ""
+        return f"{command}{err.format_message()} (see --help)"
+    if isinstance(err, click_exceptions.ClickException):
+        return err.format_message()
+    if isinstance(err, OSError):
+        return os_error_message(err)
+    return str(err)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """Print `error: <message>` as exactly one line (never wrapped) and exit."""
+    label = "\033[1;31merror:\033[0m" if sys.stderr.isatty() else "error:"
+    sys.stderr.write(f"{label} {one_line(message)}\n")
+    sys.stderr.flush()
+    sys.exit(code)

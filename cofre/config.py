@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,29 @@ from typing import Any, Literal
 import yaml
 
 from cofre.errors import CofreError
+
+
+# -- range rules: each config's validate() states them next to its fields; messages name field and range --
+def _at_least(where: str, config: Any, low: int | float, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < low:
+            raise CofreError(f"{where}.{name} must be >= {low}, got {value!r}")
+
+
+def _in_range(where: str, config: Any, name: str, low: float, high: float, open_high: bool = False,
+              open_low: bool = False) -> None:
+    value = getattr(config, name)
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if (v < low or (open_low and v == low)) or (v > high or (open_high and v == high)):
+            interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+            raise CofreError(f"{where}.{name} must be in {interval}, got {value!r}")
+
+
+def _rule(ok: bool, message: str) -> None:
+    if not ok:
+        raise CofreError(message)
 
 
 @dataclass
@@ -34,6 +58,16 @@ class ModelConfig:
     injection_mlp: Literal["fpdm", "linear"] = "fpdm"  # F's mix of [h, h~]: FPDM's fc1-GELU-fc2, or one Linear
     time_conditioning: bool = False  # MDLM's OWT model conditions on a constant (sigma = 0)
 
+    def validate(self, where: str = "model") -> None:
+        _at_least(where, self, 2, "vocab_size")
+        _at_least(where, self, 1, "hidden", "heads", "cond_dim", "mlp_ratio", "max_seq_len")
+        _at_least(where, self, 0, "K_pre", "K_fp", "K_post")
+        _in_range(where, self, "dropout", 0.0, 1.0, open_high=True)
+        _rule(self.K_pre + self.K_fp + self.K_post >= 1, f"{where}: K_pre + K_fp + K_post must be >= 1, got 0 blocks")
+        _rule(self.hidden % self.heads == 0 and self.hidden // self.heads % 2 == 0,
+              f"{where}.heads must divide {where}.hidden into an even head width (rotary embedding), "
+              f"got hidden {self.hidden} and heads {self.heads}")
+
     @property
     def mask_id(self) -> int:
         return self.vocab_size - 1
@@ -53,6 +87,12 @@ class SolverConfig:
     grad_max: int = 6
     eval_iters: int = 8  # iterations N used for validation NLL
 
+    def validate(self, where: str = "solver") -> None:
+        _at_least(where, self, 0, "nograd_min", "nograd_max", "grad_min", "grad_max", "eval_iters")
+        for low, high in (("nograd_min", "nograd_max"), ("grad_min", "grad_max")):
+            _rule(getattr(self, low) <= getattr(self, high), f"{where}.{low} must be <= {where}.{high}, "
+                  f"got {getattr(self, low)} > {getattr(self, high)}")
+
 
 @dataclass
 class TaskConfig:
@@ -61,6 +101,9 @@ class TaskConfig:
     name: Literal["mdlm"] = "mdlm"
     eps: float = 1e-3  # log-linear schedule alpha_t = 1 - (1 - eps) t; t ~ U[eps, 1]
     antithetic: bool = True  # stratified t across the batch
+
+    def validate(self, where: str = "task") -> None:
+        _in_range(where, self, "eps", 0.0, 1.0, open_low=True, open_high=True)
 
 
 @dataclass
@@ -73,6 +116,11 @@ class DataConfig:
     val_docs: int = 100_000  # the last N documents are held out for validation
     text_field: str = "text"  # JSONL key holding the document text
     cache_dir: str = "~/.cache/cofre"  # tokenised corpora are cached here (COFRE_CACHE overrides)
+
+    def validate(self, where: str = "data") -> None:
+        _at_least(where, self, 1, "seq_len", "val_docs")
+        for name in ("corpus", "text_field", "cache_dir"):
+            _rule(getattr(self, name).strip() != "", f"{where}.{name} must not be empty")
 
 
 @dataclass
@@ -87,6 +135,13 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+    def validate(self, where: str = "optim") -> None:
+        _in_range(where, self, "lr", 0.0, 1.0, open_low=True)
+        _in_range(where, self, "betas", 0.0, 1.0, open_high=True)
+        _in_range(where, self, "eps", 0.0, 1.0, open_low=True)
+        _in_range(where, self, "min_lr_ratio", 0.0, 1.0)
+        _at_least(where, self, 0, "weight_decay", "warmup_steps", "grad_clip")
 
 
 @dataclass
@@ -106,6 +161,16 @@ class TrainerConfig:
     val_batches: int = 50  # micro-batches per validation (each with fresh t draws)
     ckpt_every: int = 10_000
     keep_last: int = 3  # checkpoints kept on disk (the newest K)
+    skip_nonfinite: int = 0  # steps with a non-finite loss or gradient skipped (no update) before the run stops
+
+    def validate(self, where: str = "trainer") -> None:
+        _at_least(where, self, 1, "max_steps", "global_batch_size", "micro_batch_size", "log_every", "val_every",
+                  "val_batches", "ckpt_every")
+        _at_least(where, self, 0, "seed", "keep_last", "skip_nonfinite")
+        _in_range(where, self, "ema", 0.0, 1.0, open_high=True)
+        _rule(self.global_batch_size % self.micro_batch_size == 0,
+              f"{where}.global_batch_size ({self.global_batch_size}) must be a multiple of "
+              f"{where}.micro_batch_size ({self.micro_batch_size})")
 
 
 @dataclass
@@ -128,6 +193,15 @@ class ConsistencyConfig:
     stop_at_selection: bool = True  # end the stage at the selected checkpoint
     continue_optimizer: bool = True  # continue the parent's AdamW moments (L_CONS joins the same run, App. F.6); false: from zero
 
+    def validate(self, where: str = "consistency") -> None:
+        _at_least(where, self, 0, "weight", "warmup_steps", "select_ppl_increase")
+        _in_range(where, self, "gap_min", 0.0, 1.0)
+        _in_range(where, self, "gap_max", 0.0, 1.0)
+        _rule(self.gap_min <= self.gap_max, f"{where}.gap_min must be <= {where}.gap_max, got {self.gap_min} > {self.gap_max}")
+        _rule(self.temperature > 0, f"{where}.temperature must be > 0, got {self.temperature}")
+        _rule(not (self.enabled and self.teacher == "checkpoint" and not self.teacher_checkpoint.strip()),
+              f"{where}.teacher is 'checkpoint' but {where}.teacher_checkpoint is empty")
+
     @property
     def enabled(self) -> bool:
         return self.loss != "none"
@@ -146,6 +220,19 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+
+    def validate(self) -> None:
+        """Each section's range rules, then the rules between sections."""
+        _rule(self.name.strip() not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name,
+              f"name must be a non-empty file name (no '/'), got {self.name!r}")
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(section.name)
+        _rule(self.data.seq_len <= self.model.max_seq_len,
+              f"data.seq_len ({self.data.seq_len}) must be <= model.max_seq_len ({self.model.max_seq_len})")
+        _rule(not (self.consistency.enabled and self.consistency.teacher == "ema" and self.trainer.ema == 0),
+              "consistency.teacher 'ema' needs trainer.ema > 0")
 
 
 def _type_name(tp: Any) -> str:
@@ -179,9 +266,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads "3e-4" as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise CofreError(f"{where}: expected a finite number, got {value!r}")
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise CofreError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
@@ -205,7 +294,9 @@ def recipe_from_dict(values: dict[str, Any]) -> Recipe:
     """Build a validated Recipe from plain data (as read from YAML)."""
     if not isinstance(values, dict):
         raise CofreError(f"a recipe must be a mapping of sections, got {type(values).__name__}")
-    return _build(Recipe, values, "")
+    recipe = _build(Recipe, values, "")
+    recipe.validate()
+    return recipe
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -263,6 +354,8 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as err:
+        raise CofreError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -271,7 +364,7 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise CofreError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+        raise CofreError(f"{path}: a recipe must be a mapping of sections (key: value), got a {type(data).__name__}")
     return data
 
 

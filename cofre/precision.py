@@ -16,17 +16,22 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA when present, else the CPU; a device that does not exist here is a one-line error."""
+    """'auto' (CUDA when present, else CPU) or a device this machine has; anything else is one clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise CofreError(f"--device '{name}' is not a device name (cpu, cuda, cuda:1, ... or auto)") from None
+    except (RuntimeError, ValueError):
+        raise CofreError(f"--device '{name}' is not a device; use cpu, cuda, cuda:N, mps or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CofreError(f"--device {name}: CUDA is not available on this machine")
+        raise CofreError(f"--device {name}: CUDA is not available on this machine; use cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise CofreError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise CofreError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered 0..{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CofreError(f"--device {name}: MPS is not available on this machine; use cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise CofreError(f"--device {name}: cofre runs on cpu, cuda or mps")
     return device
 
 

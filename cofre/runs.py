@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,10 @@ from cofre.config import Recipe, dump_recipe, load_recipe, recipe_to_dict
 from cofre.errors import CofreError
 
 # Fields that may change when a run is resumed: extending training, and how it runs or is watched (not its maths).
-RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.compile", "trainer.log_with"}
+RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.skip_nonfinite", "trainer.compile", "trainer.log_with"}
+LOCK_FILE = ".lock"
+# Files written with atomic_write_text: a kill can leave their `.<name>.*` temporary files behind.
+ATOMIC_FILES = ("recipe.yaml", "metrics.jsonl", "train_result.json", "latest", "selected")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -22,11 +27,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # a failed write (disk full) leaves no temporary file behind
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -59,6 +67,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     @property
     def recipe_path(self) -> Path:
@@ -75,6 +84,29 @@ class RunDir:
     def exists(self) -> bool:
         return self.recipe_path.is_file()
 
+    def lock(self) -> None:
+        """Become the one writer of this run: an exclusive flock on `<run>/.lock`, refused while another process
+        holds it. The kernel drops the lock when its process dies, so a crashed run never blocks the next one."""
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CofreError(f"run directory {self.path} is in use by another process (pid {holder}); "
+                             "wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
     def recipe(self) -> Recipe:
         return load_recipe(self.recipe_path)
 
@@ -88,38 +120,85 @@ class RunDir:
                     "choose another --run-dir to start a new run"
                 )
             return True
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        if self.path.exists() and (not self.path.is_dir() or any(p.name != LOCK_FILE for p in self.path.iterdir())):
             raise CofreError(f"{self.path} exists, is not an empty directory and holds no recipe.yaml; choose another --run-dir")
         return False
 
     def create(self, recipe: Recipe) -> None:
-        """Write the resolved recipe (new run, or a resumed run whose max_steps changed)."""
-        if not self.exists() or self.recipe().trainer.max_steps != recipe.trainer.max_steps:
+        """Write the resolved recipe (new run, or a resumed run whose resumable fields changed)."""
+        if not self.exists() or recipe_differences(self.recipe(), recipe):
             atomic_write_text(self.recipe_path, dump_recipe(recipe))
 
+    def start(self, recipe: Recipe, step: int | None, new: bool) -> None:
+        """The first writes of a run, once its start is known to be valid (under the lock): the recipe, no
+        temporary files of a killed run, and metrics that end at the step it starts from (None: a fresh start).
+        `new`: the directory held no run when it was checked; another process may have started one since."""
+        self.lock()
+        if new and self.exists():
+            self.unlock()
+            raise CofreError(f"another process started a run in {self.path} while this one was starting; rerun to resume it")
+        kept = self.read_metrics()  # read (and checked) before anything is written
+        self.create(recipe)
+        self.clean_temporary_files()
+        self.truncate_metrics(step, kept)
+
+    def clean_temporary_files(self) -> None:
+        """Remove what a killed writer left: unfinished checkpoints (`.tmp-*`) and atomic writes' temp files."""
+        for folder in (self.path, self.checkpoints):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path.name.startswith(".tmp-step-") and path.is_dir():
+                    shutil.rmtree(path)
+                elif any(path.name.startswith(f".{name}.") for name in ATOMIC_FILES) and path.is_file():
+                    path.unlink()
+
+    def checkpoint_names(self) -> list[str]:
+        return sorted(p.name for p in self.checkpoints.glob("step-*") if p.is_dir())
+
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.checkpoints / "latest"
-        if not pointer.is_file():
-            return None
-        path = self.checkpoints / pointer.read_text().strip()
-        return path if path.is_dir() else None
+        """The checkpoint `checkpoints/latest` names; None before the first; an error when it names none."""
+        from cofre.training.checkpoint import read_pointer
+
+        latest = read_pointer(self.checkpoints / "latest")
+        if latest is None and self.checkpoint_names():
+            raise CofreError(f"{self.checkpoints} holds {', '.join(self.checkpoint_names())} but no 'latest' pointer; "
+                             "write the name of the checkpoint to resume from into it (nothing was changed)")
+        return latest
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop records logged after `step` (a run killed after its last checkpoint, now resumed there)."""
-        if not self.metrics_path.is_file():
+    def truncate_metrics(self, step: int | None, records: list[dict[str, Any]] | None = None) -> None:
+        """Keep the records up to `step` (a run resumed at its checkpoint), or none (None: a fresh start), so that
+        records a killed run logged after its last checkpoint are never kept twice."""
+        if not self.metrics_path.exists():
             return
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        records = self.read_metrics() if records is None else records
+        kept = [r for r in records if step is not None and r.get("step", 0) <= step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The metrics records; a partial last line (a write cut short by a kill) is skipped."""
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        text = self.metrics_path.read_text(errors="replace")
+        lines = text.split("\n")
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):  # the last line, with no newline after it: cut short by a kill
+                    continue
+                raise CofreError(f"{self.metrics_path}: line {number} is not a JSON record; fix or remove it") from None
+            if not isinstance(record, dict):
+                raise CofreError(f"{self.metrics_path}: line {number} is not a JSON object; fix or remove it")
+            records.append(record)
+        return records
 
 
 def code_version() -> str:

@@ -1,5 +1,7 @@
 """Recipes: shipped files load, overrides apply, and bad input gives one clear error."""
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_overrides(tmp_path: Path) -> None:
-    path = write(tmp_path, "model: {hidden: 64}\n")
+    path = write(tmp_path, "model: {hidden: 64, heads: 4}\n")
     recipe = load_recipe(path, ["model.hidden=128", "optim.betas=[0.8, 0.9]", "optim.lr=1e-3", "name=x"])
     assert recipe.model.hidden == 128 and recipe.optim.betas == (0.8, 0.9)
     assert recipe.optim.lr == 1e-3 and recipe.name == "x"
@@ -75,3 +77,18 @@ def test_missing_file() -> None:
 def test_defaults_are_the_mdlm_baseline() -> None:
     recipe = Recipe()
     assert recipe.model.vocab_size == 50258 and recipe.model.mask_id == 50257 and not recipe.model.is_fixed_point
+
+
+
+def _numeric_fields() -> list[str]:
+    """Every int or float field of every recipe section, as section.field."""
+    sections = [(f.name, f.default_factory) for f in dataclasses.fields(Recipe) if f.default_factory is not dataclasses.MISSING]
+    return [f"{name}.{key}" for name, cls in sections for key, tp in typing.get_type_hints(cls).items() if tp in (int, float)]
+
+
+@pytest.mark.parametrize("key", _numeric_fields())
+def test_every_numeric_field_has_a_range_rule(key: str) -> None:
+    """A new numeric recipe field needs a rule in its section's validate(); the message names the field."""
+    section, name = key.split(".")
+    with pytest.raises(CofreError, match=rf"\b{key}\b"):
+        recipe_from_dict({section: {name: -10**9}})

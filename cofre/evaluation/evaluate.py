@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_SEED, check_range
 from cofre.data.packing import load_corpus
 from cofre.data.tokenizer import gpt2_tokenizer
 from cofre.errors import CofreError
@@ -36,6 +37,7 @@ from cofre.sampling.generate import (
     sample_tag,
 )
 from cofre.tasks.mdlm import MDLMTask
+from cofre.training.checkpoint import checkpoint_recipe
 
 METRICS = ("genppl", "entropy", "mauve", "valppl", "latency")
 SAMPLE_METRICS = {"genppl", "entropy", "mauve", "latency"}  # the metrics that need samples
@@ -103,9 +105,22 @@ def check_settings(settings: EvalSettings) -> None:
         raise CofreError(f"--genppl-mode must be eq4 or mdlm, got '{settings.genppl_mode}'")
     if settings.schedule not in SCHEDULES:
         raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{settings.schedule}'")
+    if not settings.metrics:
+        raise CofreError(f"give at least one --metrics value: {', '.join(METRICS)}")
+    if not settings.reuse and SAMPLE_METRICS & set(settings.metrics):
+        raise CofreError(f"give at least one --reuse policy: {', '.join(REUSE_POLICIES)}")
     for budget in settings.budgets:
-        if budget < 1:
-            raise CofreError(f"--budget values must be positive, got {budget}")
+        check_range("--budget values", budget, 1, MAX_BUDGET)
+    check_range("--steps", settings.steps, 1, MAX_BUDGET)
+    check_range("--num-samples", settings.num_samples, 1, MAX_COUNT)
+    check_range("--batch-size", settings.batch_size, 1, MAX_COUNT)
+    check_range("--seed", settings.seed, 0, MAX_SEED)
+    check_range("--val-batches", settings.val_batches, 1, MAX_COUNT)
+    check_range("--latency-warmup", settings.latency_warmup, 0, MAX_COUNT)
+    check_range("--latency-repeats", settings.latency_repeats, 1, MAX_COUNT)
+    if not 0 < settings.top_p <= 1:
+        raise CofreError(f"--top-p must be in (0, 1], got {settings.top_p}")
+    resolve_device(settings.device)
 
 
 def reference_texts(ckpt: LoadedCheckpoint, count: int, length: int) -> list[str]:
@@ -150,6 +165,8 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     from cofre.evaluation.report import plot_genppl
 
     check_settings(settings)
+    for run in runs:  # every run is readable before anything is sampled or written
+        checkpoint_recipe(run)
     console = console or Console()
     judge = None
     if {"genppl", "mauve"} & set(settings.metrics):

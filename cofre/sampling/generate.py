@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_SEED, check_range
 from cofre.data.tokenizer import gpt2_tokenizer
 from cofre.errors import CofreError
 from cofre.sampling.budget import BudgetPlan, plan_budget
@@ -102,9 +103,9 @@ class LoadedCheckpoint:
 
 
 def open_checkpoint(path: str | Path, ema: bool = True, device: str = "auto", compile: bool = False) -> LoadedCheckpoint:
+    dev = resolve_device(device)  # a bad device fails before a checkpoint is read
     folder = resolve_checkpoint(path)
     model, recipe = load_model(folder, ema=ema)
-    dev = resolve_device(device)
     model = model.to(dev).eval()
     if compile:
         model.compile_blocks()
@@ -116,18 +117,24 @@ def resolved(settings: SampleSettings, device: torch.device) -> SampleSettings:
     return dataclasses.replace(settings, precision=resolve_precision(settings.precision, device))
 
 
-def validate_settings(settings: SampleSettings, max_len: int) -> None:
-    checks = [
-        (settings.num_samples >= 1, f"--num-samples must be >= 1, got {settings.num_samples}"),
-        (settings.batch_size >= 1, f"--batch-size must be >= 1, got {settings.batch_size}"),
-        (0 < settings.top_p <= 1, f"--top-p must be in (0, 1], got {settings.top_p}"),
-        (settings.tol is None or settings.tol > 0, f"--tol must be positive, got {settings.tol}"),
-        (settings.length is None or 1 <= settings.length <= max_len,
-         f"--length must be in 1..{max_len} (the model's max_seq_len), got {settings.length}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise CofreError(message)
+def validate_settings(settings: SampleSettings, max_len: int | None = None) -> None:
+    """Every setting in range; `--length` against the model's max_seq_len once the model is known."""
+    check_range("--budget", settings.budget, 1, MAX_BUDGET)
+    check_range("--steps", settings.steps, 1, MAX_BUDGET)
+    check_range("--num-samples", settings.num_samples, 1, MAX_COUNT)
+    check_range("--batch-size", settings.batch_size, 1, MAX_COUNT)
+    check_range("--seed", settings.seed, 0, MAX_SEED)
+    for option in ("gamma_mask_min", "gamma_mask_max", "gamma_changed_min", "gamma_changed_max"):
+        check_range(f"--{option.replace('_', '-')}", getattr(settings, option), 0.0, 1.0)
+    for kind in ("mask", "changed"):
+        low, high = getattr(settings, f"gamma_{kind}_min"), getattr(settings, f"gamma_{kind}_max")
+        if low > high:
+            raise CofreError(f"--gamma-{kind}-min must be <= --gamma-{kind}-max, got {low} > {high}")
+    if not 0 < settings.top_p <= 1:
+        raise CofreError(f"--top-p must be in (0, 1], got {settings.top_p}")
+    if settings.tol is not None and not 0 < settings.tol < float("inf"):
+        raise CofreError(f"--tol must be a positive number, got {settings.tol}")
+    check_range("--length", settings.length, 1, max_len)  # max_len: the model's max_seq_len
 
 
 def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool = False) -> MDLMSampler:
@@ -212,7 +219,10 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
+    try:
+        with tmp.open("w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no partial file behind

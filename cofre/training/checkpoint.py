@@ -8,17 +8,21 @@ is read with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cofre.config import Recipe, recipe_from_dict, recipe_to_dict
-from cofre.errors import CofreError
+from cofre.errors import CofreError, os_error_message
 from cofre.models import Denoiser
 from cofre.runs import atomic_write_text
 
@@ -45,14 +49,32 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def write_checkpoint_files(
     folder: Path, model: nn.Module, ema: dict[str, torch.Tensor] | None, recipe: Recipe, train_state: dict[str, Any]
 ) -> None:
-    """Write weights, config and the rank-independent train state into `folder` (main process)."""
-    (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    save_weights(model, folder / MODEL_FILE)
-    if ema is not None:
-        save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(folder / EMA_FILE))
-    (folder / CONFIG_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
-    for name, value in train_state.items():
+    """Write weights, config and the rank-independent train state into `folder` (main process). A failure
+    (a full disk) is one line; the unfinished folder is never published and the next start removes it."""
+    with _writing(folder):
+        (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        save_weights(model, folder / MODEL_FILE)
+        if ema is not None:
+            save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(folder / EMA_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+        for name, value in train_state.items():
+            torch.save(value, folder / STATE_DIR / f"{name}.pt")
+
+
+def save_train_state(folder: Path, name: str, value: Any) -> None:
+    """One train-state file (e.g. a rank's RNG state) into the staging folder `folder`."""
+    with _writing(folder):
         torch.save(value, folder / STATE_DIR / f"{name}.pt")
+
+
+@contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """A failed checkpoint write (a full disk) is one line; the unpublished folder is removed by the next start."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:
+        detail = os_error_message(err) if isinstance(err, OSError) else " ".join(str(err).split())[:200]
+        raise CofreError(f"cannot write checkpoint {folder} ({detail}); the previous checkpoint is kept") from None
 
 
 def publish_checkpoint(checkpoints: Path, step: int, keep_last: int) -> Path:
@@ -81,19 +103,72 @@ def run_root(folder: Path) -> Path:
     return folder.parent.parent if folder.parent.name == "checkpoints" else folder
 
 
+# -- reading: every file a checkpoint holds is checked, and a problem is one line naming the file ----------
 def load_train_state(folder: Path, name: str) -> Any:
-    return torch.load(folder / STATE_DIR / f"{name}.pt", weights_only=True)
+    """A train-state file, read with `weights_only=True` (nothing in it is ever executed)."""
+    path = folder / STATE_DIR / f"{name}.pt"
+    if not path.is_file():
+        raise CofreError(f"{path}: missing; the checkpoint is incomplete")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):  # the weights-only unpickler met a class: nothing of it was run
+            raise CofreError(f"{path}: refused, it holds objects other than tensors and plain containers") from None
+        raise CofreError(f"{path}: not a readable train-state file (a damaged pickle)") from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise CofreError(f"{path}: not a readable train-state file ({str(err).strip().splitlines()[0][:200]})") from None
+
+
+def read_pointer(pointer: Path) -> Path | None:
+    """The checkpoint folder `checkpoints/latest` (or `selected`) names; None without the pointer, an error
+    when it names no checkpoint folder: a run whose pointer is broken is never silently restarted."""
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(errors="replace").strip()
+    folder = pointer.parent / name
+    if not name or "/" in name or not folder.is_dir():
+        raise CofreError(f"{pointer} names '{name}', which is not a checkpoint folder in {pointer.parent}; "
+                         "point it at an existing step-* folder (nothing was changed)")
+    return folder
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run directory: its selected checkpoint if it has one, else its latest."""
     path = Path(path)
+    if not path.exists():
+        raise CofreError(f"{path}: no such run or checkpoint folder")
     if (path / CONFIG_FILE).is_file():
         return path
     for pointer in (path / "checkpoints" / "selected", path / "checkpoints" / "latest"):
-        if pointer.is_file():
-            return path / "checkpoints" / pointer.read_text().strip()
+        folder = read_pointer(pointer)
+        if folder is not None:
+            return folder
     raise CofreError(f"{path} is neither a checkpoint folder (with {CONFIG_FILE}) nor a run with checkpoints")
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file whose every value is finite."""
+    if not path.is_file():
+        raise CofreError(f"{path}: missing; the checkpoint is incomplete")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CofreError(f"{path}: not a readable safetensors file ({str(err).strip().splitlines()[0][:200]})") from None
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CofreError(f"{path}: '{key}' holds NaN or infinite values")
+    return state
+
+
+def load_weights_into(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """Load a weights file into `model`; weights that do not fit its config are one error naming the file."""
+    state = read_weights(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CofreError(f"{path}: the weights do not fit the model its config describes ({detail})") from None
+    return state
 
 
 def load_model(path: str | Path, ema: bool = True) -> tuple[Denoiser, Recipe]:
@@ -102,10 +177,20 @@ def load_model(path: str | Path, ema: bool = True) -> tuple[Denoiser, Recipe]:
     recipe = checkpoint_recipe(folder)
     model = Denoiser(recipe.model)
     weights = folder / (EMA_FILE if ema and (folder / EMA_FILE).is_file() else MODEL_FILE)
-    model.load_state_dict(load_file(str(weights)))
+    load_weights_into(model, weights)
     return model, recipe
 
 
 def checkpoint_recipe(path: str | Path) -> Recipe:
     """The recipe a checkpoint (or a run's latest checkpoint) was trained with."""
-    return recipe_from_dict(json.loads((resolve_checkpoint(path) / CONFIG_FILE).read_text()))
+    config = resolve_checkpoint(path) / CONFIG_FILE
+    if not config.is_file():
+        raise CofreError(f"{config}: missing; the checkpoint is incomplete")
+    try:
+        values = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CofreError(f"{config}: not valid JSON ({err})") from None
+    try:
+        return recipe_from_dict(values)
+    except CofreError as err:
+        raise CofreError(f"{config}: {err}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from contextlib import nullcontext
 import time
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file
 from torch import Tensor
 
 from cofre.config import Recipe, recipe_to_dict
@@ -31,14 +29,18 @@ from cofre.training.checkpoint import (
     MODEL_FILE,
     STATE_DIR,
     load_train_state,
+    load_weights_into,
     mark_selected,
     publish_checkpoint,
+    read_weights,
     resolve_checkpoint,
+    save_train_state,
     staging_dir,
     write_checkpoint_files,
 )
 from cofre.training.auxiliary import AuxiliaryLoss
 from cofre.training.ema import EMA
+from cofre.training.guard import NonFiniteGuard
 from cofre.training.optim import build_optimizer, build_scheduler
 
 @dataclass
@@ -127,12 +129,17 @@ class Trainer:
         acc = self.accelerator
         self.accum = accumulation_steps(recipe, acc.num_processes)
         resuming = self.run.check(recipe)
-        acc.wait_for_everyone()  # every process has read the directory before the main one writes to it
-        if acc.is_main_process:
-            self.run.create(recipe)
-            for stale in self.run.checkpoints.glob(".tmp-*"):
-                shutil.rmtree(stale)  # a checkpoint that a killed run never finished
-        acc.wait_for_everyone()
+        if resuming and acc.is_main_process:
+            self.run.lock()  # a second writer of an existing run is refused before it reads anything
+        try:
+            self._setup(recipe, resuming)
+        except BaseException:
+            self.run.unlock()
+            raise
+
+    def _setup(self, recipe: Recipe, resuming: bool) -> None:
+        """Everything is read and checked first; the run directory is written only once the start is valid."""
+        acc = self.accelerator
         with acc.main_process_first():
             self.corpus: PackedCorpus = load_corpus(recipe.data)
         if self.corpus.train.shape[1] > recipe.model.max_seq_len:
@@ -153,14 +160,19 @@ class Trainer:
         self.step = 0
         self.pre_ppl: float | None = None  # validation PPL before a consistency stage (App. F.7)
         self.selected_step: int | None = None
+        self.guard = NonFiniteGuard(recipe.trainer.skip_nonfinite)
         latest = self.run.latest_checkpoint() if resuming else None
         if latest is not None:
             self._resume(latest)
         elif recipe.init_from:
             self._initialize_from(recipe.init_from)
         self.aux = AuxiliaryLoss(recipe, self.unwrapped, self.ema) if recipe.consistency.enabled else None
-        if acc.is_main_process and recipe.trainer.log_with != "none":
-            acc.init_trackers(recipe.name, config=tracker_config(recipe))
+        acc.wait_for_everyone()  # every process has read the directory before the main one writes to it
+        if acc.is_main_process:
+            self.run.start(recipe, self.step if latest is not None else None, new=not resuming)
+            if recipe.trainer.log_with != "none":  # trackers write into the run only once the start is valid
+                acc.init_trackers(recipe.name, config=tracker_config(recipe))
+        acc.wait_for_everyone()
 
     @property
     def unwrapped(self) -> Denoiser:
@@ -177,44 +189,65 @@ class Trainer:
         """A post-training stage starts from its parent's weights, EMA (and its warm-up count) and, with
         consistency.continue_optimizer, its AdamW moments; the step, schedule and hyperparameters are the stage's."""
         folder = resolve_checkpoint(parent)
-        state = load_file(str(folder / MODEL_FILE))
         try:
-            self.unwrapped.load_state_dict(state)
-        except RuntimeError as err:
-            raise CofreError(f"init_from {folder}: its weights do not fit this recipe's model ({str(err).splitlines()[0]})") from None
+            load_weights_into(self.unwrapped, folder / MODEL_FILE)
+        except CofreError as err:
+            raise CofreError(f"init_from: {err}") from None
         progress = load_train_state(folder, "progress") if (folder / STATE_DIR / "progress.pt").is_file() else {}
         if self.ema is not None:
             ema_file = folder / EMA_FILE
-            self.ema.load(load_file(str(ema_file)) if ema_file.is_file() else state)
+            self._load_ema(ema_file if ema_file.is_file() else folder / MODEL_FILE)
             self.ema.num_updates = int(progress.get("ema_updates", progress.get("step", 0)))  # the warm-up goes on
         if self.recipe.consistency.continue_optimizer:  # L_CONS joins the parent's run (App. F.6): same AdamW moments
             if not (folder / STATE_DIR / "optimizer.pt").is_file():
                 raise CofreError(f"init_from {folder} has no optimiser state to continue (a converted model?); "
                                  "set consistency.continue_optimizer=false to start AdamW from zero")
             own = self.optimizer.state_dict()  # this stage's hyperparameters (lr, betas, ...) are kept
-            self.optimizer.load_state_dict({"state": load_train_state(folder, "optimizer")["state"],
-                                            "param_groups": own["param_groups"]})
+            try:
+                self.optimizer.load_state_dict({"state": load_train_state(folder, "optimizer")["state"],
+                                                "param_groups": own["param_groups"]})
+            except (KeyError, ValueError, TypeError, RuntimeError) as err:
+                raise CofreError(f"{folder / STATE_DIR / 'optimizer.pt'}: does not fit this stage ({err})") from None
+
+    def _load_ema(self, path: Path) -> None:
+        assert self.ema is not None
+        state = read_weights(path)
+        missing = sorted(set(self.ema.shadow) - set(state))
+        wrong = [k for k in self.ema.shadow if k in state and state[k].shape != self.ema.shadow[k].shape]
+        if missing or wrong:
+            raise CofreError(f"{path}: the weights do not fit the model its config describes "
+                             f"({len(missing)} missing, {len(wrong)} of another shape, e.g. {(missing + wrong)[0]})")
+        self.ema.load(state)
 
     def _resume(self, folder: Path) -> None:
-        self.unwrapped.load_state_dict(load_file(str(folder / MODEL_FILE)))
-        progress = load_train_state(folder, "progress")
+        """Read a checkpoint back; every file is checked (checkpoint.py), and a problem is one line naming it."""
+        load_weights_into(self.unwrapped, folder / MODEL_FILE)
         if self.ema is not None:
-            self.ema.load(load_file(str(folder / EMA_FILE)))
-            self.ema.num_updates = int(progress.get("ema_updates", progress["step"]))
-        self.optimizer.load_state_dict(load_train_state(folder, "optimizer"))
-        self.scheduler.load_state_dict(load_train_state(folder, "scheduler"))
-        self.step = int(progress["step"])
+            self._load_ema(folder / EMA_FILE)
+        progress = load_train_state(folder, "progress")
+        for name, target in (("optimizer", self.optimizer), ("scheduler", self.scheduler)):
+            try:
+                target.load_state_dict(load_train_state(folder, name))
+            except (KeyError, ValueError, TypeError, RuntimeError) as err:
+                raise CofreError(f"{folder / STATE_DIR / f'{name}.pt'}: does not fit this run ({err})") from None
+        if not isinstance(progress, dict) or not isinstance(progress.get("step"), int):
+            raise CofreError(f"{folder / STATE_DIR / 'progress.pt'}: holds no step number")
+        self.step = progress["step"]
+        if self.ema is not None:
+            self.ema.num_updates = int(progress.get("ema_updates", self.step))
         self.pre_ppl = progress.get("pre_ppl")
         self.selected_step = progress.get("selected_step")
+        self.guard.skipped = int(progress.get("skipped_steps", 0))
         rng_file = folder / STATE_DIR / f"rng-rank{self.accelerator.process_index}.pt"
         if rng_file.is_file():  # absent when resuming with more processes than wrote the checkpoint
-            rng = torch.load(rng_file, weights_only=True)
-            torch.set_rng_state(rng["torch"])
-            self.noise_gen.set_state(rng["noise"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"])
-        if self.accelerator.is_main_process:
-            self.run.truncate_metrics(self.step)
+            rng = load_train_state(folder, rng_file.stem)
+            try:
+                torch.set_rng_state(rng["torch"])
+                self.noise_gen.set_state(rng["noise"])
+                if "cuda" in rng and torch.cuda.is_available():
+                    torch.cuda.set_rng_state(rng["cuda"])
+            except (KeyError, TypeError, RuntimeError) as err:
+                raise CofreError(f"{rng_file}: not a random-number state ({err})") from None
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
@@ -222,7 +255,7 @@ class Trainer:
         if acc.is_main_process:
             (staging / STATE_DIR).mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
-        torch.save(self._rng_state(), staging / STATE_DIR / f"rng-rank{acc.process_index}.pt")
+        save_train_state(staging, f"rng-rank{acc.process_index}", self._rng_state())
         acc.wait_for_everyone()
         if acc.is_main_process:
             ema = self.ema.state_dict(self.unwrapped) if self.ema is not None else None
@@ -230,7 +263,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "progress": {"step": self.step, "world_size": acc.num_processes, "pre_ppl": self.pre_ppl,
-                             "selected_step": self.selected_step,
+                             "selected_step": self.selected_step, "skipped_steps": self.guard.skipped,
                              "ema_updates": self.ema.num_updates if self.ema is not None else 0},
             }
             write_checkpoint_files(staging, self.unwrapped, ema, self.recipe, state)
@@ -265,6 +298,12 @@ class Trainer:
             total += base.detach() / self.accum
         clip = self.recipe.optim.grad_clip
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        checked = {"loss": total, "gradient": grad_norm, **({"auxiliary loss": aux_total} if self.aux is not None else {})}
+        if not self.guard.step_is_finite(acc, self.step + 1, checked, self._last_checkpoint):
+            self.optimizer.zero_grad(set_to_none=True)  # skipped: no update; the schedule still advances
+            self.scheduler.step()
+            self.step += 1
+            return {"skipped": True, "loss": total, "grad_norm": grad_norm, "n_nograd": n_ng, "n_grad": n_g}
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -311,7 +350,10 @@ class Trainer:
                 stats = self.train_step()
                 window_steps += 1
                 progress.update(bar, advance=1)
-                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                if stats.get("skipped"):
+                    self._log({"step": self.step, "skipped": "non-finite loss or gradient", "loss": float(stats["loss"]),
+                               "grad_norm": float(stats["grad_norm"]), "skipped_steps": self.guard.skipped})
+                elif self.step % t.log_every == 0 or self.step == t.max_steps:
                     loss = float(acc.reduce(stats["loss"], reduction="mean"))
                     rate = window_steps * tokens_per_step / (time.perf_counter() - window_start)
                     record = {
@@ -346,6 +388,10 @@ class Trainer:
         result.selected_step = self.selected_step
         return result
 
+    def _last_checkpoint(self) -> str | None:
+        pointer = self.run.checkpoints / "latest"
+        return str(self.run.checkpoints / pointer.read_text().strip()) if pointer.is_file() else None
+
     def _select(self, val_ppl: float) -> bool:
         """App. F.7: the first checkpoint whose validation PPL exceeds the pre-consistency value by 15%."""
         rule = self.recipe.consistency.select_ppl_increase
@@ -370,4 +416,8 @@ class Trainer:
 
 def train(recipe: Recipe, run_dir: str | Path) -> TrainResult:
     """Train (or resume) the run in `run_dir` to `recipe.trainer.max_steps`."""
-    return Trainer(recipe, run_dir).fit()
+    trainer = Trainer(recipe, run_dir)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.run.unlock()

@@ -60,8 +60,9 @@ def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recip
         (["--metrics", "bleu"], "unknown metric(s) bleu"),
         (["--reuse", "none,most"], "unknown reuse policy most"),
         (["--budget", "96,x"], "--budget takes comma-separated integers"),
-        (["--budget", "0"], "--budget values must be positive"),
         (["--genppl-mode", "token"], "--genppl-mode must be eq4 or mdlm"),
+        (["--budget", "0"], "--budget values must be in 1..1000000, got 0"),
+        (["--precision", "fp8"], "--precision must be one of auto, fp32, bf16"),
     ],
 )
 def test_bad_evaluate_arguments_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:

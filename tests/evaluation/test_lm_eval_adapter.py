@@ -24,6 +24,7 @@ def gpt2_recipe(max_seq_len: int = 64, K_fp: int = 0) -> Recipe:
     recipe = Recipe(name="lm-eval-test")
     recipe.model = ModelConfig(hidden=16, heads=2, cond_dim=8, dropout=0.0, max_seq_len=max_seq_len,
                                K_pre=1, K_fp=K_fp, K_post=K_fp)
+    recipe.data.seq_len = max_seq_len  # a recipe that could have trained this model (checked on load)
     recipe.solver.eval_iters = 2
     recipe.task.eps = EPS
     return recipe

@@ -1,0 +1,304 @@
+"""A corpus of bad inputs to every subcommand: each is one `error:` line, exit 2, no traceback, nothing changed.
+
+The corpus runs in-process through `cofre.cli.run`, the console script's entry point (a subprocess per case
+would cost ~3 s each); a few cases also run as real `python -m cofre` processes to show the two agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cofre import cli
+from cofre.config import load_recipe
+from cofre.training.loop import train
+
+ROOT = Path(__file__).parents[1]
+
+
+@dataclass
+class Outcome:
+    code: int | None
+    stdout: str
+    stderr: str
+
+
+def run_in_process(args: list[str], cwd: Path) -> Outcome:
+    """`cofre ARGS` through the console-script entry point, with its output and exit code captured."""
+    out, err = io.StringIO(), io.StringIO()
+    argv, here = sys.argv, Path.cwd()
+    sys.argv = ["cofre", *args]
+    os.chdir(cwd)
+    code: int | None = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    return Outcome(code, out.getvalue(), err.getvalue())
+
+
+def run_subprocess(args: list[str], cwd: Path) -> Outcome:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "cofre", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    return Outcome(result.returncode, result.stdout, result.stderr)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` (paths relative to it); a symbolic link by its target, which is a file
+    under `root` hashed in its own right (the damaged runs link to the intact run's large files)."""
+    return {str(p.relative_to(root)): f"-> {os.readlink(p)}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_clean_error(outcome: Outcome, fragment: str) -> None:
+    assert "Traceback" not in outcome.stdout + outcome.stderr, outcome.stderr
+    lines = outcome.stderr.splitlines()
+    assert outcome.code == 2, (outcome.code, outcome.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), outcome.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_recipe_text: str) -> Path:
+    """A folder with a trained tiny run, damaged copies of it, and bad recipes and paths."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    (root / "tiny.yaml").write_text(tiny_recipe_text)
+    train(load_recipe(root / "tiny.yaml", ["trainer.max_steps=3"]), root / "run")
+    step = "checkpoints/step-000000003"
+
+    def damaged(name: str) -> Path:
+        """A copy of the run whose files link to the run's; the file to damage is then replaced by a real one."""
+        shutil.copytree(root / "run", root / name, copy_function=os.symlink)
+        for path in (root / name).rglob("*"):
+            if path.is_symlink() and path.stat().st_size < 100_000:  # small files: real copies
+                path.unlink()
+                shutil.copyfile(root / "run" / path.relative_to(root / name), path)
+        return root / name / step
+
+    def replace(path: Path, data: bytes) -> None:
+        path.unlink()
+        path.write_bytes(data)
+
+    (damaged("corrupt-config") / "config.json").write_text("{not json")
+    weights = damaged("truncated-weights") / "model.safetensors"
+    replace(weights, weights.read_bytes()[:100])
+    weights = damaged("nan-weights") / "ema.safetensors"
+    state = load_file(str(weights))
+    state[next(iter(state))].view(-1)[0] = float("nan")
+    weights.unlink()
+    save_file(state, str(weights))
+    weights = damaged("wrong-shape") / "ema.safetensors"
+    weights.unlink()
+    save_file({"embed.weight": torch.zeros(2, 2)}, str(weights))
+    progress = damaged("pickled-progress") / "train_state" / "progress.pt"
+    progress.unlink()
+    torch.save({"step": 3, "payload": Outcome(0, "", "")}, progress)  # a class instance: refused by weights_only
+    replace(damaged("garbage-progress") / "train_state" / "progress.pt", b"garbage")
+    damaged("broken-latest")
+    (root / "broken-latest" / "checkpoints" / "latest").write_text("step-000000999\n")
+    damaged("no-latest")
+    (root / "no-latest" / "checkpoints" / "latest").unlink()
+    damaged("bad-metrics")
+    (root / "bad-metrics" / "metrics.jsonl").write_text('{"step": 1}\n{broken\n{"step": 2}\n')
+
+    (root / "list.yaml").write_text("- model\n- trainer\n")
+    (root / "string.yaml").write_text("just a string\n")
+    (root / "syntax.yaml").write_text("model: {hidden: 64\n")
+    (root / "binary.yaml").write_bytes(b"\xff\xfe\x00model")
+    (root / "afile.txt").write_text("precious")
+    (root / "notes").mkdir()
+    (root / "notes" / "keep.txt").write_text("keep me")
+    (root / "samples-dir").mkdir()
+    (root / "existing.jsonl").write_text("{}\n")
+    return root
+
+
+TRAIN = ["train", "tiny.yaml", "--run-dir", "new-run"]
+SAMPLE = ["sample", "run", "--budget", "8"]
+EVAL = ["evaluate", "run", "--metrics", "valppl", "--report-dir", "reports"]
+
+CASES: list[tuple[list[str], str]] = [
+    # recipes: files, types, ranges and rules between fields
+    (["train", "nope.yaml"], "recipe file not found"),
+    (["train", "list.yaml"], "must be a mapping of sections"),
+    (["train", "string.yaml"], "must be a mapping of sections"),
+    (["train", "syntax.yaml"], "YAML syntax error"),
+    (["train", "binary.yaml"], "not a UTF-8 text file"),
+    ([*TRAIN, "trainer.micro_batch_size=0"], "trainer.micro_batch_size must be >= 1, got 0"),
+    ([*TRAIN, "trainer.val_every=0"], "trainer.val_every must be >= 1"),
+    ([*TRAIN, "trainer.global_batch_size=0"], "trainer.global_batch_size must be >= 1"),
+    ([*TRAIN, "trainer.global_batch_size=5"], "must be a multiple of trainer.micro_batch_size"),
+    ([*TRAIN, "trainer.max_steps=-5"], "trainer.max_steps must be >= 1, got -5"),
+    ([*TRAIN, "trainer.ema=1.0"], "trainer.ema must be in [0, 1)"),
+    ([*TRAIN, "trainer.precision=fp16"], "is not one of"),
+    ([*TRAIN, "trainer.max_steps=true"], "expected int"),
+    ([*TRAIN, "trainer.skip_nonfinite=-1"], "trainer.skip_nonfinite must be >= 0"),
+    ([*TRAIN, "model.heads=0"], "model.heads must be >= 1"),
+    ([*TRAIN, "model.heads=3"], "model.heads must divide model.hidden"),
+    ([*TRAIN, "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+    ([*TRAIN, "model.K_pre=0", "model.K_fp=0", "model.K_post=0"], "K_pre + K_fp + K_post must be >= 1"),
+    ([*TRAIN, "optim.lr=-1"], "optim.lr must be in (0, 1]"),
+    ([*TRAIN, "optim.lr=.nan"], "expected a finite number"),
+    ([*TRAIN, "optim.betas=[0.9]"], "expected a list of 2 values"),
+    ([*TRAIN, "optim.betas=[0.9, 1.5]"], "optim.betas must be in [0, 1)"),
+    ([*TRAIN, "data.seq_len=64"], "data.seq_len (64) must be <= model.max_seq_len (32)"),
+    ([*TRAIN, "data.corpus=/no/such/corpus.jsonl"], "/no/such/corpus.jsonl"),
+    ([*TRAIN, "solver.grad_min=5"], "solver.grad_min must be <= solver.grad_max"),
+    ([*TRAIN, "task.eps=0"], "task.eps must be in (0, 1)"),
+    ([*TRAIN, "consistency.gap_min=0.5", "consistency.gap_max=0.1"], "consistency.gap_min must be <= consistency.gap_max"),
+    ([*TRAIN, "consistency.temperature=0"], "consistency.temperature must be > 0"),
+    ([*TRAIN, "consistency.loss=logit_kl", "consistency.teacher=checkpoint"], "teacher_checkpoint is empty"),
+    ([*TRAIN, "name=../escape"], "name must be a non-empty file name"),
+    ([*TRAIN, "trainer.max_steps"], "is not of the form key.sub=value"),
+    ([*TRAIN, "trainer.maxsteps=3"], "did you mean 'max_steps'"),
+    # run directories
+    (["train", "tiny.yaml", "--run-dir", "run", "model.hidden=64", "model.heads=4"], "holds a different recipe"),
+    (["train", "tiny.yaml", "--run-dir", "notes"], "holds no recipe.yaml"),
+    (["train", "tiny.yaml", "--run-dir", "afile.txt"], "is not an empty directory"),
+    (["train", "tiny.yaml", "--run-dir", "broken-latest"], "names 'step-000000999', which is not a checkpoint folder"),
+    (["train", "tiny.yaml", "--run-dir", "no-latest"], "but no 'latest' pointer"),
+    (["train", "tiny.yaml", "--run-dir", "garbage-progress"], "progress.pt: not a readable train-state file"),
+    (["train", "tiny.yaml", "--run-dir", "pickled-progress"], "progress.pt: refused"),
+    (["train", "tiny.yaml", "--run-dir", "truncated-weights"], "model.safetensors: not a readable safetensors file"),
+    (["train", "tiny.yaml", "--run-dir", "bad-metrics"], "metrics.jsonl: line 2 is not a JSON record"),
+    # the command line itself
+    (["train"], "Missing argument"),
+    (["train", "tiny.yaml", "--bogus"], "No such option: --bogus"),
+    (["bogus"], "No such command 'bogus'"),
+    (["--bogus"], "No such option: --bogus"),
+    # inspect
+    (["inspect", "nope.yaml"], "recipe file not found"),
+    (["inspect", "tiny.yaml", "--iters", "-1"], "--iters must be >= 0"),
+    (["inspect", "tiny.yaml", "--iters", "x"], "Invalid value for '--iters'"),
+    (["inspect", "list.yaml"], "must be a mapping of sections"),
+    (["inspect", "corrupt-config/checkpoints/step-000000003"], "config.json: not valid JSON"),
+    # sample
+    (["sample", "run"], "Missing option '--budget'"),
+    (["sample", "run", "--budget", "abc"], "'--budget' / '-b'"),
+    (["sample", "run", "--budget", "0"], "--budget must be in 1..1000000, got 0"),
+    (["sample", "run", "--budget", "10000000000000000000000000"], "--budget must be in 1..1000000"),
+    ([*SAMPLE, "--num-samples", "1e11"], "'--num-samples'"),
+    ([*SAMPLE, "--num-samples", "0"], "--num-samples must be in 1.."),
+    ([*SAMPLE, "--batch-size", "0"], "--batch-size must be in 1.."),
+    ([*SAMPLE, "--gamma-changed-max", "1.5"], "--gamma-changed-max must be in 0.0..1.0, got 1.5"),
+    ([*SAMPLE, "--gamma-mask-min", "0.95", "--gamma-mask-max", "0.5"], "--gamma-mask-min must be <= --gamma-mask-max"),
+    ([*SAMPLE, "--top-p", "0"], "--top-p must be in (0, 1]"),
+    ([*SAMPLE, "--tol", "-1"], "--tol must be a positive number"),
+    ([*SAMPLE, "--seed", "-3"], "--seed must be in 0.."),
+    ([*SAMPLE, "--device", "bogus"], "--device 'bogus' is not a device"),
+    ([*SAMPLE, "--device", "cuda:99"], "--device cuda:99"),
+    ([*SAMPLE, "--schedule", "bogus"], "--schedule must be one of"),
+    ([*SAMPLE, "--reuse", "bogus"], "--reuse must be one of"),
+    ([*SAMPLE, "--out", "samples-dir"], "--out samples-dir is a directory"),
+    ([*SAMPLE, "--out", "afile.txt/x.jsonl"], "is a file, not a directory"),
+    ([*SAMPLE, "--out", "existing.jsonl"], "exists; pass --overwrite"),
+    ([*SAMPLE, "--length", "0"], "--length must be >= 1"),
+    ([*SAMPLE, "--length", "999"], "--length must be in 1..32"),
+    (["sample", "run", "--budget", "8", "--steps", "10"], "cannot be spent exactly in 10 steps"),
+    (["sample", "nowhere", "--budget", "8"], "nowhere: no such run or checkpoint folder"),
+    (["sample", "corrupt-config", "--budget", "8"], "config.json: not valid JSON"),
+    (["sample", "truncated-weights", "--budget", "8", "--no-ema"], "model.safetensors: not a readable safetensors file"),
+    (["sample", "wrong-shape", "--budget", "8"], "the weights do not fit the model its config describes"),
+    (["sample", "nan-weights", "--budget", "8"], "holds NaN or infinite values"),
+    (["sample", "broken-latest", "--budget", "8"], "which is not a checkpoint folder"),
+    (["sample", "pickled-progress", "--budget", "8"], "progress.pt: refused"),
+    # evaluate
+    ([*EVAL, "--latency-repeats", "0"], "--latency-repeats must be in 1.."),
+    ([*EVAL, "--val-batches", "0"], "--val-batches must be in 1.."),
+    (["evaluate", "run", "--report-dir", "afile.txt"], "--report-dir afile.txt is a file"),
+    ([*EVAL[:2], "--metrics", "bogus"], "unknown metric(s) bogus"),
+    ([*EVAL[:2], "--metrics", ""], "give at least one --metrics value"),
+    ([*EVAL, "--budget", "1,x"], "--budget takes comma-separated integers"),
+    ([*EVAL[:2], "--budget", "0"], "--budget values must be in 1.."),
+    ([*EVAL, "--reuse", "bogus"], "unknown reuse policy bogus"),
+    ([*EVAL, "--device", "bogus"], "is not a device"),
+    ([*EVAL, "--lm-eval-draws", "0"], "--lm-eval-draws must be >= 1"),
+    (["evaluate", "run", "corrupt-config", "--metrics", "valppl", "--report-dir", "reports"], "config.json: not valid JSON"),
+    (["evaluate", "nowhere", "--metrics", "valppl"], "no such run or checkpoint folder"),
+    # convert
+    (["convert", "run", "--map", "1,1,1", "--out", "converted"], "already a fixed-point model"),
+    (["convert", "run", "--map", "bogus", "--out", "converted"], "layer map 'bogus'"),
+    (["convert", "run", "--map", "1,1,1", "--out", "afile.txt"], "is not an empty directory"),
+    (["convert", "run", "--map", "1,1,1", "--out", "converted", "--heads", "0"], "--heads must be >= 1, got 0"),
+    (["convert", "run", "--map", "1,1,1", "--out", "converted", "--injection", "bogus"], "--injection must be"),
+    (["convert", "nowhere", "--map", "1,2,3", "--out", "converted"], "nowhere"),
+    (["convert", "run", "--out", "converted"], "Missing option '--map'"),
+    # cka
+    (["cka", "run", "--timesteps", "0"], "--timesteps must be in (0, 1]"),
+    (["cka", "run", "--timesteps", "a,b"], "--timesteps takes comma-separated numbers"),
+    (["cka", "run", "--batches", "0"], "--batches must be >= 1"),
+    (["cka", "run", "--max-tokens", "1"], "--max-tokens must be >= 2"),
+    (["cka", "run", "--out", "afile.txt"], "--out afile.txt is a file"),
+    (["cka", "nowhere"], "no such run or checkpoint folder"),
+    (["cka", "corrupt-config"], "config.json: not valid JSON"),
+    # consistency and adapt
+    (["consistency", "nowhere"], "no such run or checkpoint folder"),
+    (["consistency", "run", "--recipe", "list.yaml"], "must be a mapping of sections"),
+    (["consistency", "run", "--recipe", "nope.yaml"], "recipe file not found"),
+    (["consistency", "run", "consistency.gap_min=0.5", "consistency.gap_max=0.1"], "gap_min must be <="),
+    (["consistency", "run", "consistency.weight=-1"], "consistency.weight must be >= 0"),
+    (["consistency", "broken-latest"], "which is not a checkpoint folder"),
+    (["consistency", "run", "--run-dir", "notes"], "holds no recipe.yaml"),
+    (["adapt", "run"], "Missing option '--teacher'"),
+    (["adapt", "run", "--teacher", "nowhere"], "no such run or checkpoint folder"),
+    (["adapt", "run", "--teacher", "run", "consistency.temperature=0"], "consistency.temperature must be > 0"),
+    (["adapt", "run", "--teacher", "corrupt-config"], "config.json: not valid JSON"),
+    (["adapt", "corrupt-config", "--teacher", "run"], "config.json: not valid JSON"),
+]
+
+
+def test_corpus_covers_every_subcommand() -> None:
+    assert len(CASES) >= 60
+    commands = {args[0] for args, _ in CASES}
+    assert {"train", "consistency", "adapt", "inspect", "sample", "evaluate", "convert", "cka"} <= commands
+
+
+@pytest.mark.parametrize("args, fragment", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
+def test_bad_input_is_one_clean_line_and_changes_nothing(workspace: Path, args: list[str], fragment: str) -> None:
+    before = snapshot(workspace)
+    assert_clean_error(run_in_process(args, workspace), fragment)
+    assert snapshot(workspace) == before  # every file byte-identical, and none added or removed
+
+
+@pytest.mark.parametrize("index", [0, 13, 44, 55, 76])
+def test_subprocess_matches_in_process(workspace: Path, index: int) -> None:
+    """The in-process harness gives what a real `python -m cofre` process prints."""
+    args, fragment = CASES[index]
+    before = snapshot(workspace)
+    real, here = run_subprocess(args, workspace), run_in_process(args, workspace)
+    assert_clean_error(real, fragment)
+    assert (real.code, real.stderr) == (here.code, here.stderr)
+    assert snapshot(workspace) == before
+
+
+@pytest.mark.parametrize("err, fragment", [
+    (OSError(28, "No space left on device", "x"), "No space left on device: x; free some space and rerun"),
+    (PermissionError(13, "Permission denied", "x"), "Permission denied: x; check the permissions of the path"),
+])
+def test_os_errors_are_one_line(workspace: Path, monkeypatch: pytest.MonkeyPatch, err: OSError, fragment: str) -> None:
+    """A full disk or a denied permission anywhere a command writes is one line too (here: taking the run's lock)."""
+    from cofre.runs import RunDir
+
+    def fail(self: RunDir) -> None:
+        raise err
+
+    monkeypatch.setattr(RunDir, "lock", fail)
+    before = snapshot(workspace)
+    assert_clean_error(run_in_process(["train", "tiny.yaml", "--run-dir", "run"], workspace), fragment)
+    assert snapshot(workspace) == before
+
