@@ -106,7 +106,7 @@ def test_self_teacher_loss_is_zero_for_identical_inputs() -> None:
             prm.add_(0.05 * torch.randn_like(prm))
     _, _, p = pair(batch=4, length=8)
     p.cleaner = p.student  # identical inputs
-    aux = AuxiliaryLoss(recipe, model, None, torch.device("cpu"))
+    aux = AuxiliaryLoss(recipe, model, None)
     positions = p.student.masked.nonzero(as_tuple=True)
     out = model(p.student.z, p.student.sigma, n_nograd=0, n_grad=3, positions=positions)
     loss = aux(model, out, p, positions, 3)
