@@ -181,6 +181,10 @@ def load_model(path: str | Path, ema: bool = True) -> tuple[Denoiser, Recipe]:
     return model, recipe
 
 
+# Fields whose default changed with the paper-scale fixes; a config.json without them predates the change.
+LEGACY_DEFAULTS = (("model", "injection_mlp", "linear"), ("data", "packing", "concat"))
+
+
 def checkpoint_recipe(path: str | Path) -> Recipe:
     """The recipe a checkpoint (or a run's latest checkpoint) was trained with."""
     config = resolve_checkpoint(path) / CONFIG_FILE
@@ -190,6 +194,10 @@ def checkpoint_recipe(path: str | Path) -> Recipe:
         values = json.loads(config.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CofreError(f"{config}: not valid JSON ({err})") from None
+    if isinstance(values, dict):  # written before these fields existed: what those checkpoints were built with
+        for section, key, old in LEGACY_DEFAULTS:
+            if isinstance(values.get(section), dict):
+                values[section].setdefault(key, old)
     try:
         return recipe_from_dict(values)
     except CofreError as err:

@@ -81,3 +81,18 @@ def test_train_state_is_loaded_without_executing_code(tmp_path: Path) -> None:
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CofreError, match="neither a checkpoint folder"):
         resolve_checkpoint(tmp_path)
+
+
+def test_configs_written_before_fpdm_and_wrap_load_as_they_were_built(tmp_path: Path) -> None:
+    """A checkpoint from before `injection_mlp` / `packing` existed used the linear mix and concat packing."""
+    from cofre.config import ModelConfig, Recipe, recipe_to_dict
+    from cofre.training.checkpoint import checkpoint_recipe
+
+    values = recipe_to_dict(Recipe(model=ModelConfig(hidden=32, heads=4, K_pre=1, K_fp=1, K_post=1)))
+    del values["model"]["injection_mlp"], values["data"]["packing"]
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    recipe = checkpoint_recipe(tmp_path)
+    assert (recipe.model.injection_mlp, recipe.data.packing) == ("linear", "concat")
+    values["model"]["injection_mlp"], values["data"]["packing"] = "fpdm", "wrap"
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    assert (checkpoint_recipe(tmp_path).model.injection_mlp, checkpoint_recipe(tmp_path).data.packing) == ("fpdm", "wrap")
