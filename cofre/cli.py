@@ -222,7 +222,7 @@ def sample(
 ) -> None:
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings."""
     from cofre.sampling.budget import SCHEDULES
-    from cofre.precision import resolve_device, resolve_precision
+    from cofre.precision import resolve_precision
     from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint, validate_settings
     from cofre.sampling.reuse import REUSE_POLICIES
     if schedule not in SCHEDULES:
@@ -234,7 +234,7 @@ def sample(
         gamma_mask_max=gamma_mask_max, gamma_changed_min=gamma_changed_min,
         gamma_changed_max=gamma_changed_max, num_samples=num_samples, batch_size=batch_size,
         seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
-        precision=resolve_precision(precision, resolve_device(device)), compile=compile,
+        precision=precision, compile=compile,  # 'auto' is made concrete for the device in sample_checkpoint
     )
     validate_settings(settings)  # before a checkpoint is read
     check_output_file(out, "--out")
@@ -251,7 +251,8 @@ def sample(
         ("iterations per step", " ".join(map(str, result.iterations)) or "(plain model)"),
         ("blocks per step (mean)", " ".join(f"{b:g}" for b in result.blocks_per_step)),
         ("reuse / schedule", f"{reuse} / {schedule}"),
-        ("device / precision", f"{ckpt.device} / {settings.precision}{' / compiled' if compile else ''}"),
+        ("device / precision", f"{ckpt.device} / {resolve_precision(precision, ckpt.device)}"
+                               f"{' / compiled' if compile else ''}"),
         ("cached steps", str(result.cached_steps) if cache else "off"),
         ("time", f"{result.wall_time_s:.1f}s, {result.tokens_per_s:,.0f} tokens/s"),
         ("output", result.out),

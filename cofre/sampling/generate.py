@@ -124,6 +124,7 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
     check_range("--num-samples", settings.num_samples, 1, MAX_COUNT)
     check_range("--batch-size", settings.batch_size, 1, MAX_COUNT)
     check_range("--seed", settings.seed, 0, MAX_SEED)
+    resolve_precision(settings.precision, torch.device("cpu"))  # an unknown name fails before anything loads
     for option in ("gamma_mask_min", "gamma_mask_max", "gamma_changed_min", "gamma_changed_max"):
         check_range(f"--{option.replace('_', '-')}", getattr(settings, option), 0.0, 1.0)
     for kind in ("mask", "changed"):
