@@ -2,7 +2,7 @@
 
 Selected source layers initialise the pre-stack P, the shared fixed-point block F and the post-stack H;
 embeddings, the sigma map and the output layer are copied as they are; the FP-specific projections (G and
-F's mix) keep the near-identity initialisation of `Denoiser.__init__`. Sources: a cofre checkpoint or run,
+F's mix) start close to identity (§3.4): G = I and F's mix returns h where h = h̃. Sources: a cofre checkpoint or run,
 MDLM's Lightning `.ckpt` (read with `torch.load(weights_only=True)`: nothing in it is ever executed), or a
 safetensors export of MDLM's DiT.
 """
@@ -477,7 +477,9 @@ def convert_model(
         if not 1 <= layer <= n_source:
             raise CofreError(f"layer {layer} is out of range; the source has layers 1..{n_source}")
     cfg = target_config(source_cfg, layer_map, injection if layer_map.fp else "linear")
-    target = Denoiser(cfg)  # G and F's mix keep exactly the near-identity init of Denoiser.__init__ (§3.4)
+    target = Denoiser(cfg)  # G starts as the identity
+    if target.fixed_point is not None:
+        target.fixed_point.near_identity_()  # "FP-specific projections initialized close to identity" (§3.4)
     copied = {key: state[key] for key in SHARED_KEYS}
     lines = []
     parts = [("pre", layer_map.pre, ""), ("fixed_point.blocks", layer_map.fp, " (shared, iterated)"), ("post", layer_map.post, "")]

@@ -49,15 +49,25 @@ class FixedPointBlock(nn.Module):
         self.mix = nn.Linear(2 * d, 2 * d if fpdm else d)
         self.mix_out = nn.Linear(2 * d, d) if fpdm else None
         self.blocks = nn.ModuleList(_block(cfg) for _ in range(cfg.K_fp))
-        with torch.no_grad():  # close to identity: M([h, h̃]) = (h + h̃) / 2, which returns h at h = h̃ (§3.4)
-            half = torch.cat([0.5 * torch.eye(d), 0.5 * torch.eye(d)], dim=1)
-            self.mix.bias.zero_()
-            if self.mix_out is None:
-                self.mix.weight.copy_(half)
-            else:  # GELU(u) - GELU(-u) = u exactly (tanh form too): fc1 = [u; -u], fc2 = [I, -I]
-                self.mix.weight.copy_(torch.cat([half, -half], dim=0))
-                self.mix_out.weight.copy_(torch.cat([torch.eye(d), -torch.eye(d)], dim=1))
-                self.mix_out.bias.zero_()
+        if fpdm:  # trained from scratch, FPDM's block starts as FPDM's does: Xavier-uniform weights, zero biases
+            for linear in (self.mix, self.mix_out):
+                nn.init.xavier_uniform_(linear.weight)
+                nn.init.zeros_(linear.bias)
+        else:
+            self.near_identity_()
+
+    @torch.no_grad()
+    def near_identity_(self) -> None:
+        """M([h, h̃]) = (h + h̃) / 2, which returns h at h = h̃: the conversion's start near the source (§3.4)."""
+        d = self.hidden
+        half = torch.cat([0.5 * torch.eye(d), 0.5 * torch.eye(d)], dim=1)
+        self.mix.bias.zero_()
+        if self.mix_out is None:
+            self.mix.weight.copy_(half)
+        else:  # GELU(u) - GELU(-u) = u exactly (tanh form too): fc1 = [u; -u], fc2 = [I, -I]
+            self.mix.weight.copy_(torch.cat([half, -half], dim=0))
+            self.mix_out.weight.copy_(torch.cat([torch.eye(d), -torch.eye(d)], dim=1))
+            self.mix_out.bias.zero_()
 
     def inject(self, h_tilde: Tensor) -> Tensor:
         """The h̃ part of fc1 (or of the Linear mix), W_x h̃ + b, in fp32."""
