@@ -70,7 +70,17 @@ def train(
         Path | None, typer.Option("--run-dir", help="Run directory; default runs/<recipe name>. Resumes if it holds this run.")
     ] = None,
 ) -> None:
-    """Train (or resume) a model from a recipe; runs unchanged under `accelerate launch`."""
+    """Train (or resume) a model from a recipe; runs unchanged under `accelerate launch`. A `kind: vq` recipe trains
+    an image tokenizer (one process)."""
+    from cofre.data.image_tokenizers.recipe import is_vq_recipe
+
+    if is_vq_recipe(recipe):
+        from cofre.data.image_tokenizers.recipe import load_vq_recipe
+        from cofre.data.image_tokenizers.train import report_vq, train_vq
+
+        vq_recipe = load_vq_recipe(recipe, overrides or [])
+        report_vq(train_vq(vq_recipe, run_dir or Path("runs") / vq_recipe.name), console)
+        return
     from cofre.training.loop import train as run_training
 
     resolved = load_recipe(recipe, overrides or [])

@@ -10,11 +10,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from cofre.errors import CofreError
+
+T = TypeVar("T")
 
 
 # -- range rules: each config's validate() states them next to its fields; messages name field and range --
@@ -122,7 +124,7 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    """The corpus, tokenised with GPT-2 BPE and packed into fixed-length blocks."""
+    """The corpus: text tokenised with GPT-2 BPE and packed into fixed-length blocks, or images tokenised to codes."""
 
     corpus: str = "wiki-sample"  # "wiki-sample", "openwebtext", or a path: .txt, .jsonl, or a directory of them
     seq_len: int = 1024  # tokens per packed block
@@ -130,10 +132,17 @@ class DataConfig:
     val_docs: int = 100_000  # the last N documents are held out for validation
     text_field: str = "text"  # JSONL key holding the document text
     cache_dir: str = "~/.cache/cofre"  # tokenised corpora are cached here (COFRE_CACHE overrides)
+    # images (cofre/data/images.py): corpus "fashion-mnist", or a folder with train/<class>/*.JPEG and val/<class>/
+    image_size: int = 256  # side after center crop + resize (ImageNette 256; Fashion-MNIST's own size is 28)
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # its IDX .gz files (Debian's dataset-fashion-mnist)
+    tokenizer: str = ""  # image tokenizer: a cofre VQ run or checkpoint folder, or llamagen:<path to vq_ds16_c2i.pt>
+    train_images: int = 0  # a fixed random subset of N training images; 0: all
+    val_images: int = 0  # a fixed random subset of N validation images; 0: all
 
     def validate(self, where: str = "data") -> None:
-        _at_least(where, self, 1, "seq_len", "val_docs")
-        for name in ("corpus", "text_field", "cache_dir"):
+        _at_least(where, self, 1, "seq_len", "val_docs", "image_size")
+        _at_least(where, self, 0, "train_images", "val_images")
+        for name in ("corpus", "text_field", "cache_dir", "fashion_mnist_dir"):
             _rule(getattr(self, name).strip() != "", f"{where}.{name} must not be empty")
 
 
@@ -305,6 +314,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             raise CofreError(f"unknown key '{path}'{hint}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """Build any config dataclass from plain data with the recipe's checks (unknown keys, types)."""
+    return _build(cls, values, where)
 
 
 def recipe_from_dict(values: dict[str, Any]) -> Recipe:
