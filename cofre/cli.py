@@ -262,7 +262,6 @@ def sample(
         precision=precision, compile=compile,  # 'auto' is made concrete for the device in sample_checkpoint
     )
     validate_settings(settings)  # before a checkpoint is read
-    check_output_file(out, "--out")
     check_output_file(trace, "--trace")
     image_options = {"classes": classes, "order": order, "rotate": rotate, "temperature": temperature,
                      "temperature_end": temperature_end, "cfg": cfg, "cfg_schedule": cfg_schedule,
@@ -274,11 +273,13 @@ def sample(
         if any(text_only.values()):
             raise CofreError(f"{', '.join(k for k, v in text_only.items() if v)}: text sampling options; "
                              f"{ckpt.folder} is an image model")
+        check_output_dir(out, "--out")  # images: a folder of PNGs, grid.png and manifest.json
         _sample_images(ckpt, settings, image_options, out, overwrite, trace)
         return
     given = [f"--{k.replace('_', '-')}" for k, v in image_options.items() if v is not None]
     if given:
         raise CofreError(f"{', '.join(given)}: image sampling options; {ckpt.folder} is a text model")
+    check_output_file(out, "--out")
     result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace)
     table = Table(title=f"cofre sample: {result.num_samples} samples from {ckpt.folder}")
     table.add_column("setting")

@@ -23,9 +23,13 @@ def make_vq_run(root: Path) -> Path:
                                   "downsample": 1, "res_blocks": 0, "codebook_size": CODES, "code_dim": 4},
                                   "data": {"corpus": "fashion-mnist", "image_size": 8}})
     torch.manual_seed(0)
+    model = VQVAE(recipe.vq)
+    with torch.no_grad():  # a random codebook, marked as initialised (training would have)
+        model.quantizer.codebook.normal_()
+        model.quantizer.initialized.fill_(True)
     run = root / "vq-test"
     folder = staging_dir(run / "checkpoints", 1)
-    write_checkpoint_files(folder, VQVAE(recipe.vq), None, recipe, {"progress": {"step": 1}})  # type: ignore[arg-type]
+    write_checkpoint_files(folder, model, None, recipe, {"progress": {"step": 1}})  # type: ignore[arg-type]
     publish_checkpoint(run / "checkpoints", 1, 1)
     return run
 

@@ -124,11 +124,15 @@ def class_labels(chosen: list[str] | None, names: list[str], n: int, generator: 
     return [indices[i % len(indices)] for i in range(n)]
 
 
+def check_image_checkpoint(ckpt: LoadedCheckpoint) -> None:
+    if ckpt.recipe.model.modality != "image":
+        raise CofreError(f"{ckpt.folder} is a text model; the image sampler needs an image (MaskGIT) checkpoint")
+
+
 def build_image_sampler(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, grid: tuple[int, int],
                         trace: bool = False) -> MaskGITSampler:
     """The sampler `settings` describe, for this image checkpoint (budget plan and reveal counts checked here)."""
-    if ckpt.recipe.model.modality != "image":
-        raise CofreError(f"{ckpt.folder} is a text model; the image sampler needs an image (MaskGIT) checkpoint")
+    check_image_checkpoint(ckpt)
     validate_image_settings(settings)
     model_cfg = ckpt.recipe.model
     plan = plan_budget(model_cfg, settings.budget, settings.steps, settings.schedule)
@@ -184,6 +188,8 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
     from cofre.data.image_tokenizers import load_tokenizer, tokenizer_identity
     from cofre.data.images import class_names
 
+    check_image_checkpoint(ckpt)
+    validate_image_settings(settings)
     settings = dataclasses.replace(settings, precision=resolve_precision(settings.precision, ckpt.device))
     recipe = ckpt.recipe
     tokenizer = load_tokenizer(recipe.data.tokenizer, ckpt.device)
