@@ -121,9 +121,8 @@ class Denoiser(nn.Module):
                 self.injection.bias.zero_()
         self.fixed_point = FixedPointBlock(cfg) if cfg.is_fixed_point else None
         self.post = nn.ModuleList(_block(cfg) for _ in range(cfg.K_post))
-        text = cfg.modality == "text"
-        self.output_layer = FinalLayer(cfg.hidden, cfg.vocab_size, cfg.cond_dim) if text else TiedHead(
-            cfg.hidden, cfg.vocab_size, cfg.cond_dim)
+        head = FinalLayer if cfg.modality == "text" else TiedHead  # TiedHead: logits against vocab_embed's weights
+        self.output_layer = head(cfg.hidden, cfg.vocab_size, cfg.cond_dim)
 
     def blocks(self) -> list[nn.Module]:
         """Every distinct transformer block: P, then F's shared blocks, then H."""

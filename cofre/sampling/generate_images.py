@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,9 +214,9 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
         traces.append(batch.steps)
     wall = time.perf_counter() - started
     images = np.concatenate(pixels)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("sample-*.png"), out / "grid.png", out / "manifest.json"]:  # --overwrite: what we wrote
+        old.unlink(missing_ok=True)
     rows = []
     for i, (label, grid_codes) in enumerate(zip(labels, codes)):
         name = f"sample-{i:04d}-class{label}.png"
