@@ -84,8 +84,8 @@ class VQRecipe:
     def validate(self) -> None:
         _rule(self.name.strip() not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name,
               f"name must be a non-empty file name (no '/'), got {self.name!r}")
-        for section in (self.vq, self.data, self.optim, self.trainer):
-            section.validate(next(k for k, v in vars(self).items() if v is section))
+        for name in ("vq", "data", "optim", "trainer"):
+            getattr(self, name).validate(name)
         _rule(self.data.image_size == self.vq.image_size,
               f"data.image_size ({self.data.image_size}) must equal vq.image_size ({self.vq.image_size})")
 
