@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv and install cofre with its offline assets
+	@# Fashion-MNIST for the image recipes (DESIGN.md §8): with apt as root, else skipped (data.fashion_mnist_dir)
+	@test -d /usr/share/datasets/fashion-mnist || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; } \
+		>/dev/null 2>&1 || true
 
 tiny: setup  ## the main job, offline on a CPU: Table 2/9 in miniature (MDLM, FP-MDLM, CoFRe x none/full/3SR)
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml

@@ -49,11 +49,16 @@ _log = logging.getLogger(__name__)
 
 
 # -- Fashion-MNIST: IDX files ----------------------------------------------------------------------------------
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip-compressed) of unsigned bytes: magic 0x0000 08 <ndim>, big-endian int32 sizes, data."""
+def require_fashion_file(path: Path) -> Path:
     if not path.is_file():
         raise CofreError(f"Fashion-MNIST file {path} is missing; install it with `apt-get install dataset-fashion-mnist` "
                          "or set data.fashion_mnist_dir to a folder holding the four IDX .gz files")
+    return path
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip-compressed) of unsigned bytes: magic 0x0000 08 <ndim>, big-endian int32 sizes, data."""
+    require_fashion_file(path)
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
@@ -137,7 +142,7 @@ def read_image(path: Path, size: int) -> Tensor:
             w, h = img.size
             side = min(w, h)
             box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-            img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+            img = img.crop(box).resize((size, size), Image.Resampling.BICUBIC)  # crop first: no margin bleeds in
             array = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise CofreError(f"{path}: not a readable image ({' '.join(str(err).split())[:200]})") from None
@@ -156,6 +161,11 @@ def _split_cap(cfg: DataConfig, split: str) -> int:
     if split not in SPLITS:
         raise CofreError(f"image split must be one of {', '.join(SPLITS)}, got {split!r}")
     return cfg.train_images if split == "train" else cfg.val_images
+
+
+def image_channels(cfg: DataConfig) -> int:
+    """1 for Fashion-MNIST's grey images, 3 for a folder's (converted to RGB)."""
+    return 1 if cfg.corpus == FASHION_MNIST else 3
 
 
 def class_names(cfg: DataConfig) -> list[str]:
@@ -194,10 +204,7 @@ def dataset_identity(cfg: DataConfig) -> dict[str, object]:
     """What decoded images depend on: the source files (path, size, mtime), the image size and the subsets."""
     if cfg.corpus == FASHION_MNIST:
         folder = Path(cfg.fashion_mnist_dir).expanduser()
-        files = [folder / name for split in SPLITS for name in FASHION_FILES[split]]
-        for path in files:
-            if not path.is_file():
-                read_idx(path)  # the one-line "missing; install it with apt-get" error
+        files = [require_fashion_file(folder / name) for split in SPLITS for name in FASHION_FILES[split]]
     else:
         root = Path(cfg.corpus).expanduser()
         files = [f for split in SPLITS for f in folder_files(root, split)[0]]
@@ -258,7 +265,7 @@ def _encode_to_cache(cfg: DataConfig, spec: str, identity: dict[str, object], ro
 
     tokenizer = load_tokenizer(spec, device)
     names = class_names(cfg)
-    channels = 1 if cfg.corpus == FASHION_MNIST else 3
+    channels = image_channels(cfg)
     if tokenizer.channels != channels:
         raise CofreError(f"tokenizer '{spec}' takes {tokenizer.channels}-channel images, corpus '{cfg.corpus}' has {channels}")
     if tokenizer.image_size != cfg.image_size:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def read_llamagen_state(path: Path) -> dict[str, Tensor]:
         if "Unsupported global" in str(err):
             raise CofreError(f"{path}: refused, it holds objects other than tensors and plain containers") from None
         raise CofreError(f"{path}: not a readable torch checkpoint (a damaged pickle)") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
+    except (RuntimeError, EOFError, ValueError, OSError, struct.error) as err:
         raise CofreError(f"{path}: not a readable torch checkpoint ({str(err).strip().splitlines()[0][:200]})") from None
     state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -23,13 +23,14 @@ VQ_KIND = "vq"
 class VQConfig:
     """The VQ-VAE's shape: image channels and size, conv width, down-sampling stages, codebook."""
 
+    encoder: Literal["conv", "patch"] = "conv"  # conv: the VQ-VAE; patch: no network, codes are p x p pixel patches
     channels: int = 1  # image channels (Fashion-MNIST: 1, an RGB folder: 3)
     image_size: int = 28  # must equal data.image_size
-    hidden: int = 64  # conv width at the token grid (half of it at full resolution)
-    downsample: int = 2  # stride-2 stages: grid side = image_size / 2^downsample (28 -> 7)
-    res_blocks: int = 2  # residual blocks at the grid, in the encoder and in the decoder
+    hidden: int = 64  # conv: width at the token grid (half of it at full resolution)
+    downsample: int = 2  # grid side = image_size / 2^downsample (28 -> 7): conv stride-2 stages, or patch side p
+    res_blocks: int = 2  # conv: residual blocks at the grid, in the encoder and in the decoder
     codebook_size: int = 512
-    code_dim: int = 16  # width of a code vector
+    code_dim: int = 16  # width of a code vector (patch: channels x p x p)
     beta: float = 0.25  # commitment weight (VQ-VAE Eq. 3)
     ema_decay: float = 0.99  # codebook EMA decay (VQ-VAE App. A.1)
     dead_after: float = 0.03  # restart a code whose EMA count of assignments per batch falls below this
@@ -41,6 +42,10 @@ class VQConfig:
         _rule(self.hidden % 2 == 0, f"{where}.hidden must be even (the full-resolution width is hidden / 2), got {self.hidden}")
         _rule(self.image_size % 2**self.downsample == 0,
               f"{where}.image_size ({self.image_size}) must be divisible by 2^{where}.downsample ({2**self.downsample})")
+        patch = self.channels * 4**self.downsample
+        _rule(self.encoder == "conv" or self.code_dim == patch,
+              f"{where}.code_dim must be {where}.channels x 4^{where}.downsample = {patch} for the patch encoder, "
+              f"got {self.code_dim}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -79,8 +84,8 @@ class VQRecipe:
     def validate(self) -> None:
         _rule(self.name.strip() not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name,
               f"name must be a non-empty file name (no '/'), got {self.name!r}")
-        for section in (self.vq, self.data, self.optim, self.trainer):
-            section.validate(next(k for k, v in vars(self).items() if v is section))
+        for name in ("vq", "data", "optim", "trainer"):
+            getattr(self, name).validate(name)
         _rule(self.data.image_size == self.vq.image_size,
               f"data.image_size ({self.data.image_size}) must equal vq.image_size ({self.vq.image_size})")
 

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from cofre.config import dump_recipe, recipe_to_dict
-from cofre.data.image_tokenizers.recipe import VQRecipe, load_vq_recipe
+from cofre.data.image_tokenizers.recipe import VQRecipe, is_vq_recipe, load_vq_recipe
 from cofre.data.image_tokenizers.vq import VQVAE
 from cofre.data.images import load_images
 from cofre.errors import CofreError
@@ -57,6 +57,8 @@ class VQTrainResult:
 def _check_run(run: RunDir, recipe: VQRecipe) -> bool:
     """May `recipe` run in `run`? True when it resumes the VQ run already there (only trainer.max_steps may change)."""
     if run.exists():
+        if not is_vq_recipe(run.recipe_path):
+            raise CofreError(f"run directory {run.path} holds a run that is not a VQ tokenizer; choose another --run-dir")
         old = flatten(recipe_to_dict(load_vq_recipe(run.recipe_path)))
         new = flatten(recipe_to_dict(recipe))
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE)
@@ -74,7 +76,7 @@ def evaluate_vq(model: VQVAE, images: Tensor, batch_size: int = 500) -> dict[str
     """Held-out PSNR (see PSNR_HOW) and codebook usage of uint8 images [N, C, S, S]."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model.quantizer.codebook.device
     per_image, used = [], torch.zeros(model.cfg.codebook_size, dtype=torch.bool)
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).float() / 255
@@ -98,7 +100,7 @@ def reconstruction_grid(model: VQVAE, images: Tensor, labels: Tensor, path: Path
     with torch.no_grad():
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
+        device = model.quantizer.codebook.device
         recon = model.decode(model.encode(x.to(device))).cpu()
         model.train(was_training)
     rows = torch.stack([x, recon])  # [2, n, C, S, S]
@@ -135,14 +137,16 @@ def _fit(run: RunDir, recipe: VQRecipe, train_images: Tensor, val_images: Tensor
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(t.seed)
     model = VQVAE(recipe.vq).to(device)
-    optimizer = build_optimizer(model, recipe.optim)
-    scheduler = build_scheduler(optimizer, recipe.optim, t.max_steps)
+    learns = any(True for _ in model.parameters())  # the patch encoder has no network: only the codebook's EMA
+    optimizer = build_optimizer(model, recipe.optim) if learns else None
+    scheduler = build_scheduler(optimizer, recipe.optim, t.max_steps) if optimizer is not None else None
     latest = run.latest_checkpoint()
     step = 0
     if latest is not None:
         load_weights_into(model, latest / MODEL_FILE)
-        optimizer.load_state_dict(load_train_state(latest, "optimizer"))
-        scheduler.load_state_dict(load_train_state(latest, "scheduler"))
+        if optimizer is not None and scheduler is not None:
+            optimizer.load_state_dict(load_train_state(latest, "optimizer"))
+            scheduler.load_state_dict(load_train_state(latest, "scheduler"))
         step = int(load_train_state(latest, "progress")["step"])
     kept = run.read_metrics()
     atomic_write_text(run.recipe_path, dump_recipe(recipe))  # type: ignore[arg-type]  # any recipe dataclass dumps
@@ -153,7 +157,9 @@ def _fit(run: RunDir, recipe: VQRecipe, train_images: Tensor, val_images: Tensor
 
     def save(step: int) -> Path:
         folder = staging_dir(run.checkpoints, step)
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "progress": {"step": step}}
+        state: dict[str, object] = {"progress": {"step": step}}
+        if optimizer is not None and scheduler is not None:
+            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         write_checkpoint_files(folder, model, None, recipe, state)  # type: ignore[arg-type]  # config.json: the VQ recipe
         return publish_checkpoint(run.checkpoints, step, t.keep_last)
 
@@ -175,22 +181,23 @@ def _fit(run: RunDir, recipe: VQRecipe, train_images: Tensor, val_images: Tensor
             recon, codes, commitment = model(x)
             reconstruction = F.mse_loss(recon, x)
             loss = reconstruction + recipe.vq.beta * commitment  # VQ-VAE Eq. 3 (codebook term: EMA, App. A.1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            if optimizer is not None and scheduler is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
             step += 1
-            if not math.isfinite(float(loss)):
-                raise CofreError(f"the VQ loss became {float(loss)} at step {step}; lower optim.lr")
+            if not math.isfinite(float(loss.detach())):
+                raise CofreError(f"the VQ loss became {float(loss.detach())} at step {step}; lower optim.lr")
             if step % t.log_every == 0 or step == t.max_steps:
-                batch_psnr = 10 * math.log10(1 / max(float(reconstruction), 1e-10))
-                run.append_metrics({"step": step, "loss": float(loss), "recon_mse": float(reconstruction),
-                                    "commitment": float(commitment), "batch_psnr": batch_psnr,
-                                    "codes_in_batch": int(codes.unique().numel()), "lr": scheduler.get_last_lr()[0],
-                                    "elapsed_s": time.perf_counter() - started})
-                progress.update(bar, status=f"mse {float(reconstruction):.4f} ({batch_psnr:.1f} dB)")
+                batch_psnr = 10 * math.log10(1 / max(float(reconstruction.detach()), 1e-10))
+                record = {"step": step, "loss": float(loss.detach()), "recon_mse": float(reconstruction.detach()),
+                          "commitment": float(commitment.detach()), "batch_psnr": batch_psnr,
+                          "codes_in_batch": int(codes.unique().numel()), "elapsed_s": time.perf_counter() - started}
+                run.append_metrics(record if scheduler is None else {**record, "lr": scheduler.get_last_lr()[0]})
+                progress.update(bar, status=f"mse {float(reconstruction.detach()):.4f} ({batch_psnr:.1f} dB)")
             if step % t.val_every == 0 and step < t.max_steps:
                 record = validate(step)
                 progress.update(bar, status=f"val PSNR {record['psnr']:.2f} dB")

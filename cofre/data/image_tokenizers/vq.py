@@ -1,11 +1,16 @@
-"""cofre's own small VQ-VAE (van den Oord et al., 2017): a conv encoder, an EMA codebook, a conv decoder.
+"""cofre's own image tokenizer: a small VQ-VAE (van den Oord et al., 2017), or a patch k-means codebook.
 
-Small enough to train on a CPU in minutes (`cofre train recipes/tiny-vq.yaml`, Fashion-MNIST 28 x 28 -> a
-7 x 7 grid). The codebook follows the paper's App. A.1: codes are exponential moving averages of the encoder
-outputs assigned to them (no codebook gradient), the encoder gets the straight-through gradient plus the
-commitment loss beta ||z - sg[e]||^2. The codebook starts from encoder outputs of the first batch, and a code
-no batch has chosen for a while is restarted at a random encoder output (a dead-code restart), so the whole
-codebook stays in use.
+`encoder: conv` is the VQ-VAE: a conv encoder, an EMA codebook, a conv decoder. The codebook follows the
+VQ-VAE paper's App. A.1: codes are exponential moving averages of the encoder outputs assigned to them (no
+codebook gradient), the encoder gets the straight-through gradient plus the commitment loss
+beta ||z - sg[e]||^2. The codebook starts from encoder outputs of the first batch, and a code no batch has
+chosen for a while is restarted at a random encoder output (a dead-code restart), so the whole codebook
+stays in use.
+
+`encoder: patch` has no network: the "encoder output" at a grid cell is the cell's p x p pixel patch and the
+decoder puts the chosen code's patch back. The same EMA update is then online (mini-batch) k-means on
+patches, which minimises the reconstruction MSE directly; on a CPU it reaches a higher PSNR in seconds than
+the VQ-VAE does in minutes (README, "Images: tokenizers and data").
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ class ResBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(F.relu(x))))
 
 
-def encoder(cfg: VQConfig) -> nn.Sequential:
+def encoder(cfg: VQConfig) -> nn.Module:
+    if cfg.encoder == "patch":
+        return nn.PixelUnshuffle(2**cfg.downsample)  # [C, S, S] -> [C p^2, S/p, S/p]: one patch per grid cell
     layers: list[nn.Module] = [nn.Conv2d(cfg.channels, cfg.hidden // 2, 3, padding=1)]
     width = cfg.hidden // 2
     for _ in range(cfg.downsample):  # a 4 x 4 stride-2 conv halves the side exactly
@@ -46,7 +53,9 @@ def encoder(cfg: VQConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def decoder(cfg: VQConfig) -> nn.Sequential:
+def decoder(cfg: VQConfig) -> nn.Module:
+    if cfg.encoder == "patch":
+        return nn.PixelShuffle(2**cfg.downsample)
     layers: list[nn.Module] = [nn.Conv2d(cfg.code_dim, cfg.hidden, 3, padding=1)]
     layers += [ResBlock(cfg.hidden) for _ in range(cfg.res_blocks)]
     for stage in range(cfg.downsample):
@@ -91,9 +100,10 @@ class EMAQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_update(self, flat: Tensor, codes: Tensor) -> None:
         """N_i <- g N_i + (1 - g) n_i; m_i <- g m_i + (1 - g) sum z; e_i = m_i / N_i (App. A.1, Laplace-smoothed)."""
-        onehot = F.one_hot(codes, len(self.codebook)).type_as(flat)
-        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+        counts = torch.bincount(codes, minlength=len(self.codebook)).type_as(flat)  # n_i
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, flat)  # sum of the z assigned to code i
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n, k, eps = self.cluster_size.sum(), len(self.codebook), 1e-5
         smoothed = (self.cluster_size + eps) / (n + k * eps) * n
         self.codebook.copy_(self.embed_sum / smoothed.unsqueeze(1))
@@ -139,7 +149,7 @@ class VQTokenizer:
 
     def __init__(self, model: VQVAE, sha256: str, device: torch.device) -> None:
         self.model = model.to(device).eval()
-        self.name = "cofre-vq"
+        self.name = f"cofre-vq-{model.cfg.encoder}"
         self.sha256 = sha256
         self.codebook_size = model.cfg.codebook_size
         self.grid = model.cfg.grid
