@@ -22,10 +22,10 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def test_train_resume_consistency_and_sample_an_image_run(tmp_path: Path) -> None:
+def test_train_resume_consistency_and_sample_an_image_run(tmp_path: Path, fashion_dir: Path) -> None:
     vq = make_vq_run(tmp_path)
     values = recipe_to_dict(image_recipe(vq))
-    values["data"].update(train_images=64, val_images=32)  # a few Fashion-MNIST images, encoded by the test VQ
+    values["data"].update(fashion_mnist_dir=str(fashion_dir))  # the test's small Fashion-MNIST, encoded by the test VQ
     recipe = tmp_path / "img.yaml"
     recipe.write_text(yaml.safe_dump(values))
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
