@@ -12,7 +12,7 @@ TINY_EVAL := --budget 96,192,384 --reuse none,full,3sr --judge smollm2-135m --nu
 OWT_EVAL := --budget 96,192,384,768 --reuse none,full,3sr --judge gpt2-large --num-samples 1000 --batch-size 32 \
 	--report-dir runs/reports/owt
 
-.PHONY: setup tiny test bench-train bench-sample table7 table7-tiny table9 adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
+.PHONY: setup tiny tiny-images test bench-train bench-sample table7 table7-tiny table9 adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,28 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv and install cofre with its offline assets
+	@# Fashion-MNIST for the image recipes (DESIGN.md §8): with apt as root, else skipped (data.fashion_mnist_dir)
+	@test -d /usr/share/datasets/fashion-mnist || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; } \
+		>/dev/null 2>&1 || true
 
 tiny: setup  ## the main job, offline on a CPU: Table 2/9 in miniature (MDLM, FP-MDLM, CoFRe x none/full/3SR)
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml
 	$(BIN)/cofre train recipes/tiny-fp-mdlm.yaml
 	$(BIN)/cofre consistency runs/tiny-fp-mdlm --recipe recipes/tiny-cofre.yaml
 	$(BIN)/cofre evaluate runs/tiny-mdlm runs/tiny-fp-mdlm runs/tiny-cofre $(TINY_EVAL)
+
+# The image job's samples: one column per Fashion-MNIST class, two rows, at two budgets per model.
+IMAGE_SAMPLE := --classes 0,1,2,3,4,5,6,7,8,9 --num-samples 20 --batch-size 20 --cfg 1 --overwrite
+
+tiny-images: setup  ## images offline on a CPU: VQ tokenizer, tiny MaskGIT and FP-MaskGIT, sample grids at budgets 32 and 64
+	$(BIN)/cofre train recipes/tiny-vq.yaml
+	$(BIN)/cofre train recipes/tiny-maskgit.yaml
+	$(BIN)/cofre train recipes/tiny-fp-maskgit.yaml
+	$(BIN)/cofre sample runs/tiny-maskgit --budget 32 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/maskgit-b32
+	$(BIN)/cofre sample runs/tiny-maskgit --budget 64 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/maskgit-b64
+	$(BIN)/cofre sample runs/tiny-fp-maskgit --budget 32 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/fp-maskgit-b32
+	$(BIN)/cofre sample runs/tiny-fp-maskgit --budget 64 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/fp-maskgit-b64
 
 test: setup  ## the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest

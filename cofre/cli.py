@@ -70,7 +70,17 @@ def train(
         Path | None, typer.Option("--run-dir", help="Run directory; default runs/<recipe name>. Resumes if it holds this run.")
     ] = None,
 ) -> None:
-    """Train (or resume) a model from a recipe; runs unchanged under `accelerate launch`."""
+    """Train (or resume) a model from a recipe; runs unchanged under `accelerate launch`. A `kind: vq` recipe trains
+    an image tokenizer (one process)."""
+    from cofre.data.image_tokenizers.recipe import is_vq_recipe
+
+    if is_vq_recipe(recipe):
+        from cofre.data.image_tokenizers.recipe import load_vq_recipe
+        from cofre.data.image_tokenizers.train import report_vq, train_vq
+
+        vq_recipe = load_vq_recipe(recipe, overrides or [])
+        report_vq(train_vq(vq_recipe, run_dir or Path("runs") / vq_recipe.name), console)
+        return
     from cofre.training.loop import train as run_training
 
     resolved = load_recipe(recipe, overrides or [])
@@ -217,10 +227,25 @@ def sample(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... or auto.")] = "auto",
     precision: PrecisionOption = "auto",
     compile: CompileOption = False,
-    out: Annotated[Path | None, typer.Option(help="Output JSONL; default <run>/samples/<settings tag>.jsonl.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output JSONL (images: a folder); default <run>/samples/<settings tag>.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    classes: Annotated[str | None, typer.Option(help="Images: comma-separated class indices or names, cycled over the "
+                                                     "samples; default uniformly random classes.")] = None,
+    order: Annotated[str | None, typer.Option(help="Images: reveal order, halton (default) or confidence (MaskGIT).")] = None,
+    rotate: Annotated[bool | None, typer.Option("--rotate/--no-rotate", help="Images: roll the Halton order by a random "
+                                                                           "offset per sample.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Images: softmax temperature at the first step (default 1).")] = None,
+    temperature_end: Annotated[float | None, typer.Option(help="Images: temperature at the last step, linear in between "
+                                                               "(default: --temperature).")] = None,
+    cfg: Annotated[float | None, typer.Option(help="Images: classifier-free guidance weight w in (1 + w) cond - w uncond "
+                                                   "(default 0: no guidance, no unconditional pass).")] = None,
+    cfg_schedule: Annotated[str | None, typer.Option(help="Images: constant w, or linear from 0 at the first step to w "
+                                                          "at the last.")] = None,
+    confidence_noise: Annotated[float | None, typer.Option(help="Images, confidence order: Gumbel noise on the "
+                                                                "log-confidence, fading over the steps (default 4.5).")] = None,
 ) -> None:
-    """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings."""
+    """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings. On an image run:
+    PNGs, a grid and a manifest; the budget counts blocks per sample (the unconditional CFG pass is not counted twice)."""
     from cofre.sampling.budget import SCHEDULES
     from cofre.precision import resolve_precision
     from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint, validate_settings
@@ -237,9 +262,24 @@ def sample(
         precision=precision, compile=compile,  # 'auto' is made concrete for the device in sample_checkpoint
     )
     validate_settings(settings)  # before a checkpoint is read
-    check_output_file(out, "--out")
     check_output_file(trace, "--trace")
+    image_options = {"classes": classes, "order": order, "rotate": rotate, "temperature": temperature,
+                     "temperature_end": temperature_end, "cfg": cfg, "cfg_schedule": cfg_schedule,
+                     "confidence_noise": confidence_noise}
     ckpt = open_checkpoint(checkpoint, ema=ema, device=device, compile=compile)
+    if ckpt.recipe.model.modality == "image":
+        text_only = {"--top-p": top_p != 1.0, "--length": length is not None, "--noise-removal": noise_removal,
+                     "--cache": cache}
+        if any(text_only.values()):
+            raise CofreError(f"{', '.join(k for k, v in text_only.items() if v)}: text sampling options; "
+                             f"{ckpt.folder} is an image model")
+        check_output_dir(out, "--out")  # images: a folder of PNGs, grid.png and manifest.json
+        _sample_images(ckpt, settings, image_options, out, overwrite, trace)
+        return
+    given = [f"--{k.replace('_', '-')}" for k, v in image_options.items() if v is not None]
+    if given:
+        raise CofreError(f"{', '.join(given)}: image sampling options; {ckpt.folder} is a text model")
+    check_output_file(out, "--out")
     result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace)
     table = Table(title=f"cofre sample: {result.num_samples} samples from {ckpt.folder}")
     table.add_column("setting")
@@ -261,6 +301,37 @@ def sample(
         table.add_row(key, value)
     console.print(table)
     console.print(f"[dim]first sample:[/] {escape(result.texts[0][:300])}")
+
+
+def _sample_images(ckpt: Any, settings: Any, options: dict[str, Any], out: Path | None, overwrite: bool,
+                   trace: Path | None) -> None:
+    """`cofre sample` on an image run: the shared settings plus the image options that were given."""
+    from cofre.sampling.generate_images import ImageSampleSettings, sample_images
+
+    shared = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ImageSampleSettings)
+              if hasattr(settings, f.name)}
+    given = {k: v for k, v in options.items() if v is not None}
+    if "classes" in given:
+        given["classes"] = _name_list(given["classes"])
+    given.setdefault("temperature_end", given.get("temperature", 1.0))
+    result = sample_images(ckpt, ImageSampleSettings(**{**shared, **given}), out, overwrite, trace)
+    table = Table(title=f"cofre sample: {result.num_samples} images from {ckpt.folder}")
+    table.add_column("setting")
+    table.add_column("value")
+    rows = [
+        ("budget asked", f"{result.budget} blocks per sample (the unconditional CFG pass is not counted twice)"),
+        ("blocks spent", ", ".join(str(b) for b in sorted(set(result.blocks_spent)))),
+        ("steps", str(result.steps)),
+        ("iterations per step", " ".join(map(str, result.iterations)) or "(plain model)"),
+        ("cells revealed per step", " ".join(map(str, result.reveal_counts))),
+        ("classes", " ".join(map(str, result.labels[:32])) + (" ..." if len(result.labels) > 32 else "")),
+        ("time", f"{result.wall_time_s:.1f}s"),
+        ("grid", result.grid),
+        ("manifest", result.manifest),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
 
 
 def _int_list(text: str, option: str) -> list[int]:

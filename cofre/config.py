@@ -10,11 +10,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from cofre.errors import CofreError
+
+T = TypeVar("T")
 
 
 # -- range rules: each config's validate() states them next to its fields; messages name field and range --
@@ -42,9 +44,14 @@ def _rule(ok: bool, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """The denoiser (DESIGN.md §3): embedding, pre-stack, fixed-point block, post-stack, head."""
+    """The denoiser (DESIGN.md §3): embedding, pre-stack, fixed-point block, post-stack, head.
 
-    vocab_size: int = 50258  # GPT-2 BPE (50257) + [mask]
+    `modality` picks what differs between the two (DESIGN.md §9): text is MDLM's DiT (rotary positions,
+    noise-level conditioning); image is Halton-MaskGIT's block (learned positions, register tokens, class
+    conditioning with one extra "dropped" class for CFG, head tied to the token embedding)."""
+
+    modality: Literal["text", "image"] = "text"
+    vocab_size: int = 50258  # GPT-2 BPE (50257) + [mask]; image: codebook size + [mask] (mask token = codebook size)
     hidden: int = 768
     heads: int = 12
     cond_dim: int = 128  # width of the adaLN conditioning vector
@@ -57,9 +64,15 @@ class ModelConfig:
     injection: Literal["linear", "identity"] = "linear"  # G in Eq. 2
     injection_mlp: Literal["fpdm", "linear"] = "fpdm"  # F's mix of [h, h~]: FPDM's fc1-GELU-fc2, or one Linear
     time_conditioning: bool = False  # MDLM's OWT model conditions on a constant (sigma = 0)
+    num_classes: int = 0  # image: class labels 0..num_classes-1; the class embedding has one more row (dropped label)
+    registers: int = 0  # image: learned register tokens appended to the grid (Halton-MaskGIT: 1)
 
     def validate(self, where: str = "model") -> None:
         _at_least(where, self, 2, "vocab_size")
+        _at_least(where, self, 0, "num_classes", "registers")
+        _rule(self.modality == "image" or (self.num_classes == 0 and self.registers == 0),
+              f"{where}.num_classes and {where}.registers are image settings; a text model has none")
+        _rule(self.modality == "text" or self.num_classes >= 1, f"{where}.num_classes must be >= 1 for an image model")
         _at_least(where, self, 1, "hidden", "heads", "cond_dim", "mlp_ratio", "max_seq_len")
         _at_least(where, self, 0, "K_pre", "K_fp", "K_post")
         _in_range(where, self, "dropout", 0.0, 1.0, open_high=True)
@@ -96,19 +109,22 @@ class SolverConfig:
 
 @dataclass
 class TaskConfig:
-    """The masked diffusion objective (MDLM, Sahoo et al.)."""
+    """The masked objective: MDLM's diffusion NELBO (text), or MaskGIT's masked-token cross-entropy (image)."""
 
-    name: Literal["mdlm"] = "mdlm"
-    eps: float = 1e-3  # log-linear schedule alpha_t = 1 - (1 - eps) t; t ~ U[eps, 1]
-    antithetic: bool = True  # stratified t across the batch
+    name: Literal["mdlm", "maskgit"] = "mdlm"
+    eps: float = 1e-3  # mdlm: log-linear schedule alpha_t = 1 - (1 - eps) t; t ~ U[eps, 1]
+    antithetic: bool = True  # mdlm: stratified t across the batch
+    label_dropout: float = 0.1  # maskgit: chance a label is replaced by the dropped class (CFG, App. D.3)
+    loss_on: Literal["masked", "all"] = "masked"  # maskgit: cross-entropy on masked tokens (Eq. 1) or on all (Halton-MaskGIT)
 
     def validate(self, where: str = "task") -> None:
         _in_range(where, self, "eps", 0.0, 1.0, open_low=True, open_high=True)
+        _in_range(where, self, "label_dropout", 0.0, 1.0)
 
 
 @dataclass
 class DataConfig:
-    """The corpus, tokenised with GPT-2 BPE and packed into fixed-length blocks."""
+    """The corpus: text tokenised with GPT-2 BPE and packed into fixed-length blocks, or images tokenised to codes."""
 
     corpus: str = "wiki-sample"  # "wiki-sample", "openwebtext", or a path: .txt, .jsonl, or a directory of them
     seq_len: int = 1024  # tokens per packed block
@@ -116,10 +132,17 @@ class DataConfig:
     val_docs: int = 100_000  # the last N documents are held out for validation
     text_field: str = "text"  # JSONL key holding the document text
     cache_dir: str = "~/.cache/cofre"  # tokenised corpora are cached here (COFRE_CACHE overrides)
+    # images (cofre/data/images.py): corpus "fashion-mnist", or a folder with train/<class>/*.JPEG and val/<class>/
+    image_size: int = 256  # side after center crop + resize (ImageNette 256; Fashion-MNIST's own size is 28)
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # its IDX .gz files (Debian's dataset-fashion-mnist)
+    tokenizer: str = ""  # image tokenizer: a cofre VQ run or checkpoint folder, or llamagen:<path to vq_ds16_c2i.pt>
+    train_images: int = 0  # a fixed random subset of N training images; 0: all
+    val_images: int = 0  # a fixed random subset of N validation images; 0: all
 
     def validate(self, where: str = "data") -> None:
-        _at_least(where, self, 1, "seq_len", "val_docs")
-        for name in ("corpus", "text_field", "cache_dir"):
+        _at_least(where, self, 1, "seq_len", "val_docs", "image_size")
+        _at_least(where, self, 0, "train_images", "val_images")
+        for name in ("corpus", "text_field", "cache_dir", "fashion_mnist_dir"):
             _rule(getattr(self, name).strip() != "", f"{where}.{name} must not be empty")
 
 
@@ -229,8 +252,11 @@ class Recipe:
             value = getattr(self, section.name)
             if dataclasses.is_dataclass(value):
                 value.validate(section.name)
-        _rule(self.data.seq_len <= self.model.max_seq_len,
-              f"data.seq_len ({self.data.seq_len}) must be <= model.max_seq_len ({self.model.max_seq_len})")
+        if self.model.modality == "text":
+            _rule(self.data.seq_len <= self.model.max_seq_len,
+                  f"data.seq_len ({self.data.seq_len}) must be <= model.max_seq_len ({self.model.max_seq_len})")
+        _rule((self.task.name == "maskgit") == (self.model.modality == "image"),
+              f"task.name '{self.task.name}' does not fit model.modality '{self.model.modality}' (text: mdlm, image: maskgit)")
         _rule(not (self.consistency.enabled and self.consistency.teacher == "ema" and self.trainer.ema == 0),
               "consistency.teacher 'ema' needs trainer.ema > 0")
 
@@ -288,6 +314,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             raise CofreError(f"unknown key '{path}'{hint}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """Build any config dataclass from plain data with the recipe's checks (unknown keys, types)."""
+    return _build(cls, values, where)
 
 
 def recipe_from_dict(values: dict[str, Any]) -> Recipe:

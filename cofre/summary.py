@@ -11,7 +11,7 @@ from cofre.models import Denoiser
 
 # Which top-level modules of the Denoiser make up each part of Eq. 2.
 PARTS = {
-    "embedding": ("vocab_embed", "sigma_map"),
+    "embedding": ("vocab_embed", "sigma_map", "class_embed", "pos_embed", "register_tokens"),  # image: holds the tied head
     "pre": ("pre",),
     "fixed_point": ("injection", "fixed_point"),
     "post": ("post",),

@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 
 from cofre.config import Recipe, dump_recipe, load_recipe, recipe_from_dict
+from cofre.data.image_tokenizers.recipe import is_vq_recipe, load_vq_recipe, vq_recipe_from_dict
 from cofre.errors import CofreError
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+ALL_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+RECIPES = [p for p in ALL_RECIPES if not is_vq_recipe(p)]
+VQ_RECIPES = [p for p in ALL_RECIPES if is_vq_recipe(p)]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -17,6 +20,13 @@ def test_shipped_recipes_load_and_round_trip(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.name == path.stem
     assert recipe_from_dict(__import__("yaml").safe_load(dump_recipe(recipe))) == recipe
+
+
+@pytest.mark.parametrize("path", VQ_RECIPES, ids=lambda p: p.stem)
+def test_shipped_vq_recipes_load_and_round_trip(path: Path) -> None:
+    recipe = load_vq_recipe(path)
+    assert recipe.name == path.stem and recipe.kind == "vq"
+    assert vq_recipe_from_dict(__import__("yaml").safe_load(dump_recipe(recipe))) == recipe
 
 
 def test_paper_recipes_match_the_paper() -> None:

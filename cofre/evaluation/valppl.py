@@ -11,22 +11,26 @@ from torch import Tensor
 
 from cofre.models import Denoiser
 from cofre.precision import autocast
+from cofre.tasks import Task
 from cofre.tasks.mdlm import MDLMTask
 
 VAL_SEED = 20_240_531  # every validation redraws the same t and masks, so values are comparable
 
 
 @torch.no_grad()
-def bound_totals(model: Denoiser, task: MDLMTask, val: Tensor, batch_ids: Iterable[int], micro: int, n_iters: int,
-                 generator: torch.Generator, autocast: Callable[[], AbstractContextManager] = nullcontext) -> Tensor:
-    """Sums over the given micro-batches of held-out blocks: [NELBO x tokens, tokens, last residual x tokens]."""
+def bound_totals(model: Denoiser, task: Task, val: Tensor, batch_ids: Iterable[int], micro: int, n_iters: int,
+                 generator: torch.Generator, autocast: Callable[[], AbstractContextManager] = nullcontext,
+                 labels: Tensor | None = None) -> Tensor:
+    """Sums over the given micro-batches of held-out blocks: [NELBO x tokens, tokens, last residual x tokens].
+    Image codes (with their `labels`): MaskGIT's masked-token cross-entropy in place of the NELBO."""
     device = next(model.parameters()).device
     totals = torch.zeros(3, device=device, dtype=torch.float64)
     for k in batch_ids:
-        x = val[torch.arange(k * micro, (k + 1) * micro) % val.shape[0]].long().to(device)
-        batch = task.noise(x, generator=generator)
+        rows = torch.arange(k * micro, (k + 1) * micro) % val.shape[0]
+        x = val[rows].long().to(device)
+        batch = task.noise(x, generator=generator, labels=labels[rows].to(device) if labels is not None else None)
         with autocast():
-            out = model(batch.z, batch.sigma, n_nograd=n_iters, positions=batch.masked.nonzero(as_tuple=True),
+            out = model(batch.z, batch.signal, n_nograd=n_iters, positions=task.loss_positions(batch).nonzero(as_tuple=True),
                         track_residuals=model.cfg.is_fixed_point)
         totals[0] += task.loss(out.logits, batch).double() * x.numel()
         totals[1] += x.numel()

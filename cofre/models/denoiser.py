@@ -1,7 +1,9 @@
 """The masked denoiser of Eq. 2: pre-stack P, injection G, fixed-point block F, post-stack H, output head.
 
-A plain MDLM is the same class with K_fp = 0 (all its blocks in the pre-stack). The model is a pure
-function of its inputs: the solver loop and any warm-start state live outside it (cofre.solver, samplers).
+A plain MDLM (or MaskGIT) is the same class with K_fp = 0 (all its blocks in the pre-stack). The model is a
+pure function of its inputs: the solver loop and any warm-start state live outside it (cofre.solver, samplers).
+One class serves both modalities (DESIGN.md §9): `cfg.modality` picks the block, the embedding and positions,
+the conditioning and the head; P, G, F (with SJFB) and H are the same code for both.
 """
 
 from __future__ import annotations
@@ -14,21 +16,23 @@ from torch import Tensor, nn
 
 from cofre.config import ModelConfig
 from cofre.models.blocks import DiTBlock, FinalLayer, Rotary, TimestepEmbedder
+from cofre.models.image_blocks import ImageBlock, TiedHead
 from cofre.solver import SolveStats, sjfb_solve
 
 
 @dataclass
 class Conditioning:
-    """Per-call inputs shared by every block: the adaLN vector c [B, cond_dim] and rotary cos/sin."""
+    """Per-call inputs shared by every block: the adaLN vector c [B, cond_dim] and rotary cos/sin (text; None
+    for images, whose positions are learned and added at the embedding)."""
 
     c: Tensor
-    rope: tuple[Tensor, Tensor]
+    rope: tuple[Tensor, Tensor] | None
 
 
 @dataclass
 class DenoiserOutput:
     logits: Tensor  # [B, L, V], or [M, V] at the requested positions
-    hidden: Tensor  # final pre-logit hidden state after F and H, [B, L, hidden] (consistency loss, §3.2)
+    hidden: Tensor  # final pre-logit hidden state after F and H, [B, L, hidden] (consistency loss, §3.2); no registers
     stats: SolveStats | None  # fixed-point solve report; None for a plain model
 
 
@@ -94,8 +98,10 @@ def _fp32(x: Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-def _block(cfg: ModelConfig) -> DiTBlock:
-    return DiTBlock(cfg.hidden, cfg.heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout)
+def _block(cfg: ModelConfig) -> DiTBlock | ImageBlock:
+    """The modality's transformer block: MDLM's DiT block (text) or Halton-MaskGIT's block (image)."""
+    kind = ImageBlock if cfg.modality == "image" else DiTBlock
+    return kind(cfg.hidden, cfg.heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout)
 
 
 class Denoiser(nn.Module):
@@ -107,9 +113,16 @@ class Denoiser(nn.Module):
             raise ValueError(f"hidden {cfg.hidden} is not divisible by heads {cfg.heads}")
         self.cfg = cfg
         self.vocab_embed = nn.Embedding(cfg.vocab_size, cfg.hidden)
-        nn.init.kaiming_uniform_(self.vocab_embed.weight, a=5**0.5)  # as MDLM's EmbeddingLayer
-        self.sigma_map = TimestepEmbedder(cfg.cond_dim)
-        self.rotary = Rotary(cfg.hidden // cfg.heads)
+        if cfg.modality == "text":
+            nn.init.kaiming_uniform_(self.vocab_embed.weight, a=5**0.5)  # as MDLM's EmbeddingLayer
+            self.sigma_map = TimestepEmbedder(cfg.cond_dim)
+            self.rotary = Rotary(cfg.hidden // cfg.heads)
+        else:  # Halton-MaskGIT: N(0, 0.02) embeddings, learned positions, register tokens, class embedding
+            nn.init.normal_(self.vocab_embed.weight, std=0.02)
+            self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.cond_dim)  # the last row: the dropped label (CFG)
+            self.pos_embed = nn.Parameter(torch.randn(cfg.max_seq_len, cfg.hidden) * 0.02)
+            self.register_tokens = nn.Parameter(torch.randn(cfg.registers, cfg.hidden) * 0.02)
+            nn.init.normal_(self.class_embed.weight, std=0.02)
         self.pre = nn.ModuleList(_block(cfg) for _ in range(cfg.K_pre))
         self.injection = nn.Linear(cfg.hidden, cfg.hidden) if cfg.is_fixed_point and cfg.injection == "linear" else None
         if self.injection is not None:
@@ -118,7 +131,8 @@ class Denoiser(nn.Module):
                 self.injection.bias.zero_()
         self.fixed_point = FixedPointBlock(cfg) if cfg.is_fixed_point else None
         self.post = nn.ModuleList(_block(cfg) for _ in range(cfg.K_post))
-        self.output_layer = FinalLayer(cfg.hidden, cfg.vocab_size, cfg.cond_dim)
+        head = FinalLayer if cfg.modality == "text" else TiedHead  # TiedHead: logits against vocab_embed's weights
+        self.output_layer = head(cfg.hidden, cfg.vocab_size, cfg.cond_dim)
 
     def blocks(self) -> list[nn.Module]:
         """Every distinct transformer block: P, then F's shared blocks, then H."""
@@ -132,15 +146,22 @@ class Denoiser(nn.Module):
             block.compile()
 
     # -- the four parts of Eq. 2, public so that samplers can own the solver loop ------------------
-    def conditioning(self, sigma: Tensor, seq_len: int) -> Conditioning:
+    def conditioning(self, signal: Tensor, seq_len: int) -> Conditioning:
+        """c from `signal` [B]: the noise level sigma (text), or the class label (image; `num_classes` = dropped)."""
+        if self.cfg.modality == "image":
+            return Conditioning(c=F.silu(self.class_embed(signal)), rope=None)
         if not self.cfg.time_conditioning:
-            sigma = torch.zeros_like(sigma)
-        c = torch.nn.functional.silu(self.sigma_map(sigma))
-        return Conditioning(c=c, rope=self.rotary(seq_len, sigma.device))
+            signal = torch.zeros_like(signal)
+        c = torch.nn.functional.silu(self.sigma_map(signal))
+        return Conditioning(c=c, rope=self.rotary(seq_len, signal.device))
 
     def pre_stack(self, z: Tensor, cond: Conditioning) -> Tensor:
-        """h_pre = P(z_t, t)."""
+        """h_pre = P(z_t, t). Images: token + learned position embedding, register tokens appended after the grid
+        (they stay in the solver state through F and leave at the end of H)."""
         h = self.vocab_embed(z)
+        if self.cfg.modality == "image":
+            h = h + self.pos_embed[: z.shape[1]]
+            h = torch.cat([h, self.register_tokens.to(h.dtype).expand(z.shape[0], -1, -1)], dim=1)
         for block in self.pre:
             h = block(h, cond.c, cond.rope)
         return h
@@ -160,30 +181,34 @@ class Denoiser(nn.Module):
         return self.fixed_point(h, injected, cond)
 
     def post_stack(self, h: Tensor, cond: Conditioning) -> Tensor:
-        """H without the head: the final pre-logit hidden state."""
+        """H without the head: the final pre-logit hidden state of the tokens (register tokens dropped)."""
         for block in self.post:
             h = block(h, cond.c, cond.rope)
-        return h
+        return h[:, : h.shape[1] - self.cfg.registers]
 
     def head(self, hidden: Tensor, cond: Conditioning, positions: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Logits everywhere, or only at (batch_idx, seq_idx) positions (training: the masked ones)."""
-        if positions is None:
-            return self.output_layer(hidden, cond.c[:, None])
-        batch_idx, seq_idx = positions
-        return self.output_layer(hidden[batch_idx, seq_idx], cond.c[batch_idx])
+        if positions is not None:
+            hidden, c = hidden[positions], cond.c[positions[0]]
+        else:
+            c = cond.c[:, None]
+        if self.cfg.modality == "image":  # the head is tied to the token embedding
+            return self.output_layer(hidden, c, self.vocab_embed.weight)
+        return self.output_layer(hidden, c)
 
     # -- the whole denoiser --------------------------------------------------------------------------
     def forward(
         self,
         z: Tensor,
-        sigma: Tensor,
+        signal: Tensor,
         n_nograd: int = 0,
         n_grad: int = 0,
         positions: tuple[Tensor, Tensor] | None = None,
         track_residuals: bool = False,
     ) -> DenoiserOutput:
-        """Denoise z [B, L] at noise level sigma [B]; the FP block runs n_nograd + n_grad iterations (SJFB)."""
-        cond = self.conditioning(sigma, z.shape[1])
+        """Denoise z [B, L] given `signal` [B] (noise level sigma, or class label); the FP block runs
+        n_nograd + n_grad iterations (SJFB)."""
+        cond = self.conditioning(signal, z.shape[1])
         h = self.pre_stack(z, cond)
         stats = None
         if self.fixed_point is not None:

@@ -141,6 +141,9 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
 def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool = False) -> MDLMSampler:
     """The sampler `settings` describe, for this checkpoint (budget plan checked here)."""
     recipe = ckpt.recipe
+    if recipe.model.modality != "text":
+        raise CofreError(f"{ckpt.folder} is an image model; the text sampler needs a text (MDLM) checkpoint "
+                         "(`cofre sample` on an image run draws images)")
     validate_settings(settings, recipe.model.max_seq_len)
     plan: BudgetPlan = plan_budget(recipe.model, settings.budget, settings.steps, settings.schedule)
     reuse = ReuseConfig(settings.reuse, settings.gamma_mask_min, settings.gamma_mask_max, settings.gamma_changed_min,

@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from cofre.models import Denoiser
+from cofre.models.denoiser import Conditioning
 from cofre.precision import autocast
 from cofre.sampling.budget import BudgetPlan
 from cofre.sampling.reuse import TRANSITION_NAMES, ReuseConfig, transition_types, warm_start
-from cofre.solver import solve
+from cofre.solver import SolveStats, solve
 from cofre.tasks.mdlm import LogLinearSchedule
 
 
@@ -93,8 +94,41 @@ def draw_tokens(logits: Tensor, mask_id: int, top_p: float, greedy: bool, genera
 
 
 def _solution_shift(h_star: Tensor, h_prev: Tensor, kinds: Tensor) -> dict[str, float]:
-    distance = (h_star - h_prev).float().norm(dim=-1)  # per token
+    distance = (h_star - h_prev).float().norm(dim=-1)[:, : kinds.shape[1]]  # per token (register tokens left out)
     return {name: float(distance[kinds == k].mean()) for k, name in enumerate(TRANSITION_NAMES) if (kinds == k).any()}
+
+
+@dataclass
+class NetworkStep:
+    """One denoising step's pass through the network: the pre-logit hidden state and, for an FP model, the
+    solution h* (the next step's warm-start source) and what the solve did."""
+
+    hidden: Tensor
+    h_star: Tensor | None
+    stats: SolveStats | None
+
+
+def network_step(model: Denoiser, z: Tensor, cond: Conditioning, h_prev: Tensor | None, z_prev: Tensor | None,
+                 iters: int, reuse: ReuseConfig, tol: float | None, trace: bool) -> NetworkStep:
+    """P, then (FP models) G and the solve from the warm start of Alg. 1 for up to `iters` iterations, then H;
+    shared by the text and image samplers."""
+    h = model.pre_stack(z, cond)  # h_pre (the whole network for a plain model)
+    if model.fixed_point is None:
+        return NetworkStep(model.post_stack(h, cond), None, None)
+    injected = model.inject(h)
+    h0 = warm_start(h, h_prev, z, z_prev, model.cfg.mask_id, reuse)
+    h, stats = solve(lambda x: model.fp_step(x, injected, cond), h0, iters, tol, trace)
+    return NetworkStep(model.post_stack(h, cond), h, stats)
+
+
+def record_solve(record: StepRecord, step: NetworkStep, h_prev: Tensor | None, z: Tensor, z_prev: Tensor | None,
+                 mask_id: int, trace: bool) -> None:
+    """Iterations, and with `trace` the residual per iteration and the solution shift per transition type."""
+    assert step.stats is not None and step.h_star is not None
+    record.iterations = step.stats.iterations
+    record.residuals = [float(r.mean()) for r in step.stats.residuals] if trace else []
+    if trace and h_prev is not None and z_prev is not None:
+        record.solution_shift = _solution_shift(step.h_star, h_prev, transition_types(z, z_prev, mask_id))
 
 
 class MDLMSampler:
@@ -129,20 +163,14 @@ class MDLMSampler:
                 continue
             with autocast(device, cfg.precision):
                 cond = model.conditioning(self.schedule.sigma(torch.full((batch_size,), t, device=device)), cfg.length)
-                h = model.pre_stack(z, cond)  # h_pre (the whole network for a plain model)
-                if model.fixed_point is not None:
-                    injected = model.inject(h)
-                    h0 = warm_start(h, h_prev, z, z_prev, self.mask_id, cfg.reuse)
-                    h, stats = solve(lambda x: model.fp_step(x, injected, cond), h0, allocated, cfg.tol, cfg.trace)
-                    record.iterations = stats.iterations
-                    record.residuals = [float(r.mean()) for r in stats.residuals] if cfg.trace else []
-                    if cfg.trace and h_prev is not None and z_prev is not None:
-                        record.solution_shift = _solution_shift(h, h_prev, transition_types(z, z_prev, self.mask_id))
-                    carry = allocated - stats.iterations  # unspent iterations move on to later steps
-                    h_prev, z_prev = h, z
+                step = network_step(model, z, cond, h_prev, z_prev, allocated, cfg.reuse, cfg.tol, cfg.trace)
+                if step.h_star is not None:
+                    record_solve(record, step, h_prev, z, z_prev, self.mask_id, cfg.trace)
+                    carry = allocated - record.iterations  # unspent iterations move on to later steps
+                    h_prev, z_prev = step.h_star, z
                 record.blocks = model.blocks_per_step(record.iterations)
                 spent += record.blocks
-                hidden = model.post_stack(h, cond)
+                hidden = step.hidden
                 positions = reveal.nonzero(as_tuple=True)
                 logits = model.head(hidden, cond, positions)
             greedy = cfg.noise_removal and i == plan.steps - 1  # MDLM's noise removal: argmax of the final pass

@@ -9,39 +9,39 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cofre.config import ConsistencyConfig
-from cofre.tasks.mdlm import MDLMBatch, MDLMTask, mask_tokens, sample_t
+from cofre.tasks.maskgit import MaskGITBatch, MaskGITTask
+from cofre.tasks.mdlm import MDLMBatch, MDLMTask, mask_tokens
 
 
 @dataclass
 class CorrelatedPair:
-    """A noisier student state and a strictly cleaner teacher state of the same clean sequence."""
+    """A noisier student state and a strictly cleaner teacher state of the same clean sequence (or image)."""
 
-    student: MDLMBatch
-    cleaner: MDLMBatch
+    student: MDLMBatch | MaskGITBatch
+    cleaner: MDLMBatch | MaskGITBatch
 
 
-def correlated_pair(task: MDLMTask, x: Tensor, cfg: ConsistencyConfig, generator: torch.Generator | None = None) -> CorrelatedPair:
+def correlated_pair(task: MDLMTask | MaskGITTask, x: Tensor, cfg: ConsistencyConfig,
+                    generator: torch.Generator | None = None, labels: Tensor | None = None) -> CorrelatedPair:
     """Nested masks from one uniform draw per token (App. C.3.3): t_c = t_s - gap, gap ~ U[gap_min, gap_max],
-    z_s masks u < 1 - alpha_s and z_c masks u < 1 - alpha_c <= 1 - alpha_s, so the cleaner mask is a subset
-    of the student's. Where both would coincide, the student-masked token with the largest u is revealed
-    in the cleaner state, so the cleaner branch is strictly less noisy."""
-    eps = task.cfg.eps
-    t_s = sample_t(x.shape[0], eps, task.cfg.antithetic, generator, x.device)
+    z_s masks u < m(t_s) and z_c masks u < m(t_c) <= m(t_s) (m: the task's masked fraction; MaskGIT's t is the
+    arccos ratio itself), so the cleaner mask is a subset of the student's. Where both would coincide, the
+    student-masked token with the largest u is revealed in the cleaner state, so the cleaner branch is strictly
+    less noisy. Image labels are dropped once, for both states."""
+    condition = task.condition(labels, generator)
+    t_s = task.sample_times(x.shape[0], generator, x.device)
     gap = cfg.gap_min + (cfg.gap_max - cfg.gap_min) * torch.rand(x.shape[0], generator=generator, device=x.device)
-    t_c = (t_s - gap).clamp_min(eps)
+    t_c = (t_s - gap).clamp_min(task.min_time)
     u = torch.rand(x.shape, generator=generator, device=x.device)
-    schedule = task.schedule
-    z_s = mask_tokens(x, 1 - schedule.alpha(t_s), task.mask_id, u)
-    z_c = mask_tokens(x, 1 - schedule.alpha(t_c), task.mask_id, u)
+    z_s = mask_tokens(x, task.mask_fraction(t_s), task.mask_id, u)
+    z_c = mask_tokens(x, task.mask_fraction(t_c), task.mask_id, u)
     masked_s, masked_c = z_s == task.mask_id, z_c == task.mask_id
     same = (masked_s == masked_c).all(dim=1) & masked_s.any(dim=1)
     if same.any():
         last = torch.where(masked_s, u, torch.full_like(u, -1.0)).argmax(dim=1)  # the student's last-masked token
         rows = same.nonzero(as_tuple=True)[0]
         z_c[rows, last[rows]] = x[rows, last[rows]]
-    student = MDLMBatch(z=z_s, x=x, t=t_s, sigma=schedule.sigma(t_s), masked=masked_s)
-    cleaner = MDLMBatch(z=z_c, x=x, t=t_c, sigma=schedule.sigma(t_c), masked=z_c == task.mask_id)
-    return CorrelatedPair(student, cleaner)
+    return CorrelatedPair(task.batch(x, z_s, t_s, condition), task.batch(x, z_c, t_c, condition))
 
 
 def hidden_mse(h_student: Tensor, h_teacher: Tensor, masked: Tensor) -> Tensor:

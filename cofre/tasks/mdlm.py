@@ -59,6 +59,11 @@ class MDLMBatch:
     sigma: Tensor  # [B]
     masked: Tensor  # [B, L] bool
 
+    @property
+    def signal(self) -> Tensor:
+        """What the denoiser conditions on: the noise level."""
+        return self.sigma
+
 
 class MDLMTask:
     """Noise a clean batch and score the denoiser's logits with the MDLM objective."""
@@ -67,12 +72,33 @@ class MDLMTask:
         self.cfg = cfg
         self.mask_id = mask_id
         self.schedule = LogLinearSchedule(cfg.eps)
+        self.min_time = cfg.eps
 
-    def noise(self, x: Tensor, generator: torch.Generator | None = None) -> MDLMBatch:
-        t = sample_t(x.shape[0], self.cfg.eps, self.cfg.antithetic, generator, x.device)
-        u = torch.rand(x.shape, generator=generator, device=x.device)
-        z = mask_tokens(x, 1 - self.schedule.alpha(t), self.mask_id, u)
+    # the hooks a correlated pair (tasks/consistency.py) is built from; MaskGITTask has the same ones
+    def sample_times(self, batch: int, generator: torch.Generator | None, device: torch.device | str) -> Tensor:
+        return sample_t(batch, self.cfg.eps, self.cfg.antithetic, generator, device)
+
+    def mask_fraction(self, t: Tensor) -> Tensor:
+        """1 - alpha_t: the chance that a token is masked at time t."""
+        return 1 - self.schedule.alpha(t)
+
+    def condition(self, labels: Tensor | None, generator: torch.Generator | None) -> None:
+        if labels is not None:
+            raise ValueError("MDLM is unconditional: text batches carry no labels")
+
+    def batch(self, x: Tensor, z: Tensor, t: Tensor, condition: None) -> MDLMBatch:
         return MDLMBatch(z=z, x=x, t=t, sigma=self.schedule.sigma(t), masked=z == self.mask_id)
+
+    def noise(self, x: Tensor, generator: torch.Generator | None = None, labels: Tensor | None = None) -> MDLMBatch:
+        condition = self.condition(labels, generator)
+        t = self.sample_times(x.shape[0], generator, x.device)
+        u = torch.rand(x.shape, generator=generator, device=x.device)
+        z = mask_tokens(x, self.mask_fraction(t), self.mask_id, u)
+        return self.batch(x, z, t, condition)
+
+    def loss_positions(self, batch: MDLMBatch) -> Tensor:
+        """Where logits are needed: the masked tokens (visible ones contribute exactly zero under SUBS)."""
+        return batch.masked
 
     def loss(self, logits_masked: Tensor, batch: MDLMBatch) -> Tensor:
         """NELBO per token: sum over masked i of w(t) * -log p(x_i | z_t), divided by all B*L tokens.

@@ -56,7 +56,7 @@ class AuxiliaryLoss:
         teacher.eval()
         wanted = positions if self.cfg.loss == "logit_kl" else tuple(p[:0] for p in positions)
         # a fixed-point teacher solves as long as the student did; a plain one ignores the count
-        out = teacher(pair.cleaner.z, pair.cleaner.sigma, n_nograd=n_iters, positions=wanted)
+        out = teacher(pair.cleaner.z, pair.cleaner.signal, n_nograd=n_iters, positions=wanted)
         teacher.train(was_training)
         return out
 

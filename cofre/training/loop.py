@@ -16,14 +16,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from cofre.config import Recipe, recipe_to_dict
-from cofre.data.packing import PackedCorpus, load_corpus
 from cofre.errors import CofreError
 from cofre.evaluation.valppl import VAL_SEED, bound_totals, summarize_totals
 from cofre.models import Denoiser
 from cofre.runs import RunDir, flatten
+from cofre.tasks import Task, build_task
 from cofre.tasks.consistency import consistency_weight, correlated_pair
-from cofre.tasks.mdlm import MDLMTask
 from cofre.training.batches import BlockOrder
+from cofre.training.data import TrainingData, load_training_data
 from cofre.training.checkpoint import (
     EMA_FILE,
     MODEL_FILE,
@@ -106,14 +106,15 @@ def accumulation_steps(recipe: Recipe, world: int) -> int:
     return t.global_batch_size // (world * t.micro_batch_size)
 
 
-def validate(model: Denoiser, task: MDLMTask, val: Tensor, recipe: Recipe, accelerator: Accelerator) -> dict[str, float]:
-    """Validation NLL per token (the variational bound, fixed t draws) and its perplexity, over all processes."""
+def validate(model: Denoiser, task: Task, data: TrainingData, recipe: Recipe, accelerator: Accelerator) -> dict[str, float]:
+    """Validation NLL per token (the variational bound, or MaskGIT's masked-token CE; fixed draws) and its
+    perplexity, over all processes."""
     model.eval()
     t = recipe.trainer
     generator = torch.Generator(accelerator.device).manual_seed(VAL_SEED + accelerator.process_index)
     mine = range(accelerator.process_index, t.val_batches, accelerator.num_processes)
-    totals = bound_totals(model, task, val, mine, t.micro_batch_size, recipe.solver.eval_iters, generator,
-                          accelerator.autocast)
+    totals = bound_totals(model, task, data.val, mine, t.micro_batch_size, recipe.solver.eval_iters, generator,
+                          accelerator.autocast, labels=data.val_labels)
     model.train()
     return summarize_totals(accelerator.reduce(totals, reduction="sum"), model.cfg.is_fixed_point)
 
@@ -141,9 +142,7 @@ class Trainer:
         """Everything is read and checked first; the run directory is written only once the start is valid."""
         acc = self.accelerator
         with acc.main_process_first():
-            self.corpus: PackedCorpus = load_corpus(recipe.data)
-        if self.corpus.train.shape[1] > recipe.model.max_seq_len:
-            raise CofreError(f"data.seq_len {self.corpus.train.shape[1]} exceeds model.max_seq_len {recipe.model.max_seq_len}")
+            self.corpus: TrainingData = load_training_data(recipe)
         torch.manual_seed(recipe.trainer.seed)  # identical initial weights on every process
         model = Denoiser(recipe.model)
         if recipe.trainer.compile:
@@ -153,7 +152,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         # built from the prepared model, so the shadow lives on its device (a CPU shadow breaks CUDA training)
         self.ema = EMA(self.unwrapped, recipe.trainer.ema) if recipe.trainer.ema > 0 else None
-        self.task = MDLMTask(recipe.task, recipe.model.mask_id)
+        self.task = build_task(recipe)
         self.order = BlockOrder(self.corpus.train.shape[0], recipe.trainer.global_batch_size, recipe.trainer.seed)
         torch.manual_seed(recipe.trainer.seed + 1000 * acc.process_index)  # dropout differs per process
         self.noise_gen = torch.Generator(acc.device).manual_seed(recipe.trainer.seed * 31 + acc.process_index)
@@ -280,14 +279,14 @@ class Trainer:
         aux_total = torch.zeros((), device=acc.device)
         lam = consistency_weight(self.recipe.consistency, self.step)
         for i, idx in enumerate(micro_batches):
-            x = self.corpus.train[idx].long().to(acc.device)
-            pair = correlated_pair(self.task, x, self.recipe.consistency, self.noise_gen) if self.aux else None
-            batch = pair.student if pair is not None else self.task.noise(x, generator=self.noise_gen)
-            positions = batch.masked.nonzero(as_tuple=True)
+            x, labels = self.corpus.rows(idx, "train", acc.device)
+            pair = correlated_pair(self.task, x, self.recipe.consistency, self.noise_gen, labels) if self.aux else None
+            batch = pair.student if pair is not None else self.task.noise(x, generator=self.noise_gen, labels=labels)
+            positions = self.task.loss_positions(batch).nonzero(as_tuple=True)
             # gradients are all-reduced once, on the last micro-batch
             sync = acc.no_sync(self.model) if i < len(micro_batches) - 1 else nullcontext()
             with sync, acc.autocast():
-                out = self.model(batch.z, batch.sigma, n_nograd=n_ng, n_grad=n_g, positions=positions)
+                out = self.model(batch.z, batch.signal, n_nograd=n_ng, n_grad=n_g, positions=positions)
                 base = self.task.loss(out.logits, batch)
                 loss = base
                 if self.aux is not None and pair is not None:  # L = L_MDLM + lambda L_aux (§3.2, §3.4)
@@ -319,11 +318,11 @@ class Trainer:
         """Validation with the EMA weights when EMA is on (as MDLM does)."""
         model = self.unwrapped
         if self.ema is None:
-            return {**validate(model, self.task, self.corpus.val, self.recipe, self.accelerator), "weights": "raw"}
+            return {**validate(model, self.task, self.corpus, self.recipe, self.accelerator), "weights": "raw"}
         raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(self.ema.state_dict(model))
         try:
-            record = validate(model, self.task, self.corpus.val, self.recipe, self.accelerator)
+            record = validate(model, self.task, self.corpus, self.recipe, self.accelerator)
         finally:
             model.load_state_dict(raw)
         return {**record, "weights": "ema"}
