@@ -159,8 +159,8 @@ def _allocation_figure(plt: Any, cells: list[SweepCell]) -> Any:
                 for j in range(len(iters)):
                     if not np.isnan(grid[i, j]):
                         ax.text(j, i, f"{grid[i, j]:.1f}" if metric == "genppl" else f"{grid[i, j]:.2f}",
-                                ha="center", va="center", fontsize=8, color="white" if col == 0 else "black",
-                                bbox={"boxstyle": "round", "fc": "0.3", "alpha": 0.5, "lw": 0} if col == 0 else None)
+                                ha="center", va="center", fontsize=8, color="white",  # readable on any colour
+                                bbox={"boxstyle": "round", "fc": "0.3", "alpha": 0.6, "lw": 0})
             ax.set_xticks(range(len(iters)), [str(n) for n in iters])
             ax.set_yticks(range(len(steps)), [str(s) for s in steps])
             ax.set_xlabel("fixed-point iterations per step")
