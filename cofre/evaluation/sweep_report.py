@@ -172,7 +172,7 @@ def _allocation_figure(plt: Any, cells: list[SweepCell]) -> Any:
 def _budget_lines(plt: Any, cells: list[SweepCell], panel: str | None, line: str) -> Any:
     """Gen. PPL against budget, one line per schedule (or 3SR setting), entropy annotated; one panel per reuse."""
     panels = list(dict.fromkeys(c.coords[panel] for c in cells)) if panel else [None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8.5, 5.2 * len(panels)), 4.4), squeeze=False)
 
     def line_of(c: SweepCell) -> str:
         if line == "gamma":
@@ -182,11 +182,12 @@ def _budget_lines(plt: Any, cells: list[SweepCell], panel: str | None, line: str
     budgets = sorted({c.budget for c in cells})
     for ax, name in zip(axes[0], panels):
         mine = [c for c in cells if panel is None or c.coords[panel] == name]
-        for label in dict.fromkeys(line_of(c) for c in mine):
+        for k, label in enumerate(dict.fromkeys(line_of(c) for c in mine)):
             series = sorted((c for c in mine if line_of(c) == label), key=lambda c: c.budget)
             x = [c.budget for c in series]
             y = [c.metrics["genppl"]["value"] for c in series]
-            (drawn,) = ax.plot(x, y, marker="o", markerfacecolor="none", label=label)
+            (drawn,) = ax.plot(x, y, marker="os^Dv"[k % 5], linestyle=("-", "--", ":", "-.")[k % 4],
+                               markerfacecolor="none", markersize=5 + 2 * (k % 3), label=label)  # ties stay visible
             for c, xi, yi in zip(series, x, y):
                 ax.annotate(f"({c.metrics['entropy']['value']:.2f})", (xi, yi), textcoords="offset points",
                             xytext=(4, 4), fontsize=6, color=drawn.get_color())
