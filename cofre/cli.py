@@ -435,6 +435,180 @@ def evaluate(
 
 
 @app.command()
+def sweep(
+    run: Annotated[Path, typer.Argument(help="Fixed-point run directory (latest or selected checkpoint) or checkpoint folder.")],
+    steps: Annotated[str | None, typer.Option(help="Fig. 13: comma-separated denoising steps (heatmap rows); with --iters.")] = None,
+    iters: Annotated[
+        str | None, typer.Option(help="Fig. 13: comma-separated fixed-point iterations per step (columns); each cell "
+                                      "spends steps x (K_pre + iters K_fp + K_post) blocks.")
+    ] = None,
+    schedules: Annotated[
+        str | None, typer.Option(help="Table 22 / Fig. 14: comma-separated iteration schedules to rank (fixed, "
+                                      "decreasing, increasing, cosine, front-loaded) or 'all', per --reuse x --budget.")
+    ] = None,
+    gamma_mask: Annotated[
+        str | None, typer.Option(help="Tables 4-5: comma-separated gamma_mask ranges min:max (a single number is a "
+                                      "constant), interpolated with the visible fraction; with --gamma-changed.")
+    ] = None,
+    gamma_changed: Annotated[
+        str | None, typer.Option(help="Tables 4-5: comma-separated gamma_changed ranges min:max or constants.")
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option("--budget", "-b", help="Comma-separated block budgets (--schedules and --gamma-* sweeps).")
+    ] = None,
+    reuse: Annotated[
+        str | None, typer.Option(help="Comma-separated warm starts: none, full, 3sr. Default: 3sr, or all three "
+                                      "for --schedules.")
+    ] = None,
+    judge: Annotated[
+        str, typer.Option(help="Judge LM: gpt2-large, smollm2-135m (packaged, offline) or a local model directory.")
+    ] = "gpt2-large",
+    genppl_mode: Annotated[str, typer.Option(help="Gen. PPL as eq4 (the paper's Eq. 4) or mdlm (MDLM's code).")] = "eq4",
+    num_samples: Annotated[int, typer.Option(help="Samples per cell.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 8,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 disables it.")] = 1.0,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    precision: PrecisionOption = "auto",
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Where the summary JSON and plot go; default runs/reports/<run>-sweep.")
+    ] = None,
+) -> None:
+    """Gen. PPL and entropy over a grid of sampler settings (App. F.9, F.10, C.2): one of --steps/--iters,
+    --schedules, or --gamma-mask/--gamma-changed. Cells already drawn and scored with identical settings are
+    read back; an interrupted sweep resumes where it stopped when run again."""
+    from cofre.evaluation.sweep import SweepSettings, default_reuse, parse_range, run_sweep
+    from cofre.evaluation.sweep_report import sweep_tables
+    from cofre.sampling.budget import SCHEDULES
+
+    kinds = [kind for kind, given in (("allocation", steps is not None or iters is not None),
+                                      ("schedules", schedules is not None),
+                                      ("gamma", gamma_mask is not None or gamma_changed is not None)) if given]
+    if len(kinds) != 1:
+        raise CofreError("give exactly one sweep: --steps/--iters, --schedules, or --gamma-mask/--gamma-changed")
+    settings = SweepSettings(
+        kind=kinds[0], steps=_int_list(steps or "", "--steps"), iters=_int_list(iters or "", "--iters"),
+        schedules=list(SCHEDULES) if schedules == "all" else _name_list(schedules or ""),
+        gamma_mask=[parse_range(x, "--gamma-mask") for x in _name_list(gamma_mask or "")],
+        gamma_changed=[parse_range(x, "--gamma-changed") for x in _name_list(gamma_changed or "")],
+        budgets=_int_list(budget or "", "--budget"), reuse=_name_list(reuse) if reuse else default_reuse(kinds[0]),
+        judge=judge, genppl_mode=genppl_mode, num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p,
+        ema=ema, device=device, precision=precision,
+    )
+    report_dir = report_dir or Path("runs") / "reports" / f"{run.name}-sweep"
+    check_output_dir(report_dir, "--report-dir")
+    summary = run_sweep(run, settings, report_dir, console)
+    for table in sweep_tables(summary):
+        console.print(table)
+    drawn, scored = sum(c.drawn for c in summary.cells), sum(c.scored for c in summary.cells)
+    console.print(f"{len(summary.cells)} cells: {drawn} drawn now, {scored} scored now, the rest read back")
+    console.print(f"plot: {summary.plot_path}")
+    console.print(f"summary: {summary.summary_path}; per-cell JSON in <run>/eval/")
+
+
+@app.command("trace-plot")
+def trace_plot(
+    traces: Annotated[list[Path], typer.Argument(help="Trace files of `cofre sample --trace`, e.g. one drawn with "
+                                                      "--reuse none and one with --reuse full.")],
+    labels: Annotated[str | None, typer.Option(help="Comma-separated names of the traces; default their file names.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Where the PNGs and JSON go; default the first trace's folder.")] = None,
+) -> None:
+    """Fig. 3 (solution shift per token transition type over the trajectory) and Fig. 16 (relative residual per
+    fixed-point iteration and per denoising step) from sampler traces; JSON and a table beside them."""
+    from cofre.evaluation.trace_plot import plot_residuals, plot_transition_shift, read_trace, trace_stats
+
+    names = _name_list(labels) if labels else [t.stem for t in traces]
+    if len(names) != len(traces):
+        raise CofreError(f"--labels names {len(names)} traces, but {len(traces)} were given")
+    out_dir = out_dir or traces[0].parent
+    check_output_dir(out_dir, "--out-dir")
+    stats = [trace_stats(read_trace(t), name, str(t)) for t, name in zip(traces, names)]
+    stem = "+".join(names)
+    paths = {"fig3": out_dir / f"{stem}-fig3-shift.png", "fig16": out_dir / f"{stem}-fig16-residuals.png",
+             "json": out_dir / f"{stem}-trace-stats.json"}
+    plot_transition_shift(stats, paths["fig3"])
+    plot_residuals(stats, paths["fig16"])
+    atomic_write_text(paths["json"], json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
+    table = Table(title="fixed-point solver along the trajectory (App. F.12, Fig. 3); steps after the first")
+    for column in ("trace", "batches", "steps", "residual n=0 -> last", "median initial residual",
+                   *(f"shift: {n.replace('_', ' ')}" for n in ("unchanged_visible", "still_masked", "newly_revealed"))):
+        table.add_column(column, justify="left" if column == "trace" else "right")
+    for s in stats:
+        shifts = [[v for v in s.shift[name] if v is not None] for name in s.shift]
+        table.add_row(s.label, str(s.batches), str(len(s.steps)),
+                      f"{s.residual_by_iteration[0]:.4g} -> {s.residual_by_iteration[-1]:.4g}" if s.residual_by_iteration else "-",
+                      f"{s.median_initial_after_first:.4g}",
+                      *(f"{sum(v) / len(v):.3f}" if v else "-" for v in shifts))
+    console.print(table)
+    for s in stats[1:]:
+        console.print(f"{s.label} starts {stats[0].median_initial_after_first / s.median_initial_after_first:.3g}x "
+                      f"closer to its fixed point than {stats[0].label} (median initial residual, first step excluded)")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command("lagged-kl")
+def lagged_kl(
+    run_a: Annotated[Path, typer.Argument(help="Baseline run or checkpoint (e.g. the FP-MDLM before L_CONS).")],
+    run_b: Annotated[Path, typer.Argument(help="Compared run or checkpoint (e.g. the consistency-trained CoFRe).")],
+    steps: Annotated[str, typer.Option(help="Comma-separated numbers of denoising steps (the grid t_s = 1 - s/S).")] = "8,16",
+    lags: Annotated[str, typer.Option(help="Comma-separated lags l between the student step s and the cleaner s + l.")] = "1,2,3,4",
+    iters: Annotated[int | None, typer.Option(help="Fixed-point iterations per forward; default each run's solver.eval_iters.")] = None,
+    batches: Annotated[int, typer.Option(help="Held-out batches of run A's corpus.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the nested masks.")] = 0,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    out_dir: Annotated[Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<A>+<B>.")] = None,
+) -> None:
+    """Lagged logit KL between a student step s and cleaner steps s + l on shared nested states, model A vs B,
+    and B's relative reduction (App. F.6, Fig. 11)."""
+    from cofre.data.packing import load_corpus
+    from cofre.evaluation.lagged_kl import compare, denoiser_log_probs, plot_lagged_kl
+    from cofre.precision import resolve_device
+    from cofre.training.checkpoint import load_model
+
+    step_list, lag_list = _int_list(steps, "--steps"), _int_list(lags, "--lags")
+    if not step_list or not lag_list:
+        raise CofreError("give at least one --steps and one --lags value")
+    for value in step_list + lag_list:
+        check_range("--steps and --lags values", value, 1, MAX_SEED)
+    check_range("--iters", iters, 1, 10_000)
+    check_range("--batches", batches, 1, 10_000)
+    check_range("--batch-size", batch_size, 1, 10_000)
+    check_range("--seed", seed, 0, MAX_SEED)
+    dev = resolve_device(device)
+    out_dir = out_dir or Path("runs") / "reports" / f"{run_a.name}+{run_b.name}"
+    check_output_dir(out_dir, "--out-dir")
+    (model_a, recipe_a), (model_b, recipe_b) = load_model(run_a, ema=ema), load_model(run_b, ema=ema)
+    if recipe_a.model.mask_id != recipe_b.model.mask_id or recipe_a.data.seq_len != recipe_b.data.seq_len:
+        raise CofreError("the two runs differ in vocabulary or sequence length; their logits cannot be compared")
+    val = load_corpus(recipe_a.data).val
+    if val.shape[0] < batches * batch_size:
+        raise CofreError(f"the validation split has {val.shape[0]} blocks, fewer than --batches x --batch-size")
+    data = [val[i * batch_size:(i + 1) * batch_size].to(dev) for i in range(batches)]
+    mask_id = recipe_a.model.mask_id
+    fns = [denoiser_log_probs(m.to(dev).eval(), iters or r.solver.eval_iters, r.task.eps, mask_id)
+           for m, r in ((model_a, recipe_a), (model_b, recipe_b))]
+    results = compare(fns[0], fns[1], data, step_list, lag_list, mask_id, seed)
+    table = Table(title=f"lagged logit KL(p_s+l || p_s) at masked positions (App. F.6): {run_a.name} vs {run_b.name}")
+    for column in ("steps", "lag", f"KL {run_a.name}", f"KL {run_b.name}", "reduction", "pairs"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(str(r.steps), str(r.lag), f"{r.kl_a:.4g}", f"{r.kl_b:.4g}", f"{100 * r.reduction:.1f}%", str(r.pairs))
+    console.print(table)
+    mean = sum(r.reduction for r in results) / len(results)
+    console.print(f"mean relative reduction over {len(results)} (steps, lag) settings: {100 * mean:.1f}%")
+    png, out_json = out_dir / "lagged-kl.png", out_dir / "lagged-kl.json"
+    plot_lagged_kl(results, run_a.name, run_b.name, png)
+    atomic_write_text(out_json, json.dumps({
+        "run_a": str(run_a), "run_b": str(run_b), "iters": iters, "batches": batches, "batch_size": batch_size,
+        "seed": seed, "ema": ema, "mean_reduction": mean, "results": [dataclasses.asdict(r) for r in results],
+    }, indent=2))
+    console.print(f"wrote {png}, {out_json}")
+
+
+@app.command()
 def convert(
     source: Annotated[Path, typer.Argument(help="Pretrained MDLM: a cofre run or checkpoint, MDLM's Lightning .ckpt, "
                                                 "or a safetensors export (file or folder).")],

@@ -259,13 +259,25 @@ CASES: list[tuple[list[str], str]] = [
     (["adapt", "run", "--teacher", "run", "consistency.temperature=0"], "consistency.temperature must be > 0"),
     (["adapt", "run", "--teacher", "corrupt-config"], "config.json: not valid JSON"),
     (["adapt", "corrupt-config", "--teacher", "run"], "config.json: not valid JSON"),
+    # sweep, trace-plot, lagged-kl
+    (["sweep", "run"], "give exactly one sweep"),
+    (["sweep", "run", "--steps", "2", "--schedules", "all"], "give exactly one sweep"),
+    (["sweep", "run", "--steps", "2"], "needs both --steps and --iters"),
+    (["sweep", "run", "--schedules", "fixed,zigzag", "--budget", "8"], "unknown schedule zigzag"),
+    (["sweep", "run", "--gamma-mask", "0.9:0.1", "--gamma-changed", "0.2", "--budget", "8"], "min > max"),
+    (["sweep", "nowhere", "--steps", "2", "--iters", "1"], "no such run or checkpoint folder"),
+    (["trace-plot", "existing.jsonl"], "holds no trace rows"),
+    (["trace-plot", "nope.jsonl"], "is not a trace file"),
+    (["lagged-kl", "run", "run", "--lags", "0"], "--steps and --lags values must be in 1.."),
+    (["lagged-kl", "nowhere", "run"], "no such run or checkpoint folder"),
 ]
 
 
 def test_corpus_covers_every_subcommand() -> None:
     assert len(CASES) >= 60
     commands = {args[0] for args, _ in CASES}
-    assert {"train", "consistency", "adapt", "inspect", "sample", "evaluate", "convert", "cka"} <= commands
+    assert {"train", "consistency", "adapt", "inspect", "sample", "evaluate", "convert", "cka", "sweep", "trace-plot",
+            "lagged-kl"} <= commands
 
 
 @pytest.mark.parametrize("args, fragment", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
