@@ -203,7 +203,7 @@ class Trainer:
             raise CofreError(f"init_from: {err}") from None
         progress = load_train_state(folder, "progress") if (folder / STATE_DIR / "progress.pt").is_file() else {}
         if self.ema is not None and distill.enabled:  # SDTT restarts the EMA, warm-up included, at the weights it distils
-            self.ema.load(dict(self.unwrapped.named_parameters()))
+            self.ema.load({k: p.detach() for k, p in self.unwrapped.named_parameters()})
         elif self.ema is not None:
             ema_file = folder / EMA_FILE
             self._load_ema(ema_file if ema_file.is_file() else folder / MODEL_FILE)

@@ -65,6 +65,8 @@ def test_teacher_takes_the_students_raw_weights_exactly_at_the_boundary(parent: 
         start = weights(trainer.unwrapped)
         assert same(start, read_weights(parent / EMA_FILE))  # the student starts from the parent's EMA weights
         assert same(weights(distill.teacher), start)
+        assert trainer.ema is not None and trainer.ema.num_updates == 0  # the EMA restarts at the start weights
+        assert all(torch.equal(v, start[k]) and not v.requires_grad for k, v in trainer.ema.shadow.items())
         assert (distill.round, distill.dt) == (0, 1 / 8)
         trainer.train_step()
         trainer.train_step()  # steps 0 and 1: round 0, the teacher is the parent
@@ -134,3 +136,23 @@ def test_resume_in_the_middle_of_a_round_restores_round_and_teacher(parent: Path
     torch.save({"round": 2, "weights": {"vocab_embed.weight": torch.zeros(2, 2)}}, teacher_file)
     with pytest.raises(CofreError, match="teacher.pt: not this run's SDTT teacher"):
         Trainer(stage(parent, max_steps=6, ckpt_every=3), stopped)
+
+
+@pytest.mark.slow
+def test_distill_command_on_an_fp_mdlm_parent(parent: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = tmp_path / "sdtt"
+    result = subprocess.run([sys.executable, "-m", "cofre", "distill", str(parent), "trainer.max_steps=2",
+                             "distill.round_steps=1", "distill.start_steps=8", "trainer.val_every=2", "trainer.log_every=1",
+                             "--run-dir", str(run)], cwd=Path(__file__).parents[2], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"initialised from {parent}" in " ".join(result.stdout.split())
+    recipe = load_recipe(run / "recipe.yaml")
+    assert recipe.init_from == str(parent) and recipe.distill.loss == "reverse_kl"  # the parent and the method recorded
+    assert not recipe.consistency.enabled and not recipe.consistency.continue_optimizer
+    logged = [r for r in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [(r["step"], r["round"], r["dt"]) for r in logged] == [(1, 0, 1 / 8), (2, 1, 2 / 8)]
+    assert all(abs(r["loss"]) < 1e3 for r in logged)  # finite (a 3-step parent barely depends on context: ~0)
+    assert (resolve_checkpoint(run) / "train_state" / "teacher.pt").is_file()
