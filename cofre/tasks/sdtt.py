@@ -47,13 +47,14 @@ def teacher_targets(teacher: TeacherFn, z_t: Tensor, t: Tensor, dt: float, k: in
         t_i, s_i = (t - i * dt).clamp_min(0), (t - (i + 1) * dt).clamp_min(0)
         # a row at t_i = 0 has nothing masked (the step into 0 revealed it all); its chance is never used
         revealed = reveal(z, t_i.clamp_min(torch.finfo(torch.float64).tiny), s_i, mask_id, generator)
-        logits = teacher(z, t_i.float(), masked.nonzero(as_tuple=True))
-        step_log_probs = logits.float()[:, :mask_id].log_softmax(dim=-1)
-        here = masked[masked_t].nonzero().squeeze(1)  # rows of the targets still masked at step i, in order
-        take = revealed[masked] if i < k - 1 else torch.ones_like(revealed[masked])  # the last step fills the rest
-        log_probs[here[take]] = step_log_probs[take]
-        revealed_at[here[revealed[masked]]] = i
-        z = fill_revealed(z, revealed, logits[revealed[masked]], mask_id, 1.0, False, generator)
+        last = i == k - 1
+        wanted = masked if last else revealed  # the last step's prediction also fills what stays masked
+        if not wanted.any():
+            continue  # nothing revealed and more steps to come: no network call (the sampler's cache)
+        logits = teacher(z, t_i.float(), wanted.nonzero(as_tuple=True))
+        log_probs[wanted[masked_t]] = logits.float()[:, :mask_id].log_softmax(dim=-1)
+        revealed_at[revealed[masked_t]] = i
+        z = fill_revealed(z, revealed, logits[revealed[masked]] if last else logits, mask_id, 1.0, False, generator)
     return TeacherTargets(log_probs=log_probs, revealed_at=revealed_at, z_end=z)
 
 
