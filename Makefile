@@ -11,8 +11,13 @@ TINY_EVAL := --budget 96,192,384 --reuse none,full,3sr --judge smollm2-135m --nu
 	--metrics genppl,entropy,valppl,latency --latency-warmup 1 --latency-repeats 2 --report-dir runs/reports/tiny
 OWT_EVAL := --budget 96,192,384,768 --reuse none,full,3sr --judge gpt2-large --num-samples 1000 --batch-size 32 \
 	--report-dir runs/reports/owt
+# Table 13's layout: MDLM, MDLM + CONS, MDLM + SDTT and CoFRe (FP-MDLM + CONS + 3SR), Gen. PPL (entropy) at budgets 96-768.
+TABLE13_TINY_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --judge smollm2-135m --num-samples 16 \
+	--batch-size 8 --report-dir runs/reports/table13-tiny
+TABLE13_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --judge gpt2-large --num-samples 1000 \
+	--batch-size 32 --report-dir runs/reports/table13
 
-.PHONY: setup tiny tiny-images test bench-train bench-sample table7 table7-tiny table9 adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
+.PHONY: setup tiny test bench-train bench-sample tiny-images table7 table7-tiny table9 table13 table13-tiny adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +37,8 @@ tiny: setup  ## the main job, offline on a CPU: Table 2/9 in miniature (MDLM, FP
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml
 	$(BIN)/cofre train recipes/tiny-fp-mdlm.yaml
 	$(BIN)/cofre consistency runs/tiny-fp-mdlm --recipe recipes/tiny-cofre.yaml
-	$(BIN)/cofre evaluate runs/tiny-mdlm runs/tiny-fp-mdlm runs/tiny-cofre $(TINY_EVAL)
+	$(BIN)/cofre distill runs/tiny-mdlm --recipe recipes/tiny-sdtt.yaml
+	$(BIN)/cofre evaluate runs/tiny-mdlm runs/tiny-fp-mdlm runs/tiny-cofre runs/tiny-sdtt $(TINY_EVAL)
 
 # The image job's samples: one column per Fashion-MNIST class, two rows, at two budgets per model.
 IMAGE_SAMPLE := --classes 0,1,2,3,4,5,6,7,8,9 --num-samples 20 --batch-size 20 --cfg 1 --overwrite
@@ -71,6 +77,20 @@ adapt-tiny: setup  ## §4.2 in miniature: convert the tiny MDLM (layers 1, 2, 4)
 cka-tiny: setup  ## App. C.3.1 in miniature: layer similarity of the tiny MDLM and the --map it suggests
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml
 	$(BIN)/cofre cka runs/tiny-mdlm
+
+table13-tiny: setup  ## Table 13 in miniature: MDLM, MDLM + CONS, MDLM + SDTT, CoFRe (3SR) at budgets 96-768
+	$(BIN)/cofre train recipes/tiny-mdlm.yaml
+	$(BIN)/cofre train recipes/tiny-fp-mdlm.yaml
+	$(BIN)/cofre consistency runs/tiny-mdlm --recipe recipes/tiny-cofre.yaml name=tiny-mdlm-cons
+	$(BIN)/cofre distill runs/tiny-mdlm --recipe recipes/tiny-sdtt.yaml
+	$(BIN)/cofre consistency runs/tiny-fp-mdlm --recipe recipes/tiny-cofre.yaml
+	$(BIN)/cofre evaluate runs/tiny-mdlm runs/tiny-mdlm-cons runs/tiny-sdtt runs/tiny-cofre $(TABLE13_TINY_EVAL)
+
+table13: setup  ## Table 13 at full scale (GPUs; set NPROC): MDLM + CONS and MDLM + SDTT on the 1M-step MDLM, and CoFRe
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency runs/owt-mdlm --recipe recipes/owt-cofre.yaml name=owt-mdlm-cons
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre distill runs/owt-mdlm --recipe recipes/owt-sdtt.yaml
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency runs/owt-fp-mdlm --recipe recipes/owt-cofre.yaml
+	$(BIN)/cofre evaluate runs/owt-mdlm runs/owt-mdlm-cons runs/owt-sdtt runs/owt-cofre $(TABLE13_EVAL)
 
 table9: setup  ## Table 2/9 at full scale (GPUs; set NPROC): CoFRe stage on the 1M-step FP-MDLM, then evaluate
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency runs/owt-fp-mdlm --recipe recipes/owt-cofre.yaml

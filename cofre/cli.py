@@ -116,10 +116,14 @@ def _report_training(result: Any, recipe: Recipe, directory: Path) -> None:
 
 def _train_stage(parent: Path, stage: Path | None, overrides: list[str] | None, run_dir: Path | None,
                  defaults: dict[str, Any], required: dict[str, Any], suffix: str) -> None:
-    from cofre.training.loop import train as run_training
     from cofre.training.stages import stage_recipe
 
-    recipe = stage_recipe(parent, stage, overrides or [], defaults, required, suffix)
+    _run_stage(stage_recipe(parent, stage, overrides or [], defaults, required, suffix), run_dir)
+
+
+def _run_stage(recipe: Recipe, run_dir: Path | None) -> None:
+    from cofre.training.loop import train as run_training
+
     directory = run_dir or Path("runs") / recipe.name
     result = run_training(recipe, directory)
     if _is_main_process():
@@ -158,6 +162,27 @@ def adapt(
     # §3.4: a fixed-length stage; a converted model has no optimiser state to continue
     defaults = {"consistency": {"temperature": 1.5, "select_ppl_increase": 0.0, "continue_optimizer": False}}
     _train_stage(run, recipe, overrides, run_dir, defaults, required, "adapt")
+
+
+@app.command()
+def distill(
+    run: Annotated[Path, typer.Argument(help="Trained MDLM (or FP-MDLM) run or checkpoint: the student's start and first teacher.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Field overrides as key.sub=value.")] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Stage recipe laid over the parent's, e.g. recipes/tiny-sdtt.yaml.")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="New run directory; default runs/<stage name>.")] = None,
+) -> None:
+    """Self-distillation through time (MDLM + SDTT): the student matches k teacher steps in one; dt x k each round."""
+    # SDTT's stage: reverse KL, a fresh AdamW, no consistency loss or checkpoint selection
+    defaults = {"distill": {"loss": "reverse_kl"},
+                "consistency": {"loss": "none", "select_ppl_increase": 0.0, "continue_optimizer": False}}
+    from cofre.training.stages import stage_recipe
+
+    stage = stage_recipe(run, recipe, overrides or [], defaults, {}, "sdtt")
+    if not stage.distill.enabled:
+        raise CofreError("cofre distill needs a distill.loss (reverse_kl, forward_kl, logprob_mse or tv), got 'none'")
+    _run_stage(stage, run_dir)
 
 
 @app.command()

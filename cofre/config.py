@@ -231,6 +231,38 @@ class ConsistencyConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Self-distillation through time (SDTT, Deschenaux & Gulcehre 2025), the MDLM + SDTT baseline of Tables 2, 13.
+
+    The student matches, on the positions masked in z_t, what a frozen teacher predicts along k ancestral steps
+    of size dt from z_t; each round of `round_steps` steps multiplies dt by k and the teacher then takes the
+    student's raw weights. `cofre distill` sets `loss` (reverse_kl by default); "none" is ordinary training.
+    """
+
+    loss: Literal["none", "reverse_kl", "forward_kl", "logprob_mse", "tv"] = "none"  # reverse_kl: KL(p_student || p_teacher)
+    k: int = 2  # teacher ancestral steps per student step
+    start_steps: int = 1024  # dt = 1 / start_steps in the first round; x k each round (the student's target step count / k)
+    round_steps: int = 10_000  # optimiser steps per round; rounds = trainer.max_steps / round_steps
+    teacher_iters: int = 8  # fixed-point iterations of an FP teacher per ancestral step (a plain teacher ignores it)
+    init_weights: Literal["ema", "raw"] = "ema"  # which parent weights start student and teacher (the EMA restarts from them)
+
+    def validate(self, where: str = "distill") -> None:
+        _at_least(where, self, 2, "k")
+        _at_least(where, self, 1, "start_steps", "round_steps", "teacher_iters")
+
+    @property
+    def enabled(self) -> bool:
+        return self.loss != "none"
+
+    def rounds(self, max_steps: int) -> int:
+        return -(-max_steps // self.round_steps)
+
+    def dt(self, round_index: int) -> float:
+        """dt of round r: (1 / start_steps) k^r (doubling per round for k = 2, as SDTT)."""
+        return self.k**round_index / self.start_steps
+
+
+@dataclass
 class Recipe:
     """A whole training recipe, one YAML file."""
 
@@ -243,6 +275,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
         """Each section's range rules, then the rules between sections."""
@@ -259,6 +292,15 @@ class Recipe:
               f"task.name '{self.task.name}' does not fit model.modality '{self.model.modality}' (text: mdlm, image: maskgit)")
         _rule(not (self.consistency.enabled and self.consistency.teacher == "ema" and self.trainer.ema == 0),
               "consistency.teacher 'ema' needs trainer.ema > 0")
+        _rule(not (self.distill.enabled and self.consistency.enabled),
+              f"a distill stage trains on the SDTT loss alone; consistency.loss must be 'none', got '{self.consistency.loss}'")
+        if self.distill.enabled:
+            d = self.distill
+            rounds = d.rounds(self.trainer.max_steps)
+            _rule(d.k * d.dt(rounds - 1) <= 1,
+                  f"distill: {rounds} rounds (trainer.max_steps {self.trainer.max_steps} / distill.round_steps "
+                  f"{d.round_steps}) from distill.start_steps {d.start_steps} with k {d.k} leave the student under one step; "
+                  "use fewer rounds or a larger start_steps")
 
 
 def _type_name(tp: Any) -> str:

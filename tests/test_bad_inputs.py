@@ -258,6 +258,18 @@ CASES: list[tuple[list[str], str]] = [
     (["adapt", "run", "--teacher", "nowhere"], "no such run or checkpoint folder"),
     (["adapt", "run", "--teacher", "run", "consistency.temperature=0"], "consistency.temperature must be > 0"),
     (["adapt", "run", "--teacher", "corrupt-config"], "config.json: not valid JSON"),
+    # distill (SDTT)
+    (["distill", "nowhere"], "no such run or checkpoint folder"),
+    (["distill", "broken-latest"], "which is not a checkpoint folder"),
+    (["distill", "run", "--recipe", "nope.yaml"], "recipe file not found"),
+    (["distill", "run", "--run-dir", "notes"], "holds no recipe.yaml"),
+    (["distill", "run", "distill.loss=none"], "cofre distill needs a distill.loss"),
+    (["distill", "run", "distill.loss=kl"], "distill.loss: 'kl' is not one of"),
+    (["distill", "run", "distill.k=1"], "distill.k must be >= 2, got 1"),
+    (["distill", "run", "distill.round_steps=0"], "distill.round_steps must be >= 1, got 0"),
+    (["distill", "run", "distill.start_steps=4", "distill.round_steps=1", "trainer.max_steps=5"],
+     "leave the student under one step"),
+    (["distill", "run", "consistency.loss=hidden_mse"], "consistency.loss must be 'none'"),
     (["adapt", "corrupt-config", "--teacher", "run"], "config.json: not valid JSON"),
     # sweep, trace-plot, lagged-kl
     (["sweep", "run"], "give exactly one sweep"),

@@ -93,6 +93,25 @@ def draw_tokens(logits: Tensor, mask_id: int, top_p: float, greedy: bool, genera
     return (log_p + gumbel).argmax(dim=-1)
 
 
+def reveal(z: Tensor, t: Tensor | float, s: Tensor | float, mask_id: int, generator: torch.Generator) -> Tensor:
+    """The first half of MDLM's transition t -> s: each still-masked token is revealed independently with
+    probability (alpha_s - alpha_t) / (1 - alpha_t) = (t - s) / t (log-linear schedule); t, s are floats or [B]."""
+    chance = (t - s) / t
+    if isinstance(chance, Tensor):
+        chance = chance.double()[:, None]
+    u = torch.rand(z.shape, generator=generator, device=z.device, dtype=torch.float64)
+    return (z == mask_id) & (u < chance)
+
+
+def fill_revealed(z: Tensor, revealed: Tensor, logits: Tensor, mask_id: int, top_p: float, greedy: bool,
+                  generator: torch.Generator) -> Tensor:
+    """The second half: the revealed tokens take values drawn from `logits`, given at `revealed.nonzero()`
+    positions in that order (float64, SUBS); every other token is kept."""
+    z = z.clone()
+    z[revealed] = draw_tokens(logits, mask_id, top_p, greedy, generator)
+    return z
+
+
 def _solution_shift(h_star: Tensor, h_prev: Tensor, kinds: Tensor) -> dict[str, float]:
     distance = (h_star - h_prev).float().norm(dim=-1)[:, : kinds.shape[1]]  # per token (register tokens left out)
     return {name: float(distance[kinds == k].mean()) for k, name in enumerate(TRANSITION_NAMES) if (kinds == k).any()}
@@ -149,16 +168,15 @@ class MDLMSampler:
         times = time_grid(plan.steps, cfg.noise_removal)
         h_prev: Tensor | None = None
         z_prev: Tensor | None = None
-        carry, spent, records, revealed = 0, 0, [], []
+        carry, spent, records, counts = 0, 0, [], []
         for i in range(plan.steps):
             t, s = times[i], times[i + 1]
-            masked = z == self.mask_id
-            reveal = masked & (torch.rand(z.shape, generator=generator, device=device, dtype=torch.float64) < (t - s) / t)
+            revealed = reveal(z, t, s, self.mask_id, generator)
             allocated = plan.iterations[i] + carry if plan.iterations else 0
             record = StepRecord(step=i, t=t, allocated_iters=allocated, iterations=0, blocks=0, revealed=0, cached=False)
             records.append(record)
-            revealed.append(reveal.sum())  # counts are read once after the loop (the cache needs them now)
-            if cfg.cache and int(revealed[-1]) == 0:
+            counts.append(revealed.sum())  # counts are read once after the loop (the cache needs them now)
+            if cfg.cache and int(counts[-1]) == 0:
                 record.cached = True  # nothing changes: MDLM's cache shortcut, no network call, no blocks
                 continue
             with autocast(device, cfg.precision):
@@ -170,12 +188,9 @@ class MDLMSampler:
                     h_prev, z_prev = step.h_star, z
                 record.blocks = model.blocks_per_step(record.iterations)
                 spent += record.blocks
-                hidden = step.hidden
-                positions = reveal.nonzero(as_tuple=True)
-                logits = model.head(hidden, cond, positions)
+                logits = model.head(step.hidden, cond, revealed.nonzero(as_tuple=True))
             greedy = cfg.noise_removal and i == plan.steps - 1  # MDLM's noise removal: argmax of the final pass
-            z = z.clone()
-            z[positions] = draw_tokens(logits, self.mask_id, cfg.top_p, greedy, generator)
-        for record, count in zip(records, torch.stack(revealed).tolist()):
+            z = fill_revealed(z, revealed, logits, self.mask_id, cfg.top_p, greedy, generator)
+        for record, count in zip(records, torch.stack(counts).tolist()):
             record.revealed = count
         return SampleBatch(tokens=z, blocks_spent=spent, steps=records)

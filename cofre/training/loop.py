@@ -39,6 +39,7 @@ from cofre.training.checkpoint import (
     write_checkpoint_files,
 )
 from cofre.training.auxiliary import AuxiliaryLoss
+from cofre.training.distill import SelfDistillation
 from cofre.training.ema import EMA
 from cofre.training.guard import NonFiniteGuard
 from cofre.training.optim import build_optimizer, build_scheduler
@@ -166,6 +167,9 @@ class Trainer:
         elif recipe.init_from:
             self._initialize_from(recipe.init_from)
         self.aux = AuxiliaryLoss(recipe, self.unwrapped, self.ema) if recipe.consistency.enabled else None
+        self.distill = SelfDistillation(recipe, self.unwrapped) if recipe.distill.enabled else None
+        if self.distill is not None and latest is not None:  # the teacher of the round the run stopped in
+            self.distill.load_state_dict(load_train_state(latest, "teacher"), str(latest / STATE_DIR / "teacher.pt"))
         acc.wait_for_everyone()  # every process has read the directory before the main one writes to it
         if acc.is_main_process:
             self.run.start(recipe, self.step if latest is not None else None, new=not resuming)
@@ -186,14 +190,20 @@ class Trainer:
 
     def _initialize_from(self, parent: str) -> None:
         """A post-training stage starts from its parent's weights, EMA (and its warm-up count) and, with
-        consistency.continue_optimizer, its AdamW moments; the step, schedule and hyperparameters are the stage's."""
+        consistency.continue_optimizer, its AdamW moments; the step, schedule and hyperparameters are the stage's.
+        A distill stage starts from the parent's weights that distill.init_weights names, and restarts the EMA there."""
         folder = resolve_checkpoint(parent)
+        distill = self.recipe.distill
+        weights = folder / (EMA_FILE if distill.enabled and distill.init_weights == "ema" and (folder / EMA_FILE).is_file()
+                            else MODEL_FILE)
         try:
-            load_weights_into(self.unwrapped, folder / MODEL_FILE)
+            load_weights_into(self.unwrapped, weights)
         except CofreError as err:
             raise CofreError(f"init_from: {err}") from None
         progress = load_train_state(folder, "progress") if (folder / STATE_DIR / "progress.pt").is_file() else {}
-        if self.ema is not None:
+        if self.ema is not None and distill.enabled:  # SDTT restarts the EMA, warm-up included, at the weights it distils
+            self.ema.load({k: p.detach() for k, p in self.unwrapped.named_parameters()})
+        elif self.ema is not None:
             ema_file = folder / EMA_FILE
             self._load_ema(ema_file if ema_file.is_file() else folder / MODEL_FILE)
             self.ema.num_updates = int(progress.get("ema_updates", progress.get("step", 0)))  # the warm-up goes on
@@ -264,6 +274,7 @@ class Trainer:
                 "progress": {"step": self.step, "world_size": acc.num_processes, "pre_ppl": self.pre_ppl,
                              "selected_step": self.selected_step, "skipped_steps": self.guard.skipped,
                              "ema_updates": self.ema.num_updates if self.ema is not None else 0},
+                **({"teacher": self.distill.state_dict()} if self.distill is not None else {}),
             }
             write_checkpoint_files(staging, self.unwrapped, ema, self.recipe, state)
             publish_checkpoint(self.run.checkpoints, self.step, self.recipe.trainer.keep_last)
@@ -278,6 +289,8 @@ class Trainer:
         total = torch.zeros((), device=acc.device)
         aux_total = torch.zeros((), device=acc.device)
         lam = consistency_weight(self.recipe.consistency, self.step)
+        if self.distill is not None:
+            self.distill.begin_step(self.step, self.unwrapped)
         for i, idx in enumerate(micro_batches):
             x, labels = self.corpus.rows(idx, "train", acc.device)
             pair = correlated_pair(self.task, x, self.recipe.consistency, self.noise_gen, labels) if self.aux else None
@@ -287,7 +300,9 @@ class Trainer:
             sync = acc.no_sync(self.model) if i < len(micro_batches) - 1 else nullcontext()
             with sync, acc.autocast():
                 out = self.model(batch.z, batch.signal, n_nograd=n_ng, n_grad=n_g, positions=positions)
-                base = self.task.loss(out.logits, batch)
+                # SDTT replaces the MDLM loss by the divergence to the teacher's k-step targets
+                base = (self.distill(out.logits, batch, self.noise_gen) if self.distill is not None
+                        else self.task.loss(out.logits, batch))
                 loss = base
                 if self.aux is not None and pair is not None:  # L = L_MDLM + lambda L_aux (§3.2, §3.4)
                     aux = self.aux(self.unwrapped, out, pair, positions, n_ng + n_g)
@@ -311,7 +326,8 @@ class Trainer:
         if self.aux is not None:
             self.aux.refresh(self.ema)
         self.step += 1
-        stats = {"loss": total, "grad_norm": grad_norm, "n_nograd": n_ng, "n_grad": n_g}
+        stats = {"loss": total, "grad_norm": grad_norm, "n_nograd": n_ng, "n_grad": n_g,
+                 **({"round": self.distill.round, "dt": self.distill.dt} if self.distill is not None else {})}
         return {**stats, "aux_loss": aux_total, "lambda": lam} if self.aux is not None else stats
 
     def validate(self) -> dict[str, float]:
@@ -360,6 +376,7 @@ class Trainer:
                         "grad_norm": float(stats["grad_norm"]), "tokens": self.step * tokens_per_step,
                         "tokens_per_s": rate, "n_nograd": stats["n_nograd"], "n_grad": stats["n_grad"],
                     }
+                    record.update({k: stats[k] for k in ("round", "dt") if k in stats})
                     if "aux_loss" in stats:
                         record["aux_loss"] = float(acc.reduce(stats["aux_loss"], reduction="mean"))
                         record["lambda"] = stats["lambda"]
