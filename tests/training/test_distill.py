@@ -92,6 +92,9 @@ def test_student_gets_gradients_and_the_teacher_none(parent: Path, tmp_path: Pat
     trainer = Trainer(stage(parent, max_steps=2), tmp_path / "run")
     try:
         assert trainer.distill is not None
+        with torch.no_grad():  # a student that differs from its teacher, so that the divergence is clearly positive
+            for p in trainer.unwrapped.output_layer.parameters():
+                p.add_(0.1 * torch.randn_like(p))
         x = trainer.corpus.train[:2].long()
         batch = trainer.task.noise(x, generator=torch.Generator().manual_seed(0))
         positions = batch.masked.nonzero(as_tuple=True)
