@@ -17,7 +17,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import struct
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cofre.data.packing import cache_root
+from cofre.data.packing import cache_root, publish_cache
 from cofre.errors import CofreError
 
 if TYPE_CHECKING:
@@ -295,12 +294,6 @@ def _encode_to_cache(cfg: DataConfig, spec: str, identity: dict[str, object], ro
                        f"images | tokenizer {tokenizer.name} {spec} (sha256 {tok['sha256'][:12]}) | "  # type: ignore[index]
                        f"grid {tokenizer.grid[0]} x {tokenizer.grid[1]}, {tokenizer.codebook_size} codes"),
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():
-                raise
-            # Another process finished the same cache first; theirs is identical, so use it.
+        publish_cache(tmp, final, meta)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

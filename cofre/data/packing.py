@@ -88,6 +88,17 @@ def cache_key(cfg: DataConfig) -> str:
     return f"{slug}-L{cfg.seq_len}-{cfg.packing}-{digest}"
 
 
+def publish_cache(tmp: Path, final: Path, meta: dict) -> None:
+    """Write meta.json into the finished temporary folder and rename it to `final` (atomic on one filesystem)."""
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "meta.json").is_file():
+            raise
+        # Another process finished the same cache first; theirs is identical, so use it.
+
+
 def _build(cfg: DataConfig, root: Path, final: Path) -> None:
     """Pack into a temporary folder beside `final`, then rename it into place: a killed run leaves no half cache."""
     root.mkdir(parents=True, exist_ok=True)
@@ -101,13 +112,7 @@ def _build(cfg: DataConfig, root: Path, final: Path) -> None:
             f"{meta['train_tokens']} train + {meta['val_tokens']} val tokens | "
             f"{meta['train_blocks']} + {meta['val_blocks']} blocks"
         )
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():
-                raise
-            # Another process finished the same cache first; theirs is identical, so use it.
+        publish_cache(tmp, final, meta)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
