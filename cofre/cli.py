@@ -196,6 +196,12 @@ def inspect(
 
     if iters < 0:
         raise CofreError(f"--iters must be >= 0, got {iters}")
+    from cofre.data.image_tokenizers.recipe import is_vq_recipe
+
+    vq_file = target / "recipe.yaml" if target.is_dir() else target
+    if is_vq_recipe(vq_file):
+        _inspect_tokenizer(vq_file, as_json)
+        return
     recipe = recipe_or_run(target, [])
     summary = summarize(recipe.model, iters)
     if as_json:
@@ -211,6 +217,32 @@ def inspect(
         f"K_pre={summary.K_pre} K_fp={summary.K_fp} K_post={summary.K_post}: {summary.distinct_blocks} distinct blocks; "
         f"one denoising step at N={summary.n_iters} costs {summary.blocks_per_step} block evaluations"
     )
+
+
+def _inspect_tokenizer(path: Path, as_json: bool) -> None:
+    """`cofre inspect` on a `kind: vq` recipe or run: the image tokenizer's grid, codebook and parameters."""
+    from cofre.data.image_tokenizers.recipe import load_vq_recipe
+    from cofre.data.image_tokenizers.vq import VQVAE
+
+    recipe = load_vq_recipe(path)
+    model = VQVAE(recipe.vq)
+    parts = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()}
+    parts["quantizer"] += model.quantizer.codebook.numel()  # learned by EMA (a buffer), not by the optimiser
+    side = recipe.vq.image_size // 2 ** recipe.vq.downsample
+    summary = {"recipe": recipe.name, "kind": "vq", "encoder": recipe.vq.encoder, "image_size": recipe.vq.image_size,
+               "grid": [side, side], "codebook_size": recipe.vq.codebook_size, "code_dim": recipe.vq.code_dim,
+               "params_by_part": parts, "total_params": sum(parts.values())}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"{recipe.name}: image tokenizer ({recipe.vq.encoder}), {summary['total_params']:,} parameters")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for part, count in parts.items():
+        table.add_row(part, f"{count:,}")
+    console.print(table)
+    console.print(f"{recipe.vq.image_size} x {recipe.vq.image_size} images -> a {side} x {side} grid of "
+                  f"{recipe.vq.codebook_size} codes ({recipe.vq.code_dim}-d)")
 
 
 @app.command()
