@@ -132,14 +132,15 @@ def for_modality(settings: EvalSettings, modality: str) -> EvalSettings:
 
 
 def check_settings(settings: EvalSettings) -> None:
+    """Every setting that needs no run read (metrics None: the modality's, filled in once the runs are read)."""
     from cofre.evaluation.image_eval import check_image_settings
 
-    assert settings.metrics is not None, "for_modality fills in the metrics"
+    metrics = list(METRICS) if settings.metrics is None else settings.metrics
     check_image_settings(settings)
-    unknown = [m for m in settings.metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise CofreError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    if not settings.budgets and SAMPLE_METRICS & set(settings.metrics):
+    if not settings.budgets and SAMPLE_METRICS & set(metrics):
         raise CofreError("give at least one --budget")
     bad_reuse = [r for r in settings.reuse if r not in REUSE_POLICIES]
     if bad_reuse:
@@ -149,9 +150,9 @@ def check_settings(settings: EvalSettings) -> None:
         raise CofreError(f"--genppl-mode must be eq4 or mdlm, got '{settings.genppl_mode}'")
     if settings.schedule not in SCHEDULES:
         raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{settings.schedule}'")
-    if not settings.metrics:
+    if not metrics:
         raise CofreError(f"give at least one --metrics value: {', '.join(METRICS)}")
-    if not settings.reuse and SAMPLE_METRICS & set(settings.metrics):
+    if not settings.reuse and SAMPLE_METRICS & set(metrics):
         raise CofreError(f"give at least one --reuse policy: {', '.join(REUSE_POLICIES)}")
     for budget in settings.budgets:
         check_range("--budget values", budget, 1, MAX_BUDGET)
@@ -231,9 +232,9 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     from cofre.evaluation.image_eval import ImageCells, training_cost
     from cofre.evaluation.report import plot_budget_curves
 
+    check_settings(settings)
     modality = run_modality(runs)  # every run is readable before anything is sampled or written
     settings = for_modality(settings, modality)
-    check_settings(settings)
     assert settings.metrics is not None
     console = console or Console()
     judge = None
@@ -241,7 +242,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
         from cofre.evaluation.judge import load_judge
 
         judge = load_judge(settings.judge, resolve_device(settings.device))
-    images = ImageCells(settings, console) if modality == "image" else None
+    images = ImageCells(settings) if modality == "image" else None
     code = code_version()
     cells: list[Cell] = []
     valppl: dict[str, dict[str, float]] = {}

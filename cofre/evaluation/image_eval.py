@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.console import Console
 
 from cofre.data.images import SPLITS
 from cofre.errors import CofreError
@@ -43,9 +42,8 @@ def check_image_settings(settings: EvalSettings) -> None:
 class ImageCells:
     """Draws and scores image cells; the extractor and each reference set are resolved once per evaluation."""
 
-    def __init__(self, settings: EvalSettings, console: Console) -> None:
+    def __init__(self, settings: EvalSettings) -> None:
         self.settings = settings
-        self.console = console
         self.extractor: Extractor | None = None
         self.references: dict[str, Reference] = {}
 
