@@ -350,6 +350,8 @@ def fidelity_metrics(generated: Dataset | Path, reference: Dataset | Path, extra
         kwargs["feature_extractor_weights_path"] = extractor.weights
     if kwargs["cache"]:
         kwargs.update(cache_root=str(cache), input2_cache_name=reference_cache_name)
+    if not (kwargs["fid"] or isc):  # only IS was asked, of weights that cannot give it
+        return {"isc": {"value": None, "unavailable": extractor.isc_unavailable}}
     try:
         values = torch_fidelity.calculate_metrics(**kwargs)
     except (OSError, RuntimeError, ValueError) as err:

@@ -73,7 +73,7 @@ def results_table(summary: EvalSummary) -> Table:
             table.add_column(str(budget), justify="right")
         for label in dict.fromkeys(c.label for c in summary.cells):
             row = {c.budget: c for c in summary.cells if c.label == label}
-            run = Path(next(iter(row.values())).run).name
+            run = next((name for name in summary.training if label == name or label.startswith(name + " ")), "")
             table.add_row(label, training_text(summary, run),
                           *[_cell_text(row[b].metrics) if b in row else "" for b in budgets])
         return table
