@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ class EvalSettings:
     num_samples: int = 16
     batch_size: int = 8
     seed: int = 1
-    top_p: float = 1.0
+    top_p: list[float] = field(default_factory=lambda: [1.0])  # nucleus masses, each its own rows (Table 12)
+    checkpoints: list[str] = field(default_factory=list)  # Table 24: evaluate these checkpoints of each run
     steps: int | None = None
     schedule: str = "decreasing"
     ema: bool = True
@@ -78,6 +80,8 @@ class Cell:
     metrics: dict[str, Any]
     samples: str
     path: str
+    top_p: float = 1.0
+    checkpoint: dict[str, Any] = field(default_factory=dict)  # path, step, weights file, sha256 of the weights
 
 
 @dataclass
@@ -118,8 +122,11 @@ def check_settings(settings: EvalSettings) -> None:
     check_range("--val-batches", settings.val_batches, 1, MAX_COUNT)
     check_range("--latency-warmup", settings.latency_warmup, 0, MAX_COUNT)
     check_range("--latency-repeats", settings.latency_repeats, 1, MAX_COUNT)
-    if not 0 < settings.top_p <= 1:
-        raise CofreError(f"--top-p must be in (0, 1], got {settings.top_p}")
+    if not settings.top_p:
+        raise CofreError("give at least one --top-p value")
+    for top_p in settings.top_p:
+        if not 0 < top_p <= 1:
+            raise CofreError(f"--top-p must be in (0, 1], got {top_p}")
     resolve_device(settings.device)
 
 
@@ -164,7 +171,10 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     """Evaluate every (run, reuse, budget) cell; write per-cell JSON, a summary JSON and the plot."""
     from cofre.evaluation.report import plot_genppl
 
+    from cofre.evaluation.checkpoints import expand_checkpoints, run_name
+
     check_settings(settings)
+    runs = expand_checkpoints(runs, settings.checkpoints)  # run directories -> the named checkpoints (Table 24)
     for run in runs:  # every run is readable before anything is sampled or written
         checkpoint_recipe(run)
     console = console or Console()
@@ -178,7 +188,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     valppl: dict[str, dict[str, float]] = {}
     for run in runs:
         ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device, compile=settings.compile)
-        name = ckpt.run_root.name  # the run directory: two runs of one recipe stay two rows
+        name = run_name(run, ckpt.folder, ckpt.identity)  # two runs of one recipe, two checkpoints: two rows
         precision = resolve_precision(settings.precision, ckpt.device)
         if "valppl" in settings.metrics:
             task = MDLMTask(ckpt.recipe.task, ckpt.recipe.model.mask_id)
@@ -190,15 +200,16 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
         if not SAMPLE_METRICS & set(settings.metrics):
             policies = []  # nothing to score on samples (e.g. --metrics valppl with --lm-eval)
         reference_features = None  # held-out texts of the run's corpus, featurised once per run
-        for reuse in policies:
+        for top_p, reuse in product(settings.top_p, policies):
             for budget in settings.budgets:
                 sample_settings = SampleSettings(
                     budget=budget, steps=settings.steps, schedule=settings.schedule, reuse=reuse,
                     num_samples=settings.num_samples, batch_size=settings.batch_size, seed=settings.seed,
-                    top_p=settings.top_p, ema=settings.ema, device=settings.device, precision=precision,
+                    top_p=top_p, ema=settings.ema, device=settings.device, precision=precision,
                     compile=settings.compile,
                 )
                 label = f"{name} {reuse}" if ckpt.model.cfg.is_fixed_point else name
+                label += f" top-p {top_p:g}" if top_p != 1 else ""
                 console.print(f"[bold]{label}[/] budget {budget}: sampling {settings.num_samples}")
                 result = sample_checkpoint(ckpt, sample_settings, if_exists="reuse", show_progress=False)
                 if "mauve" in settings.metrics and reference_features is None:
@@ -219,7 +230,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
                 path = ckpt.run_root / "eval" / f"{tag}.json"
                 atomic_write_text(path, json.dumps(record, indent=2))
                 cells.append(Cell(run=str(run), label=label, reuse=reuse, budget=budget, metrics=metrics,
-                                  samples=result.out, path=str(path)))
+                                  samples=result.out, path=str(path), top_p=top_p, checkpoint=ckpt.identity))
     summary = EvalSummary(cells=cells, valppl=valppl, settings=dataclasses.asdict(settings),
                           judge=settings.judge, code=code)
     key = hashlib.sha1(json.dumps([list(map(str, runs)), summary.settings], sort_keys=True).encode()).hexdigest()[:8]

@@ -64,7 +64,8 @@ def plot_genppl(summary: EvalSummary, path: Path) -> None:
         y = [c.metrics["genppl"]["value"] for c in cells]
         linestyle, marker = styles.get(cells[0].reuse, ("-", "o"))
         color = colors[runs.index(cells[0].run) % len(colors)]
-        (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=label, markerfacecolor="none")
+        fill = "none" if cells[0].top_p == 1 else color  # nucleus rows (Table 12): filled markers
+        (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=label, markerfacecolor=fill)
         for c, xi, yi in zip(cells, x, y):
             if "entropy" in c.metrics:
                 ax.annotate(f"{c.metrics['entropy']['value']:.2f}", (xi, yi), textcoords="offset points",
