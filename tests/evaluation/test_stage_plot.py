@@ -112,3 +112,12 @@ def test_stage_report_needs_a_consistency_stage(tmp_path: Path, tiny_gpt2_dir: P
     (run / "train_result.json").write_text(json.dumps({"validations": [], "pre_consistency_ppl": None}))
     with pytest.raises(CofreError, match="is not a consistency stage"):
         stage_report(run, settings(tiny_gpt2_dir), tmp_path / "report")
+
+
+def test_stage_plot_command_errors_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "cofre", "stage-plot", str(tmp_path), "--report-dir",
+                             str(tmp_path / "report")], cwd=Path(__file__).parents[2], capture_output=True, text=True)
+    assert result.returncode == 2 and "has no train_result.json" in result.stderr and "Traceback" not in result.stderr
