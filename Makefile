@@ -116,7 +116,9 @@ table7: setup  ## Table 7 at full scale (GPUs; set NPROC): 1M steps of MDLM and 
 PAPER_TARGETS := fig13 table22 tables4-5 table12 fig3-16 fig11 table24 table10 table11 fig12  # fig12 last: it trains
 PAPER_TINY := runs/reports/paper-tiny
 PAPER := runs/reports/paper
-TINY_JUDGE := --judge smollm2-135m --batch-size 8
+# Few samples per cell: on 2 busy CPU cores a tiny cell (mostly the 50k-way float64 draws) takes about a minute.
+TINY_JUDGE := --judge smollm2-135m
+TINY_FEW := $(TINY_JUDGE) --num-samples 4 --batch-size 4
 OWT_JUDGE := --judge gpt2-large --num-samples 1000 --batch-size 32
 # tables.txt keeps what each command printed (tee); pipefail keeps a failed command a failed target
 $(PAPER_TARGETS) $(PAPER_TARGETS:=-tiny) paper-tiny: SHELL := /bin/bash
@@ -135,7 +137,7 @@ paper-tiny: $(PAPER_TARGETS:=-tiny)  ## every paper analysis below in miniature,
 
 fig13-tiny: tiny-runs  ## Fig. 13 in miniature: Gen. PPL / entropy heatmaps of tiny CoFRe over steps x FP iterations
 	mkdir -p $(PAPER_TINY)/fig13
-	$(WIDE) sweep runs/tiny-cofre --steps 4,8,16 --iters 1,2,4 $(TINY_JUDGE) --num-samples 8 \
+	$(WIDE) sweep runs/tiny-cofre --steps 4,8 --iters 1,2,4 $(TINY_JUDGE) --num-samples 8 --batch-size 8 \
 		--report-dir $(PAPER_TINY)/fig13 | tee $(PAPER_TINY)/fig13/tables.txt
 
 fig13: setup  ## Fig. 13 at full scale: CoFRe (3SR) over denoising steps x FP iterations per step
@@ -143,9 +145,9 @@ fig13: setup  ## Fig. 13 at full scale: CoFRe (3SR) over denoising steps x FP it
 	$(WIDE) sweep runs/owt-cofre --steps 8,16,32,64,128 --iters 1,2,4,8 $(OWT_JUDGE) \
 		--report-dir $(PAPER)/fig13 | tee $(PAPER)/fig13/tables.txt
 
-table22-tiny: tiny-runs  ## Table 22 / Fig. 14 in miniature: five iteration schedules x none/full/3SR x 2 budgets
+table22-tiny: tiny-runs  ## Table 22 / Fig. 14 in miniature: five iteration schedules x none/3SR reuse at budget 48
 	mkdir -p $(PAPER_TINY)/table22
-	$(WIDE) sweep runs/tiny-cofre --schedules all --budget 48,96 $(TINY_JUDGE) --num-samples 8 \
+	$(WIDE) sweep runs/tiny-cofre --schedules all --reuse none,3sr --budget 48 $(TINY_FEW) \
 		--report-dir $(PAPER_TINY)/table22 | tee $(PAPER_TINY)/table22/tables.txt
 
 table22: setup  ## Table 22 / Fig. 14 at full scale: schedules x reuse x budgets 96-768; mean Gen. PPL, avg. rank, wins
@@ -153,10 +155,10 @@ table22: setup  ## Table 22 / Fig. 14 at full scale: schedules x reuse x budgets
 	$(WIDE) sweep runs/owt-cofre --schedules all --budget 96,192,384,768 $(OWT_JUDGE) \
 		--report-dir $(PAPER)/table22 | tee $(PAPER)/table22/tables.txt
 
-tables4-5-tiny: tiny-runs  ## Tables 4-5 in miniature: a 2 x 2 grid of 3SR coefficients at 2 budgets
+tables4-5-tiny: tiny-runs  ## Tables 4-5 in miniature: a 2 x 2 grid of 3SR coefficients at budget 48
 	mkdir -p $(PAPER_TINY)/tables4-5
-	$(WIDE) sweep runs/tiny-cofre --gamma-mask 0.6:0.9,0.75:0.9 --gamma-changed 0:0.2,0.2 --budget 48,96 $(TINY_JUDGE) \
-		--num-samples 8 --report-dir $(PAPER_TINY)/tables4-5 | tee $(PAPER_TINY)/tables4-5/tables.txt
+	$(WIDE) sweep runs/tiny-cofre --gamma-mask 0.6:0.9,0.75:0.9 --gamma-changed 0:0.2,0.2 --budget 48 $(TINY_FEW) \
+		--report-dir $(PAPER_TINY)/tables4-5 | tee $(PAPER_TINY)/tables4-5/tables.txt
 
 tables4-5: setup  ## Tables 4 and 5 at full scale: the paper's gamma_mask ranges x gamma_changed, budgets 96-768
 	mkdir -p $(PAPER)/tables4-5
@@ -168,8 +170,8 @@ tables4-5: setup  ## Tables 4 and 5 at full scale: the paper's gamma_mask ranges
 
 table12-tiny: tiny-runs  ## Table 12 in miniature: tiny MDLM and CoFRe (3SR), top-p 1 and 0.9 rows
 	mkdir -p $(PAPER_TINY)/table12
-	$(WIDE) evaluate runs/tiny-mdlm runs/tiny-cofre --top-p 1,0.9 --reuse 3sr --budget 96,192,384 \
-		--metrics genppl,entropy $(TINY_JUDGE) --num-samples 16 --report-dir $(PAPER_TINY)/table12 \
+	$(WIDE) evaluate runs/tiny-mdlm runs/tiny-cofre --top-p 1,0.9 --reuse 3sr --budget 96 \
+		--metrics genppl,entropy $(TINY_JUDGE) --num-samples 16 --batch-size 8 --report-dir $(PAPER_TINY)/table12 \
 		| tee $(PAPER_TINY)/table12/tables.txt
 
 table12: setup  ## Table 12 at full scale: MDLM and CoFRe (3SR) with and without nucleus sampling (p = 0.9)
@@ -179,9 +181,9 @@ table12: setup  ## Table 12 at full scale: MDLM and CoFRe (3SR) with and without
 
 fig3-16-tiny: tiny-runs  ## Figs. 3 and 16 in miniature: solver traces of tiny CoFRe, no reuse vs full reuse
 	mkdir -p $(PAPER_TINY)/fig3-16
-	$(BIN)/cofre sample runs/tiny-cofre --budget 96 --reuse none --num-samples 8 --out $(PAPER_TINY)/fig3-16/none.jsonl \
+	$(BIN)/cofre sample runs/tiny-cofre --budget 96 --reuse none --num-samples 4 --batch-size 4 --out $(PAPER_TINY)/fig3-16/none.jsonl \
 		--trace $(PAPER_TINY)/fig3-16/none.trace.jsonl --overwrite
-	$(BIN)/cofre sample runs/tiny-cofre --budget 96 --reuse full --num-samples 8 --out $(PAPER_TINY)/fig3-16/full.jsonl \
+	$(BIN)/cofre sample runs/tiny-cofre --budget 96 --reuse full --num-samples 4 --batch-size 4 --out $(PAPER_TINY)/fig3-16/full.jsonl \
 		--trace $(PAPER_TINY)/fig3-16/full.trace.jsonl --overwrite
 	$(WIDE) trace-plot $(PAPER_TINY)/fig3-16/none.trace.jsonl $(PAPER_TINY)/fig3-16/full.trace.jsonl --labels none,full \
 		| tee $(PAPER_TINY)/fig3-16/tables.txt
@@ -197,7 +199,7 @@ fig3-16: setup  ## Figs. 3 and 16 at full scale: solver traces of CoFRe at budge
 
 fig11-tiny: tiny-runs  ## Fig. 11 in miniature: lagged logit KL, tiny FP-MDLM vs tiny CoFRe
 	mkdir -p $(PAPER_TINY)/fig11
-	$(WIDE) lagged-kl runs/tiny-fp-mdlm runs/tiny-cofre --steps 8,16 --lags 1,2,4 --batches 2 --batch-size 4 \
+	$(WIDE) lagged-kl runs/tiny-fp-mdlm runs/tiny-cofre --steps 8,16 --lags 1,2,4 --batches 1 --batch-size 4 \
 		--out-dir $(PAPER_TINY)/fig11 | tee $(PAPER_TINY)/fig11/tables.txt
 
 fig11: setup  ## Fig. 11 at full scale: lagged logit KL, FP-MDLM vs CoFRe
@@ -211,7 +213,7 @@ fig12-tiny: tiny-runs  ## Fig. 12 in miniature: tiny CoFRe's stage checkpoint by
 	$(BIN)/cofre consistency runs/tiny-fp-mdlm --recipe recipes/tiny-cofre.yaml name=tiny-cofre-stage \
 		trainer.keep_last=0 consistency.stop_at_selection=false
 	mkdir -p $(PAPER_TINY)/fig12
-	$(WIDE) stage-plot runs/tiny-cofre-stage --budget 96,192 $(TINY_JUDGE) --num-samples 8 \
+	$(WIDE) stage-plot runs/tiny-cofre-stage --budget 48 $(TINY_FEW) \
 		--report-dir $(PAPER_TINY)/fig12 | tee $(PAPER_TINY)/fig12/tables.txt
 
 fig12: setup  ## Fig. 12 at full scale (GPUs; set NPROC): CoFRe's stage keeping every checkpoint, then stage-plot
@@ -224,7 +226,7 @@ fig12: setup  ## Fig. 12 at full scale (GPUs; set NPROC): CoFRe's stage keeping 
 table24-tiny: tiny-runs  ## Table 24 in miniature: tiny MDLM and FP-MDLM at steps 80 and 160, and tiny CoFRe (3SR)
 	mkdir -p $(PAPER_TINY)/table24
 	$(WIDE) evaluate runs/tiny-mdlm runs/tiny-fp-mdlm $(call chosen,runs/tiny-cofre) --checkpoints 80,160 --reuse 3sr \
-		--budget 96,192,384 --metrics genppl,entropy $(TINY_JUDGE) --num-samples 16 \
+		--budget 96 --metrics genppl,entropy $(TINY_JUDGE) --num-samples 16 --batch-size 8 \
 		--report-dir $(PAPER_TINY)/table24 | tee $(PAPER_TINY)/table24/tables.txt
 
 table24: setup  ## Table 24 at full scale: MDLM and FP-MDLM at 100k and 1M steps (both kept: train with trainer.keep_last=0), CoFRe
@@ -235,8 +237,8 @@ table24: setup  ## Table 24 at full scale: MDLM and FP-MDLM at 100k and 1M steps
 
 table10-tiny: tiny-runs  ## Table 10 in miniature: MAUVE of tiny MDLM and CoFRe (3SR) against held-out text
 	mkdir -p $(PAPER_TINY)/table10
-	$(WIDE) evaluate runs/tiny-mdlm runs/tiny-cofre --metrics mauve --reuse 3sr --budget 96,192,384 $(TINY_JUDGE) \
-		--num-samples 16 --report-dir $(PAPER_TINY)/table10 | tee $(PAPER_TINY)/table10/tables.txt
+	$(WIDE) evaluate runs/tiny-mdlm runs/tiny-cofre --metrics mauve --reuse 3sr --budget 96 $(TINY_JUDGE) \
+		--num-samples 16 --batch-size 8 --report-dir $(PAPER_TINY)/table10 | tee $(PAPER_TINY)/table10/tables.txt
 
 table10: setup  ## Table 10 at full scale: MAUVE of MDLM and CoFRe (3SR), 5,000 samples vs 5,000 references
 	mkdir -p $(PAPER)/table10
