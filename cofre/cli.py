@@ -451,6 +451,8 @@ def evaluate(
     check_range("--lm-eval-limit", lm_eval_limit, 1)
     if lm_eval_include is not None and not lm_eval_include.is_dir():
         raise CofreError(f"--lm-eval-include {lm_eval_include} is not a folder")
+    if lm_eval and settings.checkpoints:
+        raise CofreError("--lm-eval scores each run's selected or latest checkpoint; give it without --checkpoints")
     summary = evaluate_runs(runs, settings, report_dir, console)
     console.print(results_table(summary))
     if summary.plot_path:

@@ -66,6 +66,7 @@ def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recip
         (["--top-p", "1,x"], "--top-p takes comma-separated numbers, got '1,x'"),
         (["--top-p", "1,1.5"], "--top-p must be in (0, 1], got 1.5"),
         (["--checkpoints", "80,best"], "--checkpoints takes step numbers or step-* folder names"),
+        (["--checkpoints", "80", "--lm-eval", "cofre_local_mc"], "--lm-eval scores each run's selected or latest"),
     ],
 )
 def test_bad_evaluate_arguments_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
