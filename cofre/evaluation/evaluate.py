@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ class EvalSettings:
     num_samples: int = 16
     batch_size: int = 8
     seed: int = 1
-    top_p: float = 1.0
+    top_p: list[float] = field(default_factory=lambda: [1.0])  # nucleus masses, each its own rows (Table 12)
+    checkpoints: list[str] = field(default_factory=list)  # Table 24: evaluate these checkpoints of each run
     steps: int | None = None
     schedule: str = "decreasing"
     ema: bool = True
@@ -94,6 +96,8 @@ class Cell:
     metrics: dict[str, Any]
     samples: str
     path: str
+    top_p: float = 1.0
+    checkpoint: dict[str, Any] = field(default_factory=dict)  # path, step, weights file, sha256 of the weights
 
 
 @dataclass
@@ -127,6 +131,8 @@ def for_modality(settings: EvalSettings, modality: str) -> EvalSettings:
     wrong = [m for m in metrics if m in METRICS and m not in allowed]
     if wrong:
         raise CofreError(f"--metrics {', '.join(wrong)}: not for {modality} runs; choose from {', '.join(allowed)}")
+    if modality == "image" and settings.top_p != [1.0]:
+        raise CofreError("--top-p: text sampling option; image runs sample with --temperature (cofre sample)")
     judge = settings.judge or (IMAGE_JUDGE if modality == "image" else "gpt2-large")
     return dataclasses.replace(settings, metrics=metrics, judge=judge)
 
@@ -163,8 +169,11 @@ def check_settings(settings: EvalSettings) -> None:
     check_range("--val-batches", settings.val_batches, 1, MAX_COUNT)
     check_range("--latency-warmup", settings.latency_warmup, 0, MAX_COUNT)
     check_range("--latency-repeats", settings.latency_repeats, 1, MAX_COUNT)
-    if not 0 < settings.top_p <= 1:
-        raise CofreError(f"--top-p must be in (0, 1], got {settings.top_p}")
+    if not settings.top_p:
+        raise CofreError("give at least one --top-p value")
+    for top_p in settings.top_p:
+        if not 0 < top_p <= 1:
+            raise CofreError(f"--top-p must be in (0, 1], got {top_p}")
     resolve_device(settings.device)
 
 
@@ -205,14 +214,13 @@ def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: l
     return metrics
 
 
-def text_cell(ckpt: LoadedCheckpoint, settings: EvalSettings, reuse: str, budget: int, precision: str, judge: Any,
-              references: dict[str, Any]) -> CellSamples:
+def text_cell(ckpt: LoadedCheckpoint, settings: EvalSettings, reuse: str, budget: int, top_p: float, precision: str,
+              judge: Any, references: dict[str, Any]) -> CellSamples:
     """One text cell: samples drawn (or read back), scored; `references` keeps MAUVE's reference features per run."""
     sample_settings = SampleSettings(
         budget=budget, steps=settings.steps, schedule=settings.schedule, reuse=reuse,
         num_samples=settings.num_samples, batch_size=settings.batch_size, seed=settings.seed,
-        top_p=settings.top_p, ema=settings.ema, device=settings.device, precision=precision,
-        compile=settings.compile,
+        top_p=top_p, ema=settings.ema, device=settings.device, precision=precision, compile=settings.compile,
     )
     result = sample_checkpoint(ckpt, sample_settings, if_exists="reuse", show_progress=False)
     if "mauve" in settings.metrics and str(ckpt.run_root) not in references:  # held-out texts, featurised once per run
@@ -230,9 +238,11 @@ def text_cell(ckpt: LoadedCheckpoint, settings: EvalSettings, reuse: str, budget
 def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, console: Console | None = None) -> EvalSummary:
     """Evaluate every (run, reuse, budget) cell; write per-cell JSON, a summary JSON and the plot."""
     from cofre.evaluation.image_eval import ImageCells, training_cost
+    from cofre.evaluation.checkpoints import expand_checkpoints, run_name
     from cofre.evaluation.report import plot_budget_curves
 
     check_settings(settings)
+    runs = expand_checkpoints(runs, settings.checkpoints)  # run directories -> the named checkpoints (Table 24)
     modality = run_modality(runs)  # every run is readable before anything is sampled or written
     settings = for_modality(settings, modality)
     assert settings.metrics is not None
@@ -250,7 +260,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     references: dict[str, Any] = {}
     for run in runs:
         ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device, compile=settings.compile)
-        name = ckpt.run_root.name  # the run directory: two runs of one recipe stay two rows
+        name = run_name(run, ckpt.folder, ckpt.identity)  # two runs of one recipe, two checkpoints: two rows
         training[name] = training_cost(ckpt.run_root)
         precision = resolve_precision(settings.precision, ckpt.device)
         if "valppl" in settings.metrics:
@@ -262,14 +272,15 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
         policies = settings.reuse if ckpt.model.cfg.is_fixed_point else ["none"]  # reuse needs a fixed-point solve
         if not SAMPLE_METRICS & set(settings.metrics):
             policies = []  # nothing to score on samples (e.g. --metrics valppl with --lm-eval)
-        for reuse in policies:
+        for top_p, reuse in product(settings.top_p, policies):
             for budget in settings.budgets:
                 label = f"{name} {reuse}" if ckpt.model.cfg.is_fixed_point else name
+                label += f" top-p {top_p:g}" if top_p != 1 else ""
                 console.print(f"[bold]{label}[/] budget {budget}: sampling {settings.num_samples}")
                 if images is not None:
                     cell = images.score(ckpt, reuse, budget, precision)
                 else:
-                    cell = text_cell(ckpt, settings, reuse, budget, precision, judge, references)
+                    cell = text_cell(ckpt, settings, reuse, budget, top_p, precision, judge, references)
                 judged_by = (images.extractor.name if images is not None and images.extractor is not None
                              else settings.judge if judge is not None else None)
                 record = {
@@ -281,7 +292,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
                 path = ckpt.run_root / "eval" / f"{cell.tag}.json"
                 atomic_write_text(path, json.dumps(record, indent=2))
                 cells.append(Cell(run=str(run), label=label, reuse=reuse, budget=budget, metrics=cell.metrics,
-                                  samples=cell.out, path=str(path)))
+                                  samples=cell.out, path=str(path), top_p=top_p, checkpoint=ckpt.identity))
     judge_name = images.extractor.name if images is not None and images.extractor is not None else settings.judge
     summary = EvalSummary(cells=cells, valppl=valppl, settings=dataclasses.asdict(settings), judge=str(judge_name),
                           code=code, modality=modality, training=training)

@@ -18,6 +18,7 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
+from rich.table import Table
 from torch import Tensor
 
 from cofre.config import Recipe
@@ -299,3 +300,23 @@ def run_lm_eval(checkpoint: str | Path, tasks: list[str], include_path: Path | N
     results = {name: _metrics(values) for name, values in out["results"].items()}
     return LMEvalResult(tasks=results, mc_draws=mc_draws, seed=seed, limit=limit, checkpoint=str(folder),
                         precision=lm.precision)
+
+
+def lm_eval_table(results: dict[str, LMEvalResult]) -> Table:
+    """Table 11's layout: one row per run, one column per task, accuracy in percent (± its standard error)."""
+    tasks = list(dict.fromkeys(task for result in results.values() for task in result.tasks))
+    first = next(iter(results.values()))
+    table = Table(title=f"downstream accuracy, % (Table 11 layout); each choice scored by the variational bound, "
+                        f"{first.mc_draws} draws of t")
+    table.add_column("model")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    for name, result in results.items():
+        row = []
+        for task in tasks:
+            values = result.tasks.get(task, {})
+            acc, err = values.get("acc"), values.get("acc_stderr")
+            text = f"{100 * acc:.2f}" if isinstance(acc, float) else "-"
+            row.append(text + (f" ± {100 * err:.2f}" if isinstance(err, float) else ""))
+        table.add_row(name, *row)
+    return table

@@ -116,7 +116,8 @@ def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl")
         y = [c.metrics[metric]["value"] for c in cells]
         linestyle, marker = styles.get(cells[0].reuse, ("-", "o"))
         color = colors[runs.index(cells[0].run) % len(colors)]
-        (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=label, markerfacecolor="none")
+        fill = "none" if cells[0].top_p == 1 else color  # nucleus rows (Table 12): filled markers
+        (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=label, markerfacecolor=fill)
         for c, xi, yi in zip(cells, x, y):
             note = c.metrics.get("entropy" if metric == "genppl" else "isc", {}).get("value")
             if note is not None:

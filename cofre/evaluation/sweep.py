@@ -143,7 +143,7 @@ def eval_settings(settings: SweepSettings) -> EvalSettings:
     """The scoring half of the settings, in the form `cofre evaluate` scores a cell with."""
     return EvalSettings(budgets=settings.budgets or [1], reuse=settings.reuse or ["3sr"], metrics=list(SWEEP_METRICS),
                         judge=settings.judge, genppl_mode=settings.genppl_mode, num_samples=settings.num_samples,
-                        batch_size=settings.batch_size, seed=settings.seed, top_p=settings.top_p, ema=settings.ema,
+                        batch_size=settings.batch_size, seed=settings.seed, top_p=[settings.top_p], ema=settings.ema,
                         device=settings.device, precision=settings.precision)
 
 

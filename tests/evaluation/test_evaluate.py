@@ -63,6 +63,10 @@ def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recip
         (["--genppl-mode", "token"], "--genppl-mode must be eq4 or mdlm"),
         (["--budget", "0"], "--budget values must be in 1..1000000, got 0"),
         (["--precision", "fp8"], "--precision must be one of auto, fp32, bf16"),
+        (["--top-p", "1,x"], "--top-p takes comma-separated numbers, got '1,x'"),
+        (["--top-p", "1,1.5"], "--top-p must be in (0, 1], got 1.5"),
+        (["--checkpoints", "80,best"], "--checkpoints takes step numbers or step-* folder names"),
+        (["--checkpoints", "80", "--lm-eval", "cofre_local_mc"], "--lm-eval scores each run's selected or latest"),
     ],
 )
 def test_bad_evaluate_arguments_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
