@@ -47,6 +47,15 @@ PrecisionOption = Annotated[
 CompileOption = Annotated[
     bool, typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks (first batch compiles).")
 ]
+LightOption = Annotated[
+    Path | None, typer.Option(help="Model scheduling: the light denoiser's run or checkpoint (same tokenizer, sequence "
+                                   "length and [mask] id); steps marked L in --model-schedule run it.")
+]
+ModelScheduleOption = Annotated[
+    str | None, typer.Option(help="Model scheduling: segments of steps in order, H (this run) or L (--light), e.g. "
+                                  "L125,H750,L125, or fractions of --steps (L0.125,H0.75,L0.125). Fixes the steps; the "
+                                  "budget is derived. FP models run their solver.eval_iters iterations per step.")
+]
 
 
 def recipe_or_run(path: Path, overrides: list[str]) -> Recipe:
@@ -216,7 +225,8 @@ def inspect(
 @app.command()
 def sample(
     checkpoint: Annotated[Path, typer.Argument(help="Run directory (its latest checkpoint) or checkpoint folder.")],
-    budget: Annotated[int, typer.Option("--budget", "-b", help="Total transformer-block forward passes per sample.")],
+    budget: Annotated[int | None, typer.Option("--budget", "-b", help="Total transformer-block forward passes per sample "
+                                                                    "(with --model-schedule: derived, checked if given).")] = None,
     steps: Annotated[
         int | None, typer.Option(help="Denoising steps. Plain models: fixed by the budget. FP models: default rule "
                                       "gives about 4 fixed-point iterations per step.")
@@ -268,6 +278,8 @@ def sample(
                                                           "at the last.")] = None,
     confidence_noise: Annotated[float | None, typer.Option(help="Images, confidence order: Gumbel noise on the "
                                                                 "log-confidence, fading over the steps (default 4.5).")] = None,
+    light: LightOption = None,
+    model_schedule: ModelScheduleOption = None,
 ) -> None:
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings. On an image run:
     PNGs, a grid and a manifest; the budget counts blocks per sample (the unconditional CFG pass is not counted twice)."""
@@ -285,6 +297,7 @@ def sample(
         gamma_changed_max=gamma_changed_max, num_samples=num_samples, batch_size=batch_size,
         seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
         precision=precision, compile=compile,  # 'auto' is made concrete for the device in sample_checkpoint
+        light=str(light) if light is not None else None, model_schedule=model_schedule,
     )
     validate_settings(settings)  # before a checkpoint is read
     check_output_file(trace, "--trace")
@@ -294,7 +307,7 @@ def sample(
     ckpt = open_checkpoint(checkpoint, ema=ema, device=device, compile=compile)
     if ckpt.recipe.model.modality == "image":
         text_only = {"--top-p": top_p != 1.0, "--length": length is not None, "--noise-removal": noise_removal,
-                     "--cache": cache}
+                     "--cache": cache, "--light": light is not None}
         if any(text_only.values()):
             raise CofreError(f"{', '.join(k for k, v in text_only.items() if v)}: text sampling options; "
                              f"{ckpt.folder} is an image model")
@@ -305,12 +318,13 @@ def sample(
     if given:
         raise CofreError(f"{', '.join(given)}: image sampling options; {ckpt.folder} is a text model")
     check_output_file(out, "--out")
-    result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace)
+    light_ckpt = open_checkpoint(light, ema=ema, device=device, compile=compile) if light is not None else None
+    result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace, light=light_ckpt)
     table = Table(title=f"cofre sample: {result.num_samples} samples from {ckpt.folder}")
     table.add_column("setting")
     table.add_column("value")
     rows = [
-        ("budget asked", str(result.budget)),
+        ("budget asked", str(result.budget) if budget is not None else f"{result.budget} (derived from the schedule)"),
         ("blocks spent", ", ".join(str(b) for b in sorted(set(result.blocks_spent)))),
         ("steps", str(result.steps)),
         ("iterations per step", " ".join(map(str, result.iterations)) or "(plain model)"),
@@ -322,6 +336,10 @@ def sample(
         ("time", f"{result.wall_time_s:.1f}s, {result.tokens_per_s:,.0f} tokens/s"),
         ("output", result.out),
     ]
+    if result.model_schedule is not None:
+        from cofre.sampling.model_schedule import schedule_summary
+
+        rows[2:2] = schedule_summary(result.model_schedule)
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
