@@ -394,7 +394,8 @@ def evaluate(
         list[Path] | None, typer.Argument(help="Run directories (latest checkpoint) or checkpoint folders; "
                                                "default: every run under ./runs that holds a checkpoint.")
     ] = None,
-    budget: Annotated[str, typer.Option("--budget", "-b", help="Comma-separated block budgets.")] = "96,192,384,768",
+    budget: Annotated[str | None, typer.Option("--budget", "-b", help="Comma-separated block budgets "
+                                                                   "(default 96,192,384,768).")] = None,
     reuse: Annotated[str, typer.Option(help="Comma-separated warm starts for FP models: none, full, 3sr.")] = "none,full,3sr",
     metrics: Annotated[
         str, typer.Option(help="Comma-separated: genppl, entropy, mauve, valppl, latency.")
@@ -430,6 +431,12 @@ def evaluate(
     report_dir: Annotated[
         Path | None, typer.Option(help="Where the summary JSON and plot go; default runs/reports/<run names>.")
     ] = None,
+    light: LightOption = None,
+    model_schedule: Annotated[
+        list[str] | None, typer.Option(help="Model scheduling, with --light: a schedule such as L125,H750,L125 (repeat "
+                                            "for several); each run is sampled with every schedule and with the heavy "
+                                            "and the light model alone over the same steps, instead of --budget.")
+    ] = None,
 ) -> None:
     """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot."""
     from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
@@ -437,12 +444,16 @@ def evaluate(
     from cofre.precision import resolve_device
     from cofre.runs import runs_with_checkpoints
 
+    if budget is not None and model_schedule:
+        raise CofreError("--budget does not apply with --model-schedule: each cell's budget is derived from its schedule")
     settings = EvalSettings(
-        budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse), metrics=_name_list(metrics), judge=judge,
+        budgets=[] if model_schedule else _int_list(budget or "96,192,384,768", "--budget"), reuse=_name_list(reuse),
+        metrics=_name_list(metrics), judge=judge,
         genppl_mode=genppl_mode,
         num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p, steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
-        precision=precision, compile=compile,
+        precision=precision, compile=compile, light=str(light) if light is not None else None,
+        model_schedules=model_schedule or [],
     )
     if not runs:
         runs = runs_with_checkpoints(Path("runs"))
@@ -649,6 +660,112 @@ def lagged_kl(
         "seed": seed, "ema": ema, "mean_reduction": mean, "results": [dataclasses.asdict(r) for r in results],
     }, indent=2))
     console.print(f"wrote {png}, {out_json}")
+
+
+@app.command("step-importance")
+def step_importance(
+    heavy: Annotated[Path, typer.Argument(help="The heavy denoiser's run or checkpoint.")],
+    light: Annotated[Path, typer.Argument(help="The light denoiser's run or checkpoint (same tokenizer, length, [mask] id).")],
+    points: Annotated[int, typer.Option(help="Grid of t: this many midpoints of equal intervals of (0, 1].")] = 20,
+    times: Annotated[str | None, typer.Option(help="Comma-separated t values instead of --points.")] = None,
+    batches: Annotated[int, typer.Option(help="Held-out batches of the heavy run's corpus.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the masks (one uniform per token, shared by every t).")] = 0,
+    saving: Annotated[float, typer.Option(help="Fraction of the heavy model's blocks the suggested schedule saves "
+                                               "(the paper's sandwich: 0.167).")] = 0.167,
+    steps: Annotated[int, typer.Option(help="Denoising steps of the suggested schedule.")] = 1000,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    out_dir: Annotated[Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<heavy>+<light>.")] = None,
+) -> None:
+    """Per-token CE of both models at masked positions, their gap and KL(heavy || light) over a grid of t, and the
+    model schedule they suggest for a saving (model scheduling's step-importance analysis)."""
+    from cofre.evaluation.step_importance import default_times
+    from cofre.evaluation.step_importance import step_importance as analyse
+
+    check_range("--points", points, 1, 10_000)
+    check_range("--batches", batches, 1, 10_000)
+    check_range("--batch-size", batch_size, 1, 10_000)
+    check_range("--seed", seed, 0, MAX_SEED)
+    check_range("--steps", steps, 1, 10_000_000)
+    try:
+        grid = [float(x) for x in _name_list(times)] if times is not None else default_times(points)
+    except ValueError:
+        raise CofreError(f"--times takes comma-separated numbers, got '{times}'") from None
+    out_dir = out_dir or Path("runs") / "reports" / f"{heavy.name}+{light.name}"
+    check_output_dir(out_dir, "--out-dir")
+    result = analyse(heavy, light, grid, batches, batch_size, seed, ema, device, saving, steps, out_dir)
+    table = Table(title=f"step importance at masked held-out positions: {result.heavy} (heavy) vs {result.light} (light)")
+    for column in ("t", "CE heavy", "CE light", "gap", "KL(H || L)", "masked"):
+        table.add_column(column, justify="right")
+    for p in result.points:
+        table.add_row(f"{p.t:.3f}", f"{p.ce_heavy:.4f}", f"{p.ce_light:.4f}", f"{p.gap:+.4f}", f"{p.kl:.4f}", str(p.masked))
+    console.print(table)
+    console.print("mean KL by part of the trajectory: " + ", ".join(f"{k} {v:.4f}" for k, v in result.thirds.items())
+                  + f"; most sensitive: {result.most_sensitive}")
+    s = result.suggestion
+    assert s is not None
+    console.print(f"suggested for a {100 * s.asked_saving:.1f}% saving over {s.steps} steps: --model-schedule "
+                  f"{s.schedule} ({s.light_steps} light steps, saves {100 * s.saving:.1f}% of the heavy model's blocks)")
+    console.print(f"wrote {result.outputs['json']}, {result.outputs['png']}")
+
+
+@app.command("schedule-search")
+def schedule_search(
+    heavy: Annotated[Path, typer.Argument(help="The heavy denoiser's run or checkpoint.")],
+    light: Annotated[Path, typer.Argument(help="The light denoiser's run or checkpoint (same tokenizer, length, [mask] id).")],
+    steps: Annotated[int, typer.Option(help="Denoising steps, cut into --segments equal segments.")],
+    segments: Annotated[int, typer.Option(help="Equal segments of the steps.")] = 8,
+    light_segments: Annotated[int, typer.Option(help="Segments run by the light model in each placement.")] = 2,
+    reuse: Annotated[str, typer.Option(help="Warm start of FP models: none, full, 3sr (plain models: none).")] = "3sr",
+    judge: Annotated[
+        str, typer.Option(help="Judge LM: gpt2-large, smollm2-135m (packaged, offline) or a local model directory.")
+    ] = "gpt2-large",
+    genppl_mode: Annotated[str, typer.Option(help="Gen. PPL as eq4 (the paper's Eq. 4) or mdlm (MDLM's code).")] = "eq4",
+    num_samples: Annotated[int, typer.Option(help="Samples per schedule.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 8,
+    seed: Annotated[int, typer.Option(help="Sampling seed (the same for every schedule).")] = 1,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 disables it.")] = 1.0,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    precision: PrecisionOption = "auto",
+    report_dir: Annotated[Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<heavy>+<light>.")] = None,
+) -> None:
+    """Every placement of --light-segments light segments among --segments, scored by Gen. PPL and entropy and
+    ranked, and the Gen. PPL increase of each segment made light alone (model scheduling's segment search). Cells
+    scored before with identical settings are read back; an interrupted search resumes."""
+    from cofre.evaluation.schedule_search import SearchSettings, run_search
+    from cofre.sampling.reuse import REUSE_POLICIES
+
+    if reuse not in REUSE_POLICIES:
+        raise CofreError(f"--reuse must be one of {', '.join(REUSE_POLICIES)}, got '{reuse}'")
+    settings = SearchSettings(steps=steps, segments=segments, light_segments=light_segments, reuse=reuse, judge=judge,
+                              genppl_mode=genppl_mode, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                              top_p=top_p, ema=ema, device=device, precision=precision)
+    report_dir = report_dir or Path("runs") / "reports" / f"{heavy.name}+{light.name}"
+    check_output_dir(report_dir, "--report-dir")
+    summary = run_search(heavy, light, settings, report_dir, console)
+    base = summary.baseline
+    table = Table(title=f"one light segment at a time: Gen. PPL [{genppl_mode}] increase over heavy alone "
+                        f"({base.genppl:.1f}, entropy {base.entropy:.2f}); judge {judge}")
+    for column in ("segment", "t", "schedule", "Gen. PPL", "increase", "entropy"):
+        table.add_column(column, justify="right")
+    for i, (c, (a, b)) in enumerate(zip(summary.singles, summary.segment_t)):
+        table.add_row(str(i + 1), f"{a:.2f}-{b:.2f}", c.schedule, f"{c.genppl:.1f}", f"{c.increase:+.1f}", f"{c.entropy:.2f}")
+    console.print(table)
+    ranking = Table(title=f"ranking: {light_segments} light of {segments} segments over {steps} steps "
+                          f"(saving {100 * summary.ranking[0].saving:.1f}% of the heavy model's blocks)")
+    for column in ("rank", "light segments", "schedule", "Gen. PPL", "increase", "entropy"):
+        ranking.add_column(column, justify="right")
+    for rank, c in enumerate(summary.ranking, 1):
+        ranking.add_row(str(rank), ",".join(map(str, c.light_segments)), c.schedule, f"{c.genppl:.1f}",
+                        f"{c.increase:+.1f}", f"{c.entropy:.2f}")
+    console.print(ranking)
+    cells = [summary.baseline, *summary.singles, *summary.ranking]
+    console.print(f"{sum(c.drawn for c in cells)} cells drawn now, {sum(c.scored for c in cells)} scored now, the rest "
+                  "read back (a schedule shared by two rows is drawn once)")
+    console.print(f"plot: {summary.plot_path}")
+    console.print(f"summary: {summary.summary_path}; per-cell JSON in <heavy run>/eval/")
 
 
 @app.command()

@@ -35,6 +35,8 @@ from cofre.sampling.generate import (
     open_checkpoint,
     sample_checkpoint,
     sample_tag,
+    scheduled_identity,
+    with_schedule,
 )
 from cofre.tasks.mdlm import MDLMTask
 from cofre.training.checkpoint import checkpoint_recipe
@@ -65,6 +67,8 @@ class EvalSettings:
     latency_repeats: int = 20
     precision: str = "auto"  # the network's: bf16 autocast on CUDA, fp32 on CPU; val PPL's loss stays fp32
     compile: bool = False  # torch.compile the transformer blocks
+    light: str | None = None  # model scheduling: the light model; cells are then the schedules, not the budgets
+    model_schedules: list[str] = field(default_factory=list)  # e.g. ["L125,H750,L125"]; heavy and light alone are added
 
 
 @dataclass
@@ -95,8 +99,10 @@ def check_settings(settings: EvalSettings) -> None:
     unknown = [m for m in settings.metrics if m not in METRICS]
     if unknown:
         raise CofreError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    if not settings.budgets and SAMPLE_METRICS & set(settings.metrics):
+    if not settings.budgets and not settings.model_schedules and SAMPLE_METRICS & set(settings.metrics):
         raise CofreError("give at least one --budget")
+    if settings.model_schedules or settings.light is not None:
+        sample_points(settings)  # schedules parse and share one step count before anything loads
     bad_reuse = [r for r in settings.reuse if r not in REUSE_POLICIES]
     if bad_reuse:
         raise CofreError(f"unknown reuse policy {', '.join(bad_reuse)}; choose from {', '.join(REUSE_POLICIES)}")
@@ -123,6 +129,32 @@ def check_settings(settings: EvalSettings) -> None:
     resolve_device(settings.device)
 
 
+def sample_points(settings: EvalSettings) -> list[tuple[int | None, str | None]]:
+    """The (budget, model schedule) of each cell of a run: every budget, or with a light model every schedule plus
+    the heavy and the light model alone over the same steps (H<S>, L<S>)."""
+    if (settings.light is None) != (not settings.model_schedules):
+        raise CofreError("model scheduling needs both --light LIGHT_RUN and --model-schedule (e.g. L125,H750,L125)")
+    if settings.light is None:
+        return [(budget, None) for budget in settings.budgets]
+    from cofre.sampling.model_schedule import parse_model_schedule, schedule_text, step_models
+
+    parsed = [parse_model_schedule(text, settings.steps) for text in settings.model_schedules]
+    steps = {len(step_models(segments)) for segments in parsed}
+    if len(steps) > 1:
+        raise CofreError(f"the --model-schedule values cover different numbers of steps ({', '.join(map(str, sorted(steps)))}); "
+                         "compare schedules over one step count")
+    total = steps.pop()
+    texts = [f"H{total}", f"L{total}", *(schedule_text(segments) for segments in parsed)]
+    return [(None, text) for text in dict.fromkeys(texts)]
+
+
+def schedule_label(name: str, schedule: str, light: str) -> str:
+    """A scheduled cell's row name: the schedule, and which model runs alone for H<S> and L<S>."""
+    if "," in schedule:
+        return f"{name} {schedule}"
+    return f"{name} {schedule} (heavy alone)" if schedule[0] == "H" else f"{name} {schedule} (light alone: {light})"
+
+
 def reference_texts(ckpt: LoadedCheckpoint, count: int, length: int) -> list[str]:
     """Held-out texts of the run's corpus, cut to the sample length, as MAUVE's reference distribution."""
     val = load_corpus(ckpt.recipe.data).val
@@ -133,7 +165,8 @@ def reference_texts(ckpt: LoadedCheckpoint, count: int, length: int) -> list[str
 
 
 def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: list[str], ids: list[list[int]],
-               settings: EvalSettings, judge: Any, reference_features: Any) -> dict[str, Any]:
+               settings: EvalSettings, judge: Any, reference_features: Any,
+               light: LoadedCheckpoint | None = None) -> dict[str, Any]:
     """The sample-based metrics of one cell; each records how it was computed."""
     metrics: dict[str, Any] = {}
     if "genppl" in settings.metrics:
@@ -151,7 +184,7 @@ def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: l
         mauve = mauve_from_features(features(texts, judge), reference_features, judge.name, seed=settings.seed)
         metrics["mauve"] = dataclasses.asdict(mauve)
     if "latency" in settings.metrics:
-        sampler = build_sampler(ckpt, sample_settings)
+        sampler = build_sampler(ckpt, sample_settings, light=light)
         generator = torch.Generator(ckpt.device).manual_seed(settings.seed)
         latency = measure_latency(lambda: sampler.sample(settings.batch_size, generator), settings.batch_size,
                                   sampler.cfg.length, ckpt.device, sampler.cfg.precision, settings.latency_warmup,
@@ -176,6 +209,9 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     code = code_version()
     cells: list[Cell] = []
     valppl: dict[str, dict[str, float]] = {}
+    light = None  # model scheduling: the light model, opened once for every run
+    if settings.light is not None:
+        light = open_checkpoint(settings.light, ema=settings.ema, device=settings.device, compile=settings.compile)
     for run in runs:
         ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device, compile=settings.compile)
         name = ckpt.run_root.name  # the run directory: two runs of one recipe stay two rows
@@ -186,31 +222,37 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
             valppl[name] = {**validation_perplexity(ckpt.model, task, val, settings.val_batches,
                                                     ckpt.recipe.trainer.micro_batch_size, ckpt.recipe.solver.eval_iters,
                                                     precision), "precision": precision}
-        policies = settings.reuse if ckpt.model.cfg.is_fixed_point else ["none"]  # reuse needs a fixed-point solve
+        fixed_point = ckpt.model.cfg.is_fixed_point or (light is not None and light.model.cfg.is_fixed_point)
+        policies = settings.reuse if fixed_point else ["none"]  # reuse needs a fixed-point solve
         if not SAMPLE_METRICS & set(settings.metrics):
             policies = []  # nothing to score on samples (e.g. --metrics valppl with --lm-eval)
         reference_features = None  # held-out texts of the run's corpus, featurised once per run
         for reuse in policies:
-            for budget in settings.budgets:
-                sample_settings = SampleSettings(
+            for budget, model_schedule in sample_points(settings):
+                sample_settings = with_schedule(ckpt, light, SampleSettings(
                     budget=budget, steps=settings.steps, schedule=settings.schedule, reuse=reuse,
                     num_samples=settings.num_samples, batch_size=settings.batch_size, seed=settings.seed,
                     top_p=settings.top_p, ema=settings.ema, device=settings.device, precision=precision,
-                    compile=settings.compile,
-                )
-                label = f"{name} {reuse}" if ckpt.model.cfg.is_fixed_point else name
+                    compile=settings.compile, light=settings.light, model_schedule=model_schedule,
+                ))
+                budget = sample_settings.budget
+                label = f"{name} {reuse}" if fixed_point else name
+                if model_schedule is not None and light is not None:
+                    label = schedule_label(label, model_schedule, light.run_root.name)
                 console.print(f"[bold]{label}[/] budget {budget}: sampling {settings.num_samples}")
-                result = sample_checkpoint(ckpt, sample_settings, if_exists="reuse", show_progress=False)
+                result = sample_checkpoint(ckpt, sample_settings, if_exists="reuse", show_progress=False, light=light)
                 if "mauve" in settings.metrics and reference_features is None:
                     from cofre.evaluation.mauve import features
 
                     references = reference_texts(ckpt, settings.num_samples, len(result.ids[0]))
                     reference_features = features(references, judge)
-                metrics = score_cell(ckpt, sample_settings, result.texts, result.ids, settings, judge, reference_features)
-                tag = sample_tag(sample_settings, ckpt.identity)
+                metrics = score_cell(ckpt, sample_settings, result.texts, result.ids, settings, judge, reference_features,
+                                     light)
+                tag = sample_tag(sample_settings, scheduled_identity(ckpt, light))
                 record = {
                     "run": str(run), "label": label, "reuse": reuse, "budget": budget,
                     "blocks_spent": result.blocks_spent, "steps": result.steps, "iterations": result.iterations,
+                    **({"model_schedule": result.model_schedule} if result.model_schedule else {}),
                     "metrics": metrics, "judge": settings.judge if judge is not None else None, "precision": precision,
                     "seed": settings.seed, "num_samples": result.num_samples, "samples": result.out,
                     "sample_settings": dataclasses.asdict(sample_settings), "checkpoint": ckpt.identity,
