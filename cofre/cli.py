@@ -702,7 +702,8 @@ def step_importance(
         table.add_row(f"{p.t:.3f}", f"{p.ce_heavy:.4f}", f"{p.ce_light:.4f}", f"{p.gap:+.4f}", f"{p.kl:.4f}", str(p.masked))
     console.print(table)
     console.print("mean KL by part of the trajectory: " + ", ".join(f"{k} {v:.4f}" for k, v in result.thirds.items())
-                  + f"; most sensitive: {result.most_sensitive}")
+                  + f"; most sensitive: {result.most_sensitive}, {max(result.thirds.values()) / min(result.thirds.values()):.3g}x "
+                  "the mean KL of the least sensitive part")
     s = result.suggestion
     assert s is not None
     console.print(f"suggested for a {100 * s.asked_saving:.1f}% saving over {s.steps} steps: --model-schedule "
@@ -746,7 +747,7 @@ def schedule_search(
     check_output_dir(report_dir, "--report-dir")
     summary = run_search(heavy, light, settings, report_dir, console)
     base = summary.baseline
-    table = Table(title=f"one light segment at a time: Gen. PPL [{genppl_mode}] increase over heavy alone "
+    table = Table(title=f"one light segment at a time: Gen. PPL ({genppl_mode}) increase over heavy alone "
                         f"({base.genppl:.1f}, entropy {base.entropy:.2f}); judge {judge}")
     for column in ("segment", "t", "schedule", "Gen. PPL", "increase", "entropy"):
         table.add_column(column, justify="right")
@@ -761,9 +762,9 @@ def schedule_search(
         ranking.add_row(str(rank), ",".join(map(str, c.light_segments)), c.schedule, f"{c.genppl:.1f}",
                         f"{c.increase:+.1f}", f"{c.entropy:.2f}")
     console.print(ranking)
-    cells = [summary.baseline, *summary.singles, *summary.ranking]
-    console.print(f"{sum(c.drawn for c in cells)} cells drawn now, {sum(c.scored for c in cells)} scored now, the rest "
-                  "read back (a schedule shared by two rows is drawn once)")
+    cells = list({c.path: c for c in [summary.baseline, *summary.singles, *summary.ranking]}.values())
+    console.print(f"{len(cells)} schedules: {sum(c.drawn for c in cells)} drawn now, {sum(c.scored for c in cells)} "
+                  "scored now, the rest read back")
     console.print(f"plot: {summary.plot_path}")
     console.print(f"summary: {summary.summary_path}; per-cell JSON in <heavy run>/eval/")
 
