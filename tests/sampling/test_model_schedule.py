@@ -99,15 +99,17 @@ def draw(sampler: MDLMSampler, seed: int = 3):  # type: ignore[no-untyped-def]
     return sampler.sample(4, torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("heavy_recipe", [recipe(2), recipe(1, 1, 1, eval_iters=3)], ids=["plain", "fp"])
-def test_all_heavy_schedule_draws_the_heavy_models_samples(heavy_recipe: Recipe) -> None:
+@pytest.mark.parametrize("heavy_recipe, steps", [(recipe(2), 1000), (recipe(1, 1, 1, eval_iters=3), 8)],
+                         ids=["plain-H1000", "fp-H8"])
+def test_all_heavy_schedule_draws_the_heavy_models_samples(heavy_recipe: Recipe, steps: int) -> None:
     heavy, light = model(heavy_recipe.model, 0), model(recipe(1).model, 1)
     cfg = SamplerConfig(length=16, reuse=ReuseConfig("3sr"))
     per_step = heavy_recipe.model.K_pre + heavy_recipe.solver.eval_iters * heavy_recipe.model.K_fp + heavy_recipe.model.K_post
-    alone = MDLMSampler(heavy, plan_budget(heavy.cfg, 8 * per_step, 8, "fixed"), cfg)
-    scheduled = MDLMSampler(heavy, plan_schedule(parse_model_schedule("H8"), heavy_recipe, recipe(1)), cfg, light=light)
+    alone = MDLMSampler(heavy, plan_budget(heavy.cfg, steps * per_step, steps, "fixed"), cfg)
+    scheduled = MDLMSampler(heavy, plan_schedule(parse_model_schedule(f"H{steps}"), heavy_recipe, recipe(1)), cfg,
+                            light=light)
     a, b = draw(alone), draw(scheduled)
-    assert torch.equal(a.tokens, b.tokens) and a.blocks_spent == b.blocks_spent == 8 * per_step
+    assert torch.equal(a.tokens, b.tokens) and a.blocks_spent == b.blocks_spent == steps * per_step
 
 
 def test_mixed_schedule_counts_each_steps_model_and_switches_from_h_pre() -> None:
