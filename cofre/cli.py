@@ -702,7 +702,7 @@ def step_importance(
         table.add_row(f"{p.t:.3f}", f"{p.ce_heavy:.4f}", f"{p.ce_light:.4f}", f"{p.gap:+.4f}", f"{p.kl:.4f}", str(p.masked))
     console.print(table)
     console.print("mean KL by part of the trajectory: " + ", ".join(f"{k} {v:.4f}" for k, v in result.thirds.items())
-                  + f"; most sensitive: {result.most_sensitive}, {max(result.thirds.values()) / min(result.thirds.values()):.3g}x "
+                  + f"; most sensitive: {result.most_sensitive}, {max(result.thirds.values()) / min(result.thirds.values()):.4f}x "
                   "the mean KL of the least sensitive part")
     s = result.suggestion
     assert s is not None
