@@ -18,8 +18,13 @@ TABLE13_TINY_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entrop
 TABLE13_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --judge gpt2-large --num-samples 1000 \
 	--batch-size 32 --report-dir runs/reports/table13
 
+# Model scheduling (Sedykh et al., arXiv 2604.02340): 16 steps in 8 segments of 2; 2 light segments = 4 light steps.
+SCHEDULING_TINY_EVAL := --judge smollm2-135m --num-samples 8 --batch-size 8 --report-dir runs/reports/scheduling-tiny
+SCHEDULING_EVAL := --judge gpt2-large --batch-size 32 --report-dir runs/reports/scheduling
+
 .PHONY: setup tiny test bench-train bench-sample tiny-images tiny-images-eval imagenette-runs table2-images table15 table16 \
-	table19 table7 table7-tiny table9 table13 table13-tiny adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
+	table19 table7 table7-tiny table9 table13 table13-tiny scheduling scheduling-tiny adapt-tiny adapt cka-tiny gpu-wheels \
+	gpu-check clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -150,6 +155,21 @@ table13: setup  ## Table 13 at full scale (GPUs; set NPROC): MDLM + CONS and MDL
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre distill runs/owt-mdlm --recipe recipes/owt-sdtt.yaml
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency runs/owt-fp-mdlm --recipe recipes/owt-cofre.yaml
 	$(BIN)/cofre evaluate runs/owt-mdlm runs/owt-mdlm-cons runs/owt-sdtt runs/owt-cofre $(TABLE13_EVAL)
+
+scheduling-tiny: setup  ## model scheduling in miniature: a 1-block light MDLM beside the 4-block tiny MDLM; step importance, segment search, sandwich vs light in the middle
+	$(BIN)/cofre train recipes/tiny-mdlm.yaml
+	$(BIN)/cofre train recipes/tiny-mdlm-light.yaml
+	$(BIN)/cofre step-importance runs/tiny-mdlm runs/tiny-mdlm-light --steps 16 --saving 0.1875 --out-dir runs/reports/scheduling-tiny
+	$(BIN)/cofre schedule-search runs/tiny-mdlm runs/tiny-mdlm-light --steps 16 --segments 8 --light-segments 2 $(SCHEDULING_TINY_EVAL)
+	$(BIN)/cofre evaluate runs/tiny-mdlm --light runs/tiny-mdlm-light --model-schedule L2,H12,L2 --model-schedule H6,L4,H6 \
+		--metrics genppl,entropy $(SCHEDULING_TINY_EVAL)
+
+scheduling: setup  ## model scheduling at full scale (GPUs; set NPROC; needs runs/owt-mdlm from make table7): 4-block light MDLM, 1000 steps, the L125,H750,L125 sandwich
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train recipes/owt-mdlm-light.yaml
+	$(BIN)/cofre step-importance runs/owt-mdlm runs/owt-mdlm-light --steps 1000 --saving 0.167 --batches 16 --batch-size 8 --out-dir runs/reports/scheduling
+	$(BIN)/cofre schedule-search runs/owt-mdlm runs/owt-mdlm-light --steps 1000 --segments 8 --light-segments 2 --num-samples 256 $(SCHEDULING_EVAL)
+	$(BIN)/cofre evaluate runs/owt-mdlm --light runs/owt-mdlm-light --model-schedule L125,H750,L125 --model-schedule H375,L250,H375 \
+		--metrics genppl,entropy,mauve --num-samples 1000 $(SCHEDULING_EVAL)
 
 table9: setup  ## Table 2/9 at full scale (GPUs; set NPROC): CoFRe stage on the 1M-step FP-MDLM, then evaluate
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency runs/owt-fp-mdlm --recipe recipes/owt-cofre.yaml

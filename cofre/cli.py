@@ -47,6 +47,15 @@ PrecisionOption = Annotated[
 CompileOption = Annotated[
     bool, typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks (first batch compiles).")
 ]
+LightOption = Annotated[
+    Path | None, typer.Option(help="Model scheduling: the light denoiser's run or checkpoint (same tokenizer, sequence "
+                                   "length and [mask] id); steps marked L in --model-schedule run it.")
+]
+ModelScheduleOption = Annotated[
+    str | None, typer.Option(help="Model scheduling: segments of steps in order, H (this run) or L (--light), e.g. "
+                                  "L125,H750,L125, or fractions of --steps (L0.125,H0.75,L0.125). Fixes the steps; the "
+                                  "budget is derived. FP models run their solver.eval_iters iterations per step.")
+]
 
 
 def recipe_or_run(path: Path, overrides: list[str]) -> Recipe:
@@ -256,7 +265,8 @@ def _inspect_tokenizer(path: Path, as_json: bool) -> None:
 @app.command()
 def sample(
     checkpoint: Annotated[Path, typer.Argument(help="Run directory (its latest checkpoint) or checkpoint folder.")],
-    budget: Annotated[int, typer.Option("--budget", "-b", help="Total transformer-block forward passes per sample.")],
+    budget: Annotated[int | None, typer.Option("--budget", "-b", help="Total transformer-block forward passes per sample "
+                                                                    "(with --model-schedule: derived, checked if given).")] = None,
     steps: Annotated[
         int | None, typer.Option(help="Denoising steps. Plain models: fixed by the budget. FP models: default rule "
                                       "gives about 4 fixed-point iterations per step.")
@@ -308,6 +318,8 @@ def sample(
                                                           "at the last.")] = None,
     confidence_noise: Annotated[float | None, typer.Option(help="Images, confidence order: Gumbel noise on the "
                                                                 "log-confidence, fading over the steps (default 4.5).")] = None,
+    light: LightOption = None,
+    model_schedule: ModelScheduleOption = None,
 ) -> None:
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings. On an image run:
     PNGs, a grid and a manifest; the budget counts blocks per sample (the unconditional CFG pass is not counted twice)."""
@@ -325,6 +337,7 @@ def sample(
         gamma_changed_max=gamma_changed_max, num_samples=num_samples, batch_size=batch_size,
         seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
         precision=precision, compile=compile,  # 'auto' is made concrete for the device in sample_checkpoint
+        light=str(light) if light is not None else None, model_schedule=model_schedule,
     )
     validate_settings(settings)  # before a checkpoint is read
     check_output_file(trace, "--trace")
@@ -334,7 +347,7 @@ def sample(
     ckpt = open_checkpoint(checkpoint, ema=ema, device=device, compile=compile)
     if ckpt.recipe.model.modality == "image":
         text_only = {"--top-p": top_p != 1.0, "--length": length is not None, "--noise-removal": noise_removal,
-                     "--cache": cache}
+                     "--cache": cache, "--light": light is not None}
         if any(text_only.values()):
             raise CofreError(f"{', '.join(k for k, v in text_only.items() if v)}: text sampling options; "
                              f"{ckpt.folder} is an image model")
@@ -345,12 +358,13 @@ def sample(
     if given:
         raise CofreError(f"{', '.join(given)}: image sampling options; {ckpt.folder} is a text model")
     check_output_file(out, "--out")
-    result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace)
+    light_ckpt = open_checkpoint(light, ema=ema, device=device, compile=compile) if light is not None else None
+    result = sample_checkpoint(ckpt, settings, out, "overwrite" if overwrite else "error", trace, light=light_ckpt)
     table = Table(title=f"cofre sample: {result.num_samples} samples from {ckpt.folder}")
     table.add_column("setting")
     table.add_column("value")
     rows = [
-        ("budget asked", str(result.budget)),
+        ("budget asked", str(result.budget) if budget is not None else f"{result.budget} (derived from the schedule)"),
         ("blocks spent", ", ".join(str(b) for b in sorted(set(result.blocks_spent)))),
         ("steps", str(result.steps)),
         ("iterations per step", " ".join(map(str, result.iterations)) or "(plain model)"),
@@ -362,6 +376,10 @@ def sample(
         ("time", f"{result.wall_time_s:.1f}s, {result.tokens_per_s:,.0f} tokens/s"),
         ("output", result.out),
     ]
+    if result.model_schedule is not None:
+        from cofre.sampling.model_schedule import schedule_summary
+
+        rows[2:2] = schedule_summary(result.model_schedule)
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
@@ -423,7 +441,8 @@ def evaluate(
         list[Path] | None, typer.Argument(help="Run directories (latest checkpoint) or checkpoint folders; "
                                                "default: every run under ./runs that holds a checkpoint.")
     ] = None,
-    budget: Annotated[str, typer.Option("--budget", "-b", help="Comma-separated block budgets.")] = "96,192,384,768",
+    budget: Annotated[str | None, typer.Option("--budget", "-b", help="Comma-separated block budgets "
+                                                                   "(default 96,192,384,768).")] = None,
     reuse: Annotated[str, typer.Option(help="Comma-separated warm starts for FP models: none, full, 3sr.")] = "none,full,3sr",
     metrics: Annotated[
         str | None, typer.Option(help="Comma-separated; text: genppl, entropy, mauve, valppl, latency; images: fid, "
@@ -476,6 +495,12 @@ def evaluate(
     report_dir: Annotated[
         Path | None, typer.Option(help="Where the summary JSON and plot go; default runs/reports/<run names>.")
     ] = None,
+    light: LightOption = None,
+    model_schedule: Annotated[
+        list[str] | None, typer.Option(help="Model scheduling, with --light: a schedule such as L125,H750,L125 (repeat "
+                                            "for several); each run is sampled with every schedule and with the heavy "
+                                            "and the light model alone over the same steps, instead of --budget.")
+    ] = None,
 ) -> None:
     """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot.
     Text runs: Gen. PPL, entropy, MAUVE, val. PPL; image runs: FID and IS (torch-fidelity); both: latency."""
@@ -484,15 +509,18 @@ def evaluate(
     from cofre.precision import resolve_device
     from cofre.runs import runs_with_checkpoints
 
+    if budget is not None and model_schedule:
+        raise CofreError("--budget does not apply with --model-schedule: each cell's budget is derived from its schedule")
     settings = EvalSettings(
-        budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse),
+        budgets=[] if model_schedule else _int_list(budget or "96,192,384,768", "--budget"), reuse=_name_list(reuse),
         metrics=None if metrics is None else _name_list(metrics), judge=judge, cfg=cfg, reference_split=reference_split,
         reference_images=reference_images, inception_weights=inception_weights,
         genppl_mode=genppl_mode,
         num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=_float_list(top_p, "--top-p"),
         checkpoints=_name_list(checkpoints or ""), steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
-        precision=precision, compile=compile,
+        precision=precision, compile=compile, light=str(light) if light is not None else None,
+        model_schedules=model_schedule or [],
     )
     if not runs:
         runs = runs_with_checkpoints(Path("runs"))
@@ -737,6 +765,113 @@ def stage_plot(
         console.print(f"first val PPL above the threshold: stage step {report.first_crossing} "
                       f"(the trainer selected {report.selected_step})")
     console.print(f"wrote {report.plot_path}, {report.summary_path}")
+
+
+@app.command("step-importance")
+def step_importance(
+    heavy: Annotated[Path, typer.Argument(help="The heavy denoiser's run or checkpoint.")],
+    light: Annotated[Path, typer.Argument(help="The light denoiser's run or checkpoint (same tokenizer, length, [mask] id).")],
+    points: Annotated[int, typer.Option(help="Grid of t: this many midpoints of equal intervals of (0, 1].")] = 20,
+    times: Annotated[str | None, typer.Option(help="Comma-separated t values instead of --points.")] = None,
+    batches: Annotated[int, typer.Option(help="Held-out batches of the heavy run's corpus.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the masks (one uniform per token, shared by every t).")] = 0,
+    saving: Annotated[float, typer.Option(help="Fraction of the heavy model's blocks the suggested schedule saves "
+                                               "(the paper's sandwich: 0.167).")] = 0.167,
+    steps: Annotated[int, typer.Option(help="Denoising steps of the suggested schedule.")] = 1000,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    out_dir: Annotated[Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<heavy>+<light>.")] = None,
+) -> None:
+    """Per-token CE of both models at masked positions, their gap and KL(heavy || light) over a grid of t, and the
+    model schedule they suggest for a saving (model scheduling's step-importance analysis)."""
+    from cofre.evaluation.step_importance import default_times
+    from cofre.evaluation.step_importance import step_importance as analyse
+
+    check_range("--points", points, 1, 10_000)
+    check_range("--batches", batches, 1, 10_000)
+    check_range("--batch-size", batch_size, 1, 10_000)
+    check_range("--seed", seed, 0, MAX_SEED)
+    check_range("--steps", steps, 1, 10_000_000)
+    try:
+        grid = [float(x) for x in _name_list(times)] if times is not None else default_times(points)
+    except ValueError:
+        raise CofreError(f"--times takes comma-separated numbers, got '{times}'") from None
+    out_dir = out_dir or Path("runs") / "reports" / f"{heavy.name}+{light.name}"
+    check_output_dir(out_dir, "--out-dir")
+    result = analyse(heavy, light, grid, batches, batch_size, seed, ema, device, saving, steps, out_dir)
+    table = Table(title=f"step importance at masked held-out positions: {result.heavy} (heavy) vs {result.light} (light)")
+    for column in ("t", "CE heavy", "CE light", "gap", "KL(H || L)", "masked"):
+        table.add_column(column, justify="right")
+    for p in result.points:
+        table.add_row(f"{p.t:.3f}", f"{p.ce_heavy:.4f}", f"{p.ce_light:.4f}", f"{p.gap:+.4f}", f"{p.kl:.4f}", str(p.masked))
+    console.print(table)
+    console.print("mean KL by part of the trajectory: " + ", ".join(f"{k} {v:.4f}" for k, v in result.thirds.items())
+                  + f"; most sensitive: {result.most_sensitive}, {max(result.thirds.values()) / min(result.thirds.values()):.4f}x "
+                  "the mean KL of the least sensitive part")
+    s = result.suggestion
+    assert s is not None
+    console.print(f"suggested for a {100 * s.asked_saving:.1f}% saving over {s.steps} steps: --model-schedule "
+                  f"{s.schedule} ({s.light_steps} light steps, saves {100 * s.saving:.1f}% of the heavy model's blocks)")
+    console.print(f"wrote {result.outputs['json']}, {result.outputs['png']}")
+
+
+@app.command("schedule-search")
+def schedule_search(
+    heavy: Annotated[Path, typer.Argument(help="The heavy denoiser's run or checkpoint.")],
+    light: Annotated[Path, typer.Argument(help="The light denoiser's run or checkpoint (same tokenizer, length, [mask] id).")],
+    steps: Annotated[int, typer.Option(help="Denoising steps, cut into --segments equal segments.")],
+    segments: Annotated[int, typer.Option(help="Equal segments of the steps.")] = 8,
+    light_segments: Annotated[int, typer.Option(help="Segments run by the light model in each placement.")] = 2,
+    reuse: Annotated[str, typer.Option(help="Warm start of FP models: none, full, 3sr (plain models: none).")] = "3sr",
+    judge: Annotated[
+        str, typer.Option(help="Judge LM: gpt2-large, smollm2-135m (packaged, offline) or a local model directory.")
+    ] = "gpt2-large",
+    genppl_mode: Annotated[str, typer.Option(help="Gen. PPL as eq4 (the paper's Eq. 4) or mdlm (MDLM's code).")] = "eq4",
+    num_samples: Annotated[int, typer.Option(help="Samples per schedule.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 8,
+    seed: Annotated[int, typer.Option(help="Sampling seed (the same for every schedule).")] = 1,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 disables it.")] = 1.0,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
+    precision: PrecisionOption = "auto",
+    report_dir: Annotated[Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<heavy>+<light>.")] = None,
+) -> None:
+    """Every placement of --light-segments light segments among --segments, scored by Gen. PPL and entropy and
+    ranked, and the Gen. PPL increase of each segment made light alone (model scheduling's segment search). Cells
+    scored before with identical settings are read back; an interrupted search resumes."""
+    from cofre.evaluation.schedule_search import SearchSettings, run_search
+    from cofre.sampling.reuse import REUSE_POLICIES
+
+    if reuse not in REUSE_POLICIES:
+        raise CofreError(f"--reuse must be one of {', '.join(REUSE_POLICIES)}, got '{reuse}'")
+    settings = SearchSettings(steps=steps, segments=segments, light_segments=light_segments, reuse=reuse, judge=judge,
+                              genppl_mode=genppl_mode, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                              top_p=top_p, ema=ema, device=device, precision=precision)
+    report_dir = report_dir or Path("runs") / "reports" / f"{heavy.name}+{light.name}"
+    check_output_dir(report_dir, "--report-dir")
+    summary = run_search(heavy, light, settings, report_dir, console)
+    base = summary.baseline
+    table = Table(title=f"one light segment at a time: Gen. PPL ({genppl_mode}) increase over heavy alone "
+                        f"({base.genppl:.1f}, entropy {base.entropy:.2f}); judge {judge}")
+    for column in ("segment", "t", "schedule", "Gen. PPL", "increase", "entropy"):
+        table.add_column(column, justify="right")
+    for i, (c, (a, b)) in enumerate(zip(summary.singles, summary.segment_t)):
+        table.add_row(str(i + 1), f"{a:.2f}-{b:.2f}", c.schedule, f"{c.genppl:.1f}", f"{c.increase:+.1f}", f"{c.entropy:.2f}")
+    console.print(table)
+    ranking = Table(title=f"ranking: {light_segments} light of {segments} segments over {steps} steps "
+                          f"(saving {100 * summary.ranking[0].saving:.1f}% of the heavy model's blocks)")
+    for column in ("rank", "light segments", "schedule", "Gen. PPL", "increase", "entropy"):
+        ranking.add_column(column, justify="right")
+    for rank, c in enumerate(summary.ranking, 1):
+        ranking.add_row(str(rank), ",".join(map(str, c.light_segments)), c.schedule, f"{c.genppl:.1f}",
+                        f"{c.increase:+.1f}", f"{c.entropy:.2f}")
+    console.print(ranking)
+    cells = list({c.path: c for c in [summary.baseline, *summary.singles, *summary.ranking]}.values())
+    console.print(f"{len(cells)} schedules: {sum(c.drawn for c in cells)} drawn now, {sum(c.scored for c in cells)} "
+                  "scored now, the rest read back")
+    console.print(f"plot: {summary.plot_path}")
+    console.print(f"summary: {summary.summary_path}; per-cell JSON in <heavy run>/eval/")
 
 
 @app.command()

@@ -37,6 +37,8 @@ from cofre.sampling.generate import (
     open_checkpoint,
     sample_checkpoint,
     sample_tag,
+    scheduled_identity,
+    with_schedule,
 )
 from cofre.tasks.mdlm import MDLMTask
 from cofre.training.checkpoint import checkpoint_recipe
@@ -73,6 +75,8 @@ class EvalSettings:
     reference_split: str = "val"  # images: FID's reference images
     reference_images: int = 0  # images: how many of them (a fixed subset); 0: the whole split
     inception_weights: str | None = None  # images: torch-fidelity's Inception weights file (FID and IS)
+    light: str | None = None  # model scheduling: the light model; cells are then the schedules, not the budgets
+    model_schedules: list[str] = field(default_factory=list)  # e.g. ["L125,H750,L125"]; heavy and light alone are added
 
 
 @dataclass
@@ -82,6 +86,7 @@ class CellSamples:
     metrics: dict[str, Any]
     out: str  # the samples file (text) or folder (images)
     tag: str  # the per-cell JSON's name
+    budget: int  # the blocks per sample it spent: the budget asked, or the one a model schedule implies
     record: dict[str, Any]  # how the samples were drawn: blocks spent, steps, iterations, count, sampler settings
 
 
@@ -133,6 +138,8 @@ def for_modality(settings: EvalSettings, modality: str) -> EvalSettings:
         raise CofreError(f"--metrics {', '.join(wrong)}: not for {modality} runs; choose from {', '.join(allowed)}")
     if modality == "image" and settings.top_p != [1.0]:
         raise CofreError("--top-p: text sampling option; image runs sample with --temperature (cofre sample)")
+    if modality == "image" and settings.light is not None:
+        raise CofreError("--light / --model-schedule: model scheduling is for text runs")
     judge = settings.judge or (IMAGE_JUDGE if modality == "image" else "gpt2-large")
     return dataclasses.replace(settings, metrics=metrics, judge=judge)
 
@@ -146,8 +153,10 @@ def check_settings(settings: EvalSettings) -> None:
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise CofreError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    if not settings.budgets and SAMPLE_METRICS & set(metrics):
+    if not settings.budgets and not settings.model_schedules and SAMPLE_METRICS & set(metrics):
         raise CofreError("give at least one --budget")
+    if settings.model_schedules or settings.light is not None:
+        sample_points(settings)  # schedules parse and share one step count before anything loads
     bad_reuse = [r for r in settings.reuse if r not in REUSE_POLICIES]
     if bad_reuse:
         raise CofreError(f"unknown reuse policy {', '.join(bad_reuse)}; choose from {', '.join(REUSE_POLICIES)}")
@@ -177,6 +186,32 @@ def check_settings(settings: EvalSettings) -> None:
     resolve_device(settings.device)
 
 
+def sample_points(settings: EvalSettings) -> list[tuple[int | None, str | None]]:
+    """The (budget, model schedule) of each cell of a run: every budget, or with a light model every schedule plus
+    the heavy and the light model alone over the same steps (H<S>, L<S>)."""
+    if (settings.light is None) != (not settings.model_schedules):
+        raise CofreError("model scheduling needs both --light LIGHT_RUN and --model-schedule (e.g. L125,H750,L125)")
+    if settings.light is None:
+        return [(budget, None) for budget in settings.budgets]
+    from cofre.sampling.model_schedule import parse_model_schedule, schedule_text, step_models
+
+    parsed = [parse_model_schedule(text, settings.steps) for text in settings.model_schedules]
+    steps = {len(step_models(segments)) for segments in parsed}
+    if len(steps) > 1:
+        raise CofreError(f"the --model-schedule values cover different numbers of steps ({', '.join(map(str, sorted(steps)))}); "
+                         "compare schedules over one step count")
+    total = steps.pop()
+    texts = [f"H{total}", f"L{total}", *(schedule_text(segments) for segments in parsed)]
+    return [(None, text) for text in dict.fromkeys(texts)]
+
+
+def schedule_label(name: str, schedule: str, light: str) -> str:
+    """A scheduled cell's row name: the schedule, and which model runs alone for H<S> and L<S>."""
+    if "," in schedule:
+        return f"{name} {schedule}"
+    return f"{name} {schedule} (heavy alone)" if schedule[0] == "H" else f"{name} {schedule} (light alone: {light})"
+
+
 def reference_texts(ckpt: LoadedCheckpoint, count: int, length: int) -> list[str]:
     """Held-out texts of the run's corpus, cut to the sample length, as MAUVE's reference distribution."""
     val = load_corpus(ckpt.recipe.data).val
@@ -187,7 +222,8 @@ def reference_texts(ckpt: LoadedCheckpoint, count: int, length: int) -> list[str
 
 
 def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: list[str], ids: list[list[int]],
-               settings: EvalSettings, judge: Any, reference_features: Any) -> dict[str, Any]:
+               settings: EvalSettings, judge: Any, reference_features: Any,
+               light: LoadedCheckpoint | None = None) -> dict[str, Any]:
     """The sample-based metrics of one cell; each records how it was computed."""
     metrics: dict[str, Any] = {}
     if "genppl" in settings.metrics:
@@ -205,7 +241,7 @@ def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: l
         mauve = mauve_from_features(features(texts, judge), reference_features, judge.name, seed=settings.seed)
         metrics["mauve"] = dataclasses.asdict(mauve)
     if "latency" in settings.metrics:
-        sampler = build_sampler(ckpt, sample_settings)
+        sampler = build_sampler(ckpt, sample_settings, light=light)
         generator = torch.Generator(ckpt.device).manual_seed(settings.seed)
         latency = measure_latency(lambda: sampler.sample(settings.batch_size, generator), settings.batch_size,
                                   sampler.cfg.length, ckpt.device, sampler.cfg.precision, settings.latency_warmup,
@@ -214,25 +250,30 @@ def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: l
     return metrics
 
 
-def text_cell(ckpt: LoadedCheckpoint, settings: EvalSettings, reuse: str, budget: int, top_p: float, precision: str,
-              judge: Any, references: dict[str, Any]) -> CellSamples:
-    """One text cell: samples drawn (or read back), scored; `references` keeps MAUVE's reference features per run."""
-    sample_settings = SampleSettings(
+def text_cell(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: EvalSettings, reuse: str,
+              budget: int | None, model_schedule: str | None, top_p: float, precision: str, judge: Any,
+              references: dict[str, Any]) -> CellSamples:
+    """One text cell: samples drawn (or read back), scored; `references` keeps MAUVE's reference features per run.
+    With a light model, `model_schedule` names the model of each step and the budget follows from it."""
+    sample_settings = with_schedule(ckpt, light, SampleSettings(
         budget=budget, steps=settings.steps, schedule=settings.schedule, reuse=reuse,
         num_samples=settings.num_samples, batch_size=settings.batch_size, seed=settings.seed,
         top_p=top_p, ema=settings.ema, device=settings.device, precision=precision, compile=settings.compile,
-    )
-    result = sample_checkpoint(ckpt, sample_settings, if_exists="reuse", show_progress=False)
+        light=settings.light, model_schedule=model_schedule,
+    ))
+    result = sample_checkpoint(ckpt, sample_settings, if_exists="reuse", show_progress=False, light=light)
     if "mauve" in settings.metrics and str(ckpt.run_root) not in references:  # held-out texts, featurised once per run
         from cofre.evaluation.mauve import features
 
         texts = reference_texts(ckpt, settings.num_samples, len(result.ids[0]))
         references[str(ckpt.run_root)] = features(texts, judge)
     metrics = score_cell(ckpt, sample_settings, result.texts, result.ids, settings, judge,
-                         references.get(str(ckpt.run_root)))
+                         references.get(str(ckpt.run_root)), light)
     record = {"blocks_spent": result.blocks_spent, "steps": result.steps, "iterations": result.iterations,
+              **({"model_schedule": result.model_schedule} if result.model_schedule else {}),
               "num_samples": result.num_samples, "sample_settings": dataclasses.asdict(sample_settings)}
-    return CellSamples(metrics=metrics, out=result.out, tag=sample_tag(sample_settings, ckpt.identity), record=record)
+    return CellSamples(metrics=metrics, out=result.out, tag=sample_tag(sample_settings, scheduled_identity(ckpt, light)),
+                       budget=sample_settings.budget, record=record)
 
 
 def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, console: Console | None = None) -> EvalSummary:
@@ -258,6 +299,9 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     valppl: dict[str, dict[str, float]] = {}
     training: dict[str, dict[str, Any]] = {}
     references: dict[str, Any] = {}
+    light = None  # model scheduling: the light model, opened once for every run
+    if settings.light is not None:
+        light = open_checkpoint(settings.light, ema=settings.ema, device=settings.device, compile=settings.compile)
     for run in runs:
         ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device, compile=settings.compile)
         name = run_name(run, ckpt.folder, ckpt.identity)  # two runs of one recipe, two checkpoints: two rows
@@ -269,29 +313,33 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
             valppl[name] = {**validation_perplexity(ckpt.model, task, val, settings.val_batches,
                                                     ckpt.recipe.trainer.micro_batch_size, ckpt.recipe.solver.eval_iters,
                                                     precision), "precision": precision}
-        policies = settings.reuse if ckpt.model.cfg.is_fixed_point else ["none"]  # reuse needs a fixed-point solve
+        fixed_point = ckpt.model.cfg.is_fixed_point or (light is not None and light.model.cfg.is_fixed_point)
+        policies = settings.reuse if fixed_point else ["none"]  # reuse needs a fixed-point solve
         if not SAMPLE_METRICS & set(settings.metrics):
             policies = []  # nothing to score on samples (e.g. --metrics valppl with --lm-eval)
         for top_p, reuse in product(settings.top_p, policies):
-            for budget in settings.budgets:
-                label = f"{name} {reuse}" if ckpt.model.cfg.is_fixed_point else name
+            for budget, model_schedule in sample_points(settings):
+                label = f"{name} {reuse}" if fixed_point else name
                 label += f" top-p {top_p:g}" if top_p != 1 else ""
-                console.print(f"[bold]{label}[/] budget {budget}: sampling {settings.num_samples}")
+                if model_schedule is not None and light is not None:
+                    label = schedule_label(label, model_schedule, light.run_root.name)
+                console.print(f"[bold]{label}[/] budget {budget or 'of the schedule'}: sampling {settings.num_samples}")
                 if images is not None:
                     cell = images.score(ckpt, reuse, budget, precision)
                 else:
-                    cell = text_cell(ckpt, settings, reuse, budget, top_p, precision, judge, references)
+                    cell = text_cell(ckpt, light, settings, reuse, budget, model_schedule, top_p, precision, judge,
+                                     references)
                 judged_by = (images.extractor.name if images is not None and images.extractor is not None
                              else settings.judge if judge is not None else None)
                 record = {
-                    "run": str(run), "label": label, "reuse": reuse, "budget": budget, **cell.record,
+                    "run": str(run), "label": label, "reuse": reuse, "budget": cell.budget, **cell.record,
                     "metrics": cell.metrics, "judge": judged_by, "precision": precision, "seed": settings.seed,
                     "samples": cell.out, "checkpoint": ckpt.identity, "code": code,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 }
                 path = ckpt.run_root / "eval" / f"{cell.tag}.json"
                 atomic_write_text(path, json.dumps(record, indent=2))
-                cells.append(Cell(run=str(run), label=label, reuse=reuse, budget=budget, metrics=cell.metrics,
+                cells.append(Cell(run=str(run), label=label, reuse=reuse, budget=cell.budget, metrics=cell.metrics,
                                   samples=cell.out, path=str(path), top_p=top_p, checkpoint=ckpt.identity))
     judge_name = images.extractor.name if images is not None and images.extractor is not None else settings.judge
     summary = EvalSummary(cells=cells, valppl=valppl, settings=dataclasses.asdict(settings), judge=str(judge_name),

@@ -113,7 +113,7 @@ class ImageCells:
                   "iterations": manifest["plan"]["iterations"], "num_samples": len(manifest["samples"]),
                   "sample_settings": manifest["settings"], "budget_definition": BUDGET_DEFINITION, "cfg": s.cfg}
         judged = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.extractor.name) if wanted and self.extractor else ""
-        return CellSamples(metrics=metrics, out=str(out), tag=out.name + judged, record=record)  # one JSON per judge
+        return CellSamples(metrics=metrics, out=str(out), tag=out.name + judged, budget=budget, record=record)  # one per judge
 
 
 def training_cost(run: Path) -> dict[str, Any]:

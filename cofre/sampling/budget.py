@@ -4,7 +4,7 @@ denoising steps and fixed-point iterations per step."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from cofre.config import ModelConfig
@@ -54,6 +54,7 @@ class BudgetPlan:
     steps: int
     iterations: list[int]  # N_i per step; [] for a plain model
     blocks_per_step: list[int]  # K_pre + N_i K_fp + K_post, or the depth of a plain model
+    models: list[str] = field(default_factory=list)  # a model schedule's H/L per step; [] = the one model throughout
 
 
 def default_steps(cfg: ModelConfig, budget: int, mean_iters: int = DEFAULT_MEAN_ITERS) -> int:

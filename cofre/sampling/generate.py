@@ -18,6 +18,13 @@ from cofre.data.tokenizer import gpt2_tokenizer
 from cofre.errors import CofreError
 from cofre.sampling.budget import BudgetPlan, plan_budget
 from cofre.sampling.mdlm import MDLMSampler, SamplerConfig, StepRecord
+from cofre.sampling.model_schedule import (
+    check_compatible,
+    parse_model_schedule,
+    plan_schedule,
+    schedule_cost,
+    schedule_text,
+)
 from cofre.sampling.reuse import ReuseConfig
 from cofre.config import Recipe
 from cofre.models import Denoiser
@@ -30,7 +37,7 @@ from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_tra
 class SampleSettings:
     """The full set of choices `cofre sample` exposes; written beside every sample."""
 
-    budget: int
+    budget: int | None  # None: derived from the model schedule (made concrete before sampling)
     steps: int | None = None
     schedule: str = "decreasing"
     reuse: str = "3sr"
@@ -50,6 +57,8 @@ class SampleSettings:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (resolved before sampling, so recorded as run)
     compile: bool = False  # torch.compile the transformer blocks
+    light: str | None = None  # model scheduling: the light model's checkpoint folder
+    model_schedule: str | None = None  # model scheduling: H/L segments in step order, e.g. L125,H750,L125
 
 
 @dataclass
@@ -69,13 +78,18 @@ class SampleResult:
     checkpoint: dict[str, Any]
     texts: list[str] = field(default_factory=list)
     ids: list[list[int]] = field(default_factory=list)
+    model_schedule: dict[str, Any] | None = None  # a schedule's cost: blocks per model, saving against heavy alone
 
 
 def sample_tag(settings: SampleSettings, checkpoint: dict[str, Any]) -> str:
     """A file name that names the main settings and changes whenever any setting or the weights do."""
     identity = {"settings": dataclasses.asdict(settings), "weights": checkpoint["sha256"]}
+    if "light" in checkpoint:  # a model schedule: the light model's weights too
+        identity["light"] = checkpoint["light"]["sha256"]
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-    return f"step{checkpoint['step']}-b{settings.budget}-{settings.reuse}-{settings.schedule}-seed{settings.seed}-{digest}"
+    scheduled = f"-{settings.model_schedule.replace(',', '')}" if settings.model_schedule else ""
+    return (f"step{checkpoint['step']}-b{settings.budget}-{settings.reuse}-{settings.schedule}{scheduled}"
+            f"-seed{settings.seed}-{digest}")
 
 
 def checkpoint_identity(folder: Path, ema: bool) -> dict[str, Any]:
@@ -119,8 +133,14 @@ def resolved(settings: SampleSettings, device: torch.device) -> SampleSettings:
 
 def validate_settings(settings: SampleSettings, max_len: int | None = None) -> None:
     """Every setting in range; `--length` against the model's max_seq_len once the model is known."""
+    if (settings.light is None) != (settings.model_schedule is None):
+        raise CofreError("model scheduling needs both --light LIGHT_RUN and --model-schedule (e.g. L125,H750,L125)")
+    if settings.budget is None and settings.model_schedule is None:
+        raise CofreError("Missing option '--budget': give a block budget, or --light and --model-schedule")
     check_range("--budget", settings.budget, 1, MAX_BUDGET)
     check_range("--steps", settings.steps, 1, MAX_BUDGET)
+    if settings.model_schedule is not None:
+        parse_model_schedule(settings.model_schedule, settings.steps)  # a bad schedule fails before anything loads
     check_range("--num-samples", settings.num_samples, 1, MAX_COUNT)
     check_range("--batch-size", settings.batch_size, 1, MAX_COUNT)
     check_range("--seed", settings.seed, 0, MAX_SEED)
@@ -138,20 +158,52 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
     check_range("--length", settings.length, 1, max_len)  # max_len: the model's max_seq_len
 
 
-def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool = False) -> MDLMSampler:
-    """The sampler `settings` describe, for this checkpoint (budget plan checked here)."""
+def scheduled_plan(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> BudgetPlan:
+    """A model schedule's plan: the light model matched against the heavy one, the schedule parsed against --steps,
+    the budget derived (and checked against --budget when given)."""
+    if light is None or settings.model_schedule is None:
+        raise CofreError("model scheduling needs both --light LIGHT_RUN and --model-schedule (e.g. L125,H750,L125)")
+    check_compatible(ckpt.recipe, light.recipe, str(ckpt.folder), str(light.folder))
+    segments = parse_model_schedule(settings.model_schedule, settings.steps)
+    return plan_schedule(segments, ckpt.recipe, light.recipe, settings.budget)
+
+
+def with_schedule(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> SampleSettings:
+    """`settings` with a model schedule made concrete: its canonical step counts, the derived budget and steps, and
+    the light model's folder; unchanged without a schedule."""
+    if settings.model_schedule is None and light is None:
+        return settings
+    plan = scheduled_plan(ckpt, light, settings)
+    segments = parse_model_schedule(settings.model_schedule or "", settings.steps)
+    return dataclasses.replace(settings, budget=plan.budget, steps=plan.steps, model_schedule=schedule_text(segments),
+                               light=str(light.folder) if light is not None else None)
+
+
+def scheduled_identity(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None) -> dict[str, Any]:
+    """Which weights drew the samples: the checkpoint's identity, with the light model's under "light"."""
+    return ckpt.identity if light is None else {**ckpt.identity, "light": light.identity}
+
+
+def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool = False,
+                  light: LoadedCheckpoint | None = None) -> MDLMSampler:
+    """The sampler `settings` describe, for this checkpoint (and a model schedule's light model; plan checked here)."""
     recipe = ckpt.recipe
     if recipe.model.modality != "text":
         raise CofreError(f"{ckpt.folder} is an image model; the text sampler needs a text (MDLM) checkpoint "
                          "(`cofre sample` on an image run draws images)")
     validate_settings(settings, recipe.model.max_seq_len)
-    plan: BudgetPlan = plan_budget(recipe.model, settings.budget, settings.steps, settings.schedule)
+    if settings.model_schedule is not None or light is not None:
+        plan = scheduled_plan(ckpt, light, settings)
+        check_range("--length", settings.length, 1, light.recipe.model.max_seq_len)  # type: ignore[union-attr]
+    else:
+        assert settings.budget is not None  # validate_settings: a budget or a schedule
+        plan = plan_budget(recipe.model, settings.budget, settings.steps, settings.schedule)
     reuse = ReuseConfig(settings.reuse, settings.gamma_mask_min, settings.gamma_mask_max, settings.gamma_changed_min,
                         settings.gamma_changed_max)
     config = SamplerConfig(length=settings.length or recipe.data.seq_len, reuse=reuse, top_p=settings.top_p,
                            noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace,
                            precision=resolve_precision(settings.precision, ckpt.device))
-    return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps)
+    return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps, light=light.model if light is not None else None)
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
@@ -163,27 +215,39 @@ def _result(out: Path, records: list[dict[str, Any]], settings: SampleSettings, 
     plan = sampler.plan
     spent = [records[i]["blocks_spent"] for i in range(0, len(records), settings.batch_size)]
     per_batch = [records[i]["blocks_per_step"] for i in range(0, len(records), settings.batch_size)]
+    assert settings.budget is not None  # made concrete by with_schedule
     return SampleResult(
         out=str(out), num_samples=len(records), budget=settings.budget, steps=plan.steps, iterations=plan.iterations,
         blocks_spent=spent, blocks_per_step=[sum(b[i] for b in per_batch) / len(per_batch) for i in range(plan.steps)],
         cached_steps=sum(r.cached for steps in traces for r in steps), wall_time_s=wall,
         tokens_per_s=len(records) * sampler.cfg.length / wall, checkpoint=identity, texts=[r["text"] for r in records],
-        ids=[r["ids"] for r in records],
+        ids=[r["ids"] for r in records], model_schedule=records[0].get("model_schedule"),
     )
 
 
+def _schedule_record(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> dict[str, Any]:
+    """What a model schedule spends (written with each sample): blocks per model, the saving, the light model."""
+    if light is None or settings.model_schedule is None:
+        return {}
+    cost = schedule_cost(parse_model_schedule(settings.model_schedule), ckpt.recipe, light.recipe)
+    return {"model_schedule": {**dataclasses.asdict(cost), "light": light.identity}}
+
+
 def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Path | None = None,
-                      if_exists: str = "error", trace: Path | None = None, show_progress: bool = True) -> SampleResult:
+                      if_exists: str = "error", trace: Path | None = None, show_progress: bool = True,
+                      light: LoadedCheckpoint | None = None) -> SampleResult:
     """Sample `settings.num_samples` sequences and write them (with settings and cost) to `out`, by default
-    `<run>/samples/<tag>.jsonl`. An existing file is an error, replaced ("overwrite"), or read back ("reuse")."""
-    settings = resolved(settings, ckpt.device)
-    sampler = build_sampler(ckpt, settings, trace=trace is not None)
-    out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, ckpt.identity)}.jsonl"
+    `<run>/samples/<tag>.jsonl`. An existing file is an error, replaced ("overwrite"), or read back ("reuse").
+    With `light` and `settings.model_schedule`, each step runs the model the schedule names."""
+    settings = with_schedule(ckpt, light, resolved(settings, ckpt.device))
+    sampler = build_sampler(ckpt, settings, trace=trace is not None, light=light)
+    identity = scheduled_identity(ckpt, light)
+    out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, identity)}.jsonl"
     if out.exists() and if_exists == "reuse":
         records = read_samples(out)
-        if all(r["settings"] == dataclasses.asdict(settings) and r["checkpoint"]["sha256"] == ckpt.identity["sha256"]
+        if all(r["settings"] == dataclasses.asdict(settings) and _weights(r["checkpoint"]) == _weights(identity)
                for r in records) and len(records) == settings.num_samples:
-            return _result(out, records, settings, sampler, [], sum(r["batch_wall_time_s"] for r in records[:: settings.batch_size]), ckpt.identity)
+            return _result(out, records, settings, sampler, [], sum(r["batch_wall_time_s"] for r in records[:: settings.batch_size]), identity)
         raise CofreError(f"{out} holds samples with other settings or weights; remove it to sample again")
     for path in (out, trace):
         if path is not None and path.exists() and if_exists != "overwrite":
@@ -193,6 +257,7 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     batches = [min(settings.batch_size, settings.num_samples - i) for i in range(0, settings.num_samples, settings.batch_size)]
     records: list[dict[str, Any]] = []
     traces: list[list[StepRecord]] = []
+    scheduled = _schedule_record(ckpt, light, settings)
     started = time.perf_counter()
     progress = Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         disable=not show_progress)
@@ -208,9 +273,11 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
             for ids in batch.tokens.tolist():
                 records.append({
                     "ids": ids, "text": tokenizer.decode(ids), "settings": dataclasses.asdict(settings),
-                    "length": sampler.cfg.length, "plan": {"steps": sampler.plan.steps, "iterations": sampler.plan.iterations},
+                    "length": sampler.cfg.length, "plan": {"steps": sampler.plan.steps, "iterations": sampler.plan.iterations,
+                                                           **({"models": sampler.plan.models} if sampler.plan.models else {})},
                     "blocks_spent": batch.blocks_spent, "blocks_per_step": [r.blocks for r in batch.steps],
-                    "batch_wall_time_s": batch_time, "checkpoint": ckpt.identity,
+                    "batch_wall_time_s": batch_time, "checkpoint": identity,
+                    **scheduled,
                 })
             progress.advance(bar)
     wall = time.perf_counter() - started
@@ -218,7 +285,12 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     _write_jsonl(out, records)
     if trace is not None:
         _write_jsonl(trace, [{"batch": b, **dataclasses.asdict(r)} for b, steps in enumerate(traces) for r in steps])
-    return _result(out, records, settings, sampler, traces, wall, ckpt.identity)
+    return _result(out, records, settings, sampler, traces, wall, identity)
+
+
+def _weights(identity: dict[str, Any]) -> tuple[str, str | None]:
+    """The weights that decide what is drawn: the checkpoint's, and a model schedule's light model's."""
+    return identity["sha256"], identity.get("light", {}).get("sha256")
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

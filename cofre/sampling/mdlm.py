@@ -7,6 +7,11 @@ needed at the positions being revealed. The grid t_i = 1 - i/S ends at 0, so the
 With `noise_removal` the grid is MDLM's: S - 1 steps from t = 1 to 1e-5, then MDLM's noise removal, one
 more network pass at t = 1e-5 that fills every still-masked token with its most likely value; that pass is
 the budget's last step, so its blocks are counted like any other.
+
+With a light model and a plan that names a model per step (model scheduling, `model_schedule.py`), each step's
+network pass is the named model's and costs that model's blocks; the reveal draws are the same, so an all-heavy
+schedule draws exactly the heavy model's samples. A switch of model resets the warm start: the new model's
+solve starts from its own h_pre (hidden states of two models are not interchangeable).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class StepRecord:
     blocks: int
     revealed: int
     cached: bool
+    model: str = "H"  # which denoiser ran the step: H (the sampled run) or L (a model schedule's light model)
     residuals: list[float] = field(default_factory=list)  # mean relative residual per iteration (App. F.12)
     solution_shift: dict[str, float] = field(default_factory=dict)  # mean ||h*_t - h*_prev|| per type (Fig. 3)
 
@@ -153,8 +159,10 @@ def record_solve(record: StepRecord, step: NetworkStep, h_prev: Tensor | None, z
 class MDLMSampler:
     """Owns the solver's warm-start state across the steps of one batch; the model stays a pure function."""
 
-    def __init__(self, model: Denoiser, plan: BudgetPlan, cfg: SamplerConfig, eps: float = 1e-3) -> None:
+    def __init__(self, model: Denoiser, plan: BudgetPlan, cfg: SamplerConfig, eps: float = 1e-3,
+                 light: Denoiser | None = None) -> None:
         self.model = model.eval()
+        self.models = {"H": self.model, **({"L": light.eval()} if light is not None else {})}
         self.plan = plan
         self.cfg = cfg
         self.schedule = LogLinearSchedule(eps)
@@ -162,18 +170,25 @@ class MDLMSampler:
 
     @torch.no_grad()
     def sample(self, batch_size: int, generator: torch.Generator) -> SampleBatch:
-        model, cfg, plan = self.model, self.cfg, self.plan
-        device = next(model.parameters()).device
+        cfg, plan = self.cfg, self.plan
+        device = next(self.model.parameters()).device
         z = torch.full((batch_size, cfg.length), self.mask_id, dtype=torch.long, device=device)
         times = time_grid(plan.steps, cfg.noise_removal)
         h_prev: Tensor | None = None
         z_prev: Tensor | None = None
-        carry, spent, records, counts = 0, 0, [], []
+        carry = dict.fromkeys(self.models, 0)  # unspent iterations stay with the model that left them
+        spent, records, counts, last = 0, [], [], "H"
         for i in range(plan.steps):
             t, s = times[i], times[i + 1]
             revealed = reveal(z, t, s, self.mask_id, generator)
-            allocated = plan.iterations[i] + carry if plan.iterations else 0
-            record = StepRecord(step=i, t=t, allocated_iters=allocated, iterations=0, blocks=0, revealed=0, cached=False)
+            name = plan.models[i] if plan.models else "H"
+            model = self.models[name]
+            if name != last:
+                h_prev = z_prev = None  # a switch of model: the solve starts from this model's h_pre
+                last = name
+            allocated = plan.iterations[i] + carry[name] if plan.iterations and model.fixed_point is not None else 0
+            record = StepRecord(step=i, t=t, allocated_iters=allocated, iterations=0, blocks=0, revealed=0, cached=False,
+                                model=name)
             records.append(record)
             counts.append(revealed.sum())  # counts are read once after the loop (the cache needs them now)
             if cfg.cache and int(counts[-1]) == 0:
@@ -184,7 +199,7 @@ class MDLMSampler:
                 step = network_step(model, z, cond, h_prev, z_prev, allocated, cfg.reuse, cfg.tol, cfg.trace)
                 if step.h_star is not None:
                     record_solve(record, step, h_prev, z, z_prev, self.mask_id, cfg.trace)
-                    carry = allocated - record.iterations  # unspent iterations move on to later steps
+                    carry[name] = allocated - record.iterations  # unspent iterations move on to later steps
                     h_prev, z_prev = step.h_star, z
                 record.blocks = model.blocks_per_step(record.iterations)
                 spent += record.blocks

@@ -1,0 +1,184 @@
+"""Model scheduling (Sedykh et al., "Not All Denoising Steps Are Equal", arXiv 2604.02340): a light denoiser
+replaces the heavy one at a subset of the ancestral sampler's steps.
+
+A schedule is a list of segments in step order, e.g. `L125,H750,L125` (the paper's OWT "sandwich": 125 light
+steps, 750 heavy, 125 light) or fractions of `--steps`, `L0.125,H0.75,L0.125`. The schedule fixes the number of
+steps; each step costs the blocks of the model that ran it (a plain model its depth, an FP model K_pre + N K_fp +
+K_post with N its recipe's solver.eval_iters), so the budget is derived from the schedule, and the saving is
+measured against the heavy model running every step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from cofre.config import Recipe
+from cofre.errors import CofreError
+from cofre.sampling.budget import BudgetPlan
+
+HEAVY, LIGHT = "H", "L"
+SWITCH_WARM_START = "h_pre"  # an FP model's solve after the other model ran the previous step starts from h_pre
+
+
+@dataclass(frozen=True)
+class Segment:
+    model: str  # "H" or "L"
+    steps: int
+
+
+def parse_model_schedule(text: str, steps: int | None = None) -> list[Segment]:
+    """`L125,H750,L125` (step counts; `steps`, when given, must equal their sum) or `L0.125,H0.75,L0.125`
+    (fractions of `steps`, summing to 1, each a whole number of steps). Adjacent segments of one model merge."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise CofreError(f"--model-schedule '{text}' names no segment; e.g. L125,H750,L125")
+    letters, amounts = [], []
+    for part in parts:
+        letter, amount = part[0].upper(), part[1:]
+        if letter not in (HEAVY, LIGHT):
+            raise CofreError(f"--model-schedule segment '{part}' names an unknown model '{part[0]}'; "
+                             "use H (heavy) or L (light), e.g. L125,H750,L125")
+        try:
+            value = float(amount)
+        except ValueError:
+            raise CofreError(f"--model-schedule segment '{part}' needs a step count or fraction after "
+                             f"'{letter}', e.g. {letter}125 or {letter}0.125") from None
+        if not value > 0 or math.isinf(value):
+            raise CofreError(f"--model-schedule segment '{part}' must cover a positive number of steps")
+        letters.append(letter)
+        amounts.append((amount, value))
+    fractions = ["." in a for a, _ in amounts]
+    if any(fractions) and not all(fractions):
+        raise CofreError(f"--model-schedule '{text}' mixes step counts and fractions; use one kind")
+    if all(fractions):
+        if steps is None:
+            raise CofreError(f"--model-schedule '{text}' gives fractions; add --steps to say how many steps they divide")
+        total = sum(v for _, v in amounts)
+        if abs(total - 1) > 1e-9:
+            raise CofreError(f"--model-schedule '{text}' fractions sum to {total:g}, not 1: they do not cover the "
+                             f"{steps} steps")
+        counts = []
+        for (amount, value), letter in zip(amounts, letters):
+            exact = value * steps
+            if abs(exact - round(exact)) > 1e-6 or round(exact) < 1:
+                raise CofreError(f"--model-schedule segment {letter}{amount} of {steps} steps is {exact:g} steps; "
+                                 "choose --steps so that every segment is a whole number of steps")
+            counts.append(round(exact))
+    else:
+        if any(v != int(v) for _, v in amounts):
+            raise CofreError(f"--model-schedule '{text}': step counts must be whole numbers")
+        counts = [int(v) for _, v in amounts]
+        if steps is not None and sum(counts) != steps:
+            raise CofreError(f"--model-schedule '{text}' covers {sum(counts)} steps, not the {steps} of --steps")
+    segments: list[Segment] = []
+    for letter, count in zip(letters, counts):
+        if segments and segments[-1].model == letter:
+            segments[-1] = Segment(letter, segments[-1].steps + count)
+        else:
+            segments.append(Segment(letter, count))
+    return segments
+
+
+def schedule_text(segments: list[Segment]) -> str:
+    """The canonical form, step counts: `L125,H750,L125`."""
+    return ",".join(f"{s.model}{s.steps}" for s in segments)
+
+
+def step_models(segments: list[Segment]) -> list[str]:
+    """The model of each step, first step first."""
+    return [s.model for s in segments for _ in range(s.steps)]
+
+
+def check_compatible(heavy: Recipe, light: Recipe, heavy_name: str, light_name: str) -> None:
+    """Two denoisers can share one trajectory when they read and write the same tokens: text models with the same
+    vocabulary (tokenizer and [mask] id), trained sequence length and noise schedule."""
+    for recipe, name in ((heavy, heavy_name), (light, light_name)):
+        if recipe.model.modality != "text":
+            raise CofreError(f"{name} is an image model; model scheduling schedules text (MDLM) denoisers")
+    pairs = {"vocabulary size (tokenizer)": (heavy.model.vocab_size, light.model.vocab_size),
+             "[mask] id": (heavy.model.mask_id, light.model.mask_id),
+             "sequence length": (heavy.data.seq_len, light.data.seq_len),
+             "task.eps (noise schedule)": (heavy.task.eps, light.task.eps)}
+    for what, (h, l) in pairs.items():
+        if h != l:
+            raise CofreError(f"the light model {light_name} has {what} {l}, the heavy model {heavy_name} {h}; "
+                             "scheduled models must share tokenizer, sequence length and [mask] id")
+
+
+def step_iterations(recipe: Recipe) -> int:
+    """Fixed-point iterations of each step an FP model runs in a schedule (its solver.eval_iters); 0 for a plain model."""
+    return recipe.solver.eval_iters if recipe.model.is_fixed_point else 0
+
+
+def blocks_of_step(recipe: Recipe) -> int:
+    """Blocks one step of this model costs: K_pre + N K_fp + K_post (a plain model: its depth)."""
+    m = recipe.model
+    return m.K_pre + step_iterations(recipe) * m.K_fp + m.K_post
+
+
+@dataclass
+class ScheduleCost:
+    """What a schedule spends: blocks per model, against the heavy model alone over the same steps."""
+
+    schedule: str  # canonical step counts, e.g. L125,H750,L125
+    segments: list[dict[str, Any]]
+    steps: int
+    heavy_steps: int
+    light_steps: int
+    heavy_blocks_per_step: int
+    light_blocks_per_step: int
+    heavy_blocks: int  # blocks spent by the heavy model's steps
+    light_blocks: int
+    blocks_spent: int  # the derived budget: the sum over steps of the blocks of the model that ran it
+    heavy_alone_blocks: int  # the same steps, all heavy
+    saving: float  # 1 - blocks_spent / heavy_alone_blocks
+    heavy_iterations: int  # fixed-point iterations per heavy step (0: plain)
+    light_iterations: int
+    switch_warm_start: str = SWITCH_WARM_START
+    counted: str = field(default="per step, the blocks of the model that ran it")
+
+
+def schedule_cost(segments: list[Segment], heavy: Recipe, light: Recipe) -> ScheduleCost:
+    """Blocks spent by a schedule, counted per step with the model that ran it."""
+    per_step = {HEAVY: blocks_of_step(heavy), LIGHT: blocks_of_step(light)}
+    models = step_models(segments)
+    count = {name: models.count(name) for name in per_step}
+    spent = sum(per_step[m] for m in models)
+    alone = len(models) * per_step[HEAVY]
+    return ScheduleCost(
+        schedule=schedule_text(segments), segments=[{"model": s.model, "steps": s.steps} for s in segments],
+        steps=len(models), heavy_steps=count[HEAVY], light_steps=count[LIGHT], heavy_blocks_per_step=per_step[HEAVY],
+        light_blocks_per_step=per_step[LIGHT], heavy_blocks=count[HEAVY] * per_step[HEAVY],
+        light_blocks=count[LIGHT] * per_step[LIGHT], blocks_spent=spent, heavy_alone_blocks=alone,
+        saving=1 - spent / alone, heavy_iterations=step_iterations(heavy), light_iterations=step_iterations(light),
+    )
+
+
+def plan_schedule(segments: list[Segment], heavy: Recipe, light: Recipe, budget: int | None = None) -> BudgetPlan:
+    """The sampler's plan for a schedule: per step its model, iterations and blocks; the budget is their sum
+    (`budget`, when given, must equal it)."""
+    models = step_models(segments)
+    recipes = {HEAVY: heavy, LIGHT: light}
+    blocks = [blocks_of_step(recipes[m]) for m in models]
+    if budget is not None and budget != sum(blocks):
+        cost = schedule_cost(segments, heavy, light)
+        raise CofreError(f"--model-schedule {cost.schedule} spends {cost.blocks_spent} blocks ({cost.heavy_steps} heavy "
+                         f"steps x {cost.heavy_blocks_per_step} + {cost.light_steps} light x "
+                         f"{cost.light_blocks_per_step}), not the --budget {budget}")
+    any_fp = heavy.model.is_fixed_point or light.model.is_fixed_point
+    iterations = [step_iterations(recipes[m]) for m in models] if any_fp else []
+    return BudgetPlan(sum(blocks), len(models), iterations, blocks, models)
+
+
+def schedule_summary(cost: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows for a terminal summary of a schedule's cost (a `ScheduleCost` as written in JSON)."""
+    return [
+        ("model schedule", f"{cost['schedule']} (H: this run, L: {cost['light']['path']}; a switch starts from "
+                           f"{cost['switch_warm_start']})"),
+        ("blocks: heavy + light", f"{cost['heavy_steps']} x {cost['heavy_blocks_per_step']} + {cost['light_steps']} x "
+                                  f"{cost['light_blocks_per_step']} = {cost['heavy_blocks']} + {cost['light_blocks']} = "
+                                  f"{cost['blocks_spent']}"),
+        ("saving vs heavy alone", f"{100 * cost['saving']:.1f}% of {cost['heavy_alone_blocks']} blocks"),
+    ]
