@@ -17,7 +17,7 @@ TABLE13_TINY_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entrop
 TABLE13_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --judge gpt2-large --num-samples 1000 \
 	--batch-size 32 --report-dir runs/reports/table13
 
-.PHONY: setup tiny test bench-train bench-sample tiny-images table7 table7-tiny table9 table13 table13-tiny adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
+.PHONY: shortcut-tiny shortcut setup tiny test bench-train bench-sample tiny-images table7 table7-tiny table9 table13 table13-tiny adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,28 @@ tiny-images: setup  ## images offline on a CPU: VQ tokenizer, tiny MaskGIT and F
 	$(BIN)/cofre sample runs/tiny-maskgit --budget 64 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/maskgit-b64
 	$(BIN)/cofre sample runs/tiny-fp-maskgit --budget 32 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/fp-maskgit-b32
 	$(BIN)/cofre sample runs/tiny-fp-maskgit --budget 64 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/fp-maskgit-b64
+
+# MIGM-Shortcut: vanilla N, vanilla B and the shortcut N/B; latency over 3 timed batches after one warm-up.
+SHORTCUT_LATENCY := --latency-warmup 1 --latency-repeats 3
+
+shortcut-tiny: setup  ## MIGM-Shortcut in miniature: S on the tiny MaskGIT (16/6 steps) and tiny MDLM (32/12), quality vs latency
+	$(BIN)/cofre train recipes/tiny-vq.yaml
+	$(BIN)/cofre train recipes/tiny-maskgit.yaml
+	$(BIN)/cofre train recipes/tiny-mdlm.yaml
+	$(BIN)/cofre shortcut runs/tiny-maskgit --recipe recipes/tiny-shortcut-maskgit.yaml
+	$(BIN)/cofre shortcut runs/tiny-mdlm --recipe recipes/tiny-shortcut-mdlm.yaml
+	$(BIN)/cofre evaluate runs/tiny-maskgit --shortcut runs/tiny-shortcut-maskgit --steps 16 --full-steps 6 \
+		--num-samples 20 --batch-size 20 $(SHORTCUT_LATENCY) --report-dir runs/reports/shortcut-tiny/maskgit
+	$(BIN)/cofre evaluate runs/tiny-mdlm --shortcut runs/tiny-shortcut-mdlm --steps 32 --full-steps 12 \
+		--judge smollm2-135m --num-samples 16 --batch-size 8 $(SHORTCUT_LATENCY) --report-dir runs/reports/shortcut-tiny/mdlm
+
+shortcut: setup  ## MIGM-Shortcut at full scale (GPU): on MaskGIT-Large (32/12 steps) and the OpenWebText MDLM (64/16)
+	$(BIN)/cofre shortcut runs/imagenette-maskgit-large --recipe recipes/imagenette-shortcut.yaml
+	$(BIN)/cofre shortcut runs/owt-mdlm --recipe recipes/owt-shortcut.yaml
+	$(BIN)/cofre evaluate runs/imagenette-maskgit-large --shortcut runs/imagenette-shortcut --steps 32 --full-steps 12 \
+		--num-samples 1000 --batch-size 50 --report-dir runs/reports/shortcut/maskgit
+	$(BIN)/cofre evaluate runs/owt-mdlm --shortcut runs/owt-shortcut --steps 64 --full-steps 16 \
+		--judge gpt2-large --num-samples 1000 --batch-size 32 --report-dir runs/reports/shortcut/mdlm
 
 test: setup  ## the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest

@@ -16,9 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_SEED, check_range
 from cofre.data.tokenizer import gpt2_tokenizer
 from cofre.errors import CofreError
-from cofre.sampling.budget import BudgetPlan, plan_budget
+from cofre.sampling.budget import plan_budget
 from cofre.sampling.mdlm import MDLMSampler, SamplerConfig, StepRecord
 from cofre.sampling.reuse import ReuseConfig
+from cofre.sampling.shortcut import check_shortcut_options, shortcut_cost
 from cofre.config import Recipe
 from cofre.models import Denoiser
 from cofre.precision import resolve_device, resolve_precision
@@ -30,7 +31,7 @@ from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_tra
 class SampleSettings:
     """The full set of choices `cofre sample` exposes; written beside every sample."""
 
-    budget: int
+    budget: int | None  # None: with a shortcut, B full steps at the default cost
     steps: int | None = None
     schedule: str = "decreasing"
     reuse: str = "3sr"
@@ -50,6 +51,8 @@ class SampleSettings:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (resolved before sampling, so recorded as run)
     compile: bool = False  # torch.compile the transformer blocks
+    shortcut: str | None = None  # MIGM-Shortcut run: S replaces the full model on all but --full-steps of --steps
+    full_steps: int | None = None
 
 
 @dataclass
@@ -69,6 +72,7 @@ class SampleResult:
     checkpoint: dict[str, Any]
     texts: list[str] = field(default_factory=list)
     ids: list[list[int]] = field(default_factory=list)
+    shortcut: dict[str, Any] | None = None  # the shortcut's weights and cost (full-model blocks + S's FLOPs in blocks)
 
 
 def sample_tag(settings: SampleSettings, checkpoint: dict[str, Any]) -> str:
@@ -136,6 +140,7 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
     if settings.tol is not None and not 0 < settings.tol < float("inf"):
         raise CofreError(f"--tol must be a positive number, got {settings.tol}")
     check_range("--length", settings.length, 1, max_len)  # max_len: the model's max_seq_len
+    check_shortcut_options(settings.shortcut, settings.steps, settings.full_steps, settings.budget)
 
 
 def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool = False) -> MDLMSampler:
@@ -145,13 +150,20 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
         raise CofreError(f"{ckpt.folder} is an image model; the text sampler needs a text (MDLM) checkpoint "
                          "(`cofre sample` on an image run draws images)")
     validate_settings(settings, recipe.model.max_seq_len)
-    plan: BudgetPlan = plan_budget(recipe.model, settings.budget, settings.steps, settings.schedule)
+    hook = None
+    if settings.shortcut is not None and settings.steps is not None and settings.full_steps is not None:
+        from cofre.training.shortcut import shortcut_steps
+
+        plan, hook = shortcut_steps(ckpt, Path(settings.shortcut), settings.steps, settings.full_steps,
+                                    settings.budget, settings.schedule)
+    else:
+        plan = plan_budget(recipe.model, settings.budget or 0, settings.steps, settings.schedule)
     reuse = ReuseConfig(settings.reuse, settings.gamma_mask_min, settings.gamma_mask_max, settings.gamma_changed_min,
                         settings.gamma_changed_max)
     config = SamplerConfig(length=settings.length or recipe.data.seq_len, reuse=reuse, top_p=settings.top_p,
                            noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace,
                            precision=resolve_precision(settings.precision, ckpt.device))
-    return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps)
+    return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps, hook=hook)
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
@@ -162,14 +174,20 @@ def _result(out: Path, records: list[dict[str, Any]], settings: SampleSettings, 
             traces: list[list[StepRecord]], wall: float, identity: dict[str, Any]) -> SampleResult:
     plan = sampler.plan
     spent = [records[i]["blocks_spent"] for i in range(0, len(records), settings.batch_size)]
+    costs = [records[i]["shortcut"] for i in range(0, len(records), settings.batch_size) if "shortcut" in records[i]]
     per_batch = [records[i]["blocks_per_step"] for i in range(0, len(records), settings.batch_size)]
     return SampleResult(
         out=str(out), num_samples=len(records), budget=settings.budget, steps=plan.steps, iterations=plan.iterations,
         blocks_spent=spent, blocks_per_step=[sum(b[i] for b in per_batch) / len(per_batch) for i in range(plan.steps)],
         cached_steps=sum(r.cached for steps in traces for r in steps), wall_time_s=wall,
         tokens_per_s=len(records) * sampler.cfg.length / wall, checkpoint=identity, texts=[r["text"] for r in records],
-        ids=[r["ids"] for r in records],
+        ids=[r["ids"] for r in records], shortcut=mean_cost(costs) if costs else None,
     )
+
+
+def mean_cost(costs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shortcut's cost per sample averaged over batches (numbers), with the weights it ran (the rest)."""
+    return {k: sum(c[k] for c in costs) / len(costs) if isinstance(v, float) else v for k, v in costs[0].items()}
 
 
 def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Path | None = None,
@@ -178,6 +196,7 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     `<run>/samples/<tag>.jsonl`. An existing file is an error, replaced ("overwrite"), or read back ("reuse")."""
     settings = resolved(settings, ckpt.device)
     sampler = build_sampler(ckpt, settings, trace=trace is not None)
+    settings = dataclasses.replace(settings, budget=sampler.plan.budget)  # with a shortcut: the full steps' budget
     out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, ckpt.identity)}.jsonl"
     if out.exists() and if_exists == "reuse":
         records = read_samples(out)
@@ -205,12 +224,14 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
                 torch.cuda.synchronize()
             batch_time = time.perf_counter() - batch_start
             traces.append(batch.steps)
+            cost = {} if sampler.hook is None else {"shortcut": {**sampler.hook.identity, **shortcut_cost(
+                sampler.hook, sampler.cfg.length, sampler.plan)}}  # type: ignore[arg-type]
             for ids in batch.tokens.tolist():
                 records.append({
                     "ids": ids, "text": tokenizer.decode(ids), "settings": dataclasses.asdict(settings),
                     "length": sampler.cfg.length, "plan": {"steps": sampler.plan.steps, "iterations": sampler.plan.iterations},
                     "blocks_spent": batch.blocks_spent, "blocks_per_step": [r.blocks for r in batch.steps],
-                    "batch_wall_time_s": batch_time, "checkpoint": ckpt.identity,
+                    "batch_wall_time_s": batch_time, "checkpoint": ckpt.identity, **cost,
                 })
             progress.advance(bar)
     wall = time.perf_counter() - started

@@ -16,6 +16,7 @@ unconditional half gets features of its own. Full steps: step 0 and t_k = max(t_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -209,17 +210,17 @@ class ShortcutSteps:
     """Hooked into a sampler: at a shortcut step it returns f̂ in place of the network's pass; it keeps the previous
     step's features and input across the steps of one batch (the sampler calls `start` per batch)."""
 
-    def __init__(self, shortcut: Shortcut, model: Denoiser, steps: int, full: int) -> None:
+    def __init__(self, shortcut: Shortcut, model: Denoiser, steps: int, full: int,
+                 identity: dict[str, Any] | None = None) -> None:
         self.shortcut = shortcut.eval()
         self.model = model
         self.full = frozenset(full_steps(steps, full))
+        self.identity = identity or {}  # which shortcut weights run (written beside the samples)
         self.previous: tuple[Tensor, Tensor] | None = None
-        self.keys: list[float] = []  # mean committed tokens per row at each shortcut call (for the FLOPs report)
-        self.batches = 0
+        self.keys: list[float] = []  # this batch: mean committed tokens per row at each shortcut call (FLOPs report)
 
     def start(self) -> None:
-        self.previous = None
-        self.batches += 1
+        self.previous, self.keys = None, []
 
     def predict(self, step: int, z: Tensor) -> Tensor | None:
         if step in self.full:
@@ -255,12 +256,24 @@ StepHook = ShortcutSteps | TrajectoryRecorder
 
 
 def shortcut_cost(hook: ShortcutSteps, seq_len: int, plan: BudgetPlan) -> dict[str, float]:
-    """Per sample (the guided pass not counted twice, as the budget): full-model blocks, shortcut steps, and S's FLOPs
-    in units of one base block's forward, averaged over the batches the hook ran."""
+    """Per sample of the last batch (the guided pass not counted twice, as the budget): full-model blocks, shortcut
+    steps, and S's FLOPs in units of one base block's forward on the same sequence."""
     block = block_flops(hook.model, seq_len)
-    flops = sum(hook.shortcut.flops(seq_len, k) for k in hook.keys) / max(1, hook.batches)
+    flops = sum(hook.shortcut.flops(seq_len, k) for k in hook.keys)
     calls = plan.blocks_per_step.count(0)
     full_blocks = float(sum(plan.blocks_per_step))
     return {"full_blocks": full_blocks, "shortcut_steps": float(calls), "shortcut_blocks": flops / block,
             "shortcut_call_blocks": flops / block / calls if calls else 0.0, "total_blocks": full_blocks + flops / block,
-            "block_flops": block}
+            "block_flops": float(block)}
+
+
+def check_shortcut_options(shortcut: str | None, steps: int | None, full: int | None, budget: int | None) -> None:
+    """`--shortcut RUN --steps N --full-steps B` go together; without them `--budget` is required."""
+    if shortcut is None and full is not None:
+        raise CofreError("--full-steps needs --shortcut (the shortcut run that replaces the other steps)")
+    if shortcut is not None and (steps is None or full is None):
+        raise CofreError("--shortcut needs --steps N (all steps) and --full-steps B (those that run the full model)")
+    if shortcut is None and budget is None:
+        raise CofreError("--budget is required (or --shortcut RUN with --steps and --full-steps)")
+    if steps is not None and full is not None:
+        full_steps(steps, full)
