@@ -398,7 +398,9 @@ def shortcut_rows(cost: dict[str, Any] | None) -> list[tuple[str, str]]:
             ("full steps", " ".join(map(str, cost["full_steps"]))),
             ("cost per sample", f"{cost['full_blocks']:g} full-model block forwards + {cost['shortcut_steps']:g} "
                                 f"shortcut steps = {cost['shortcut_blocks']:.2f} blocks of FLOPs "
-                                f"({cost['shortcut_call_blocks']:.3f} per step); {cost['total_blocks']:.2f} in all")]
+                                f"({cost['shortcut_call_blocks']:.3f} per step); {cost['total_blocks']:.2f} in all"),
+            ("vs the plain sampler", f"{cost['vanilla_blocks']:g} blocks at the same steps: "
+                                     f"{100 * cost['saving']:.0f}% saved")]
 
 
 def _int_list(text: str, option: str) -> list[int]:

@@ -217,7 +217,7 @@ class ShortcutSteps:
         self.full = frozenset(full_steps(steps, full))
         self.identity = identity or {}  # which shortcut weights run (written beside the samples)
         self.previous: tuple[Tensor, Tensor] | None = None
-        self.keys: list[float] = []  # this batch: mean committed tokens per row at each shortcut call (FLOPs report)
+        self.keys: list[float] = []  # this batch: the keys per row (padded) at each call that ran S (FLOPs report)
 
     def start(self) -> None:
         self.previous, self.keys = None, []
@@ -227,7 +227,9 @@ class ShortcutSteps:
             return None
         assert self.previous is not None, "step 0 always runs the full model"
         f_s, z_s = self.previous
-        self.keys.append(float(((z_s == self.model.cfg.mask_id) & (z != self.model.cfg.mask_id)).sum(1).float().mean()))
+        counts = ((z_s == self.model.cfg.mask_id) & (z != self.model.cfg.mask_id)).sum(1)
+        if int(counts.max()) > 0:  # S runs (a batch that commits nothing reuses the features at no cost)
+            self.keys.append(float(counts.max()))  # every row attends over the padded keys: the work done
         return predict_features(self.shortcut, self.model, f_s, z_s, z)
 
     def observe(self, step: int, z: Tensor, hidden: Tensor) -> None:
@@ -262,9 +264,11 @@ def shortcut_cost(hook: ShortcutSteps, seq_len: int, plan: BudgetPlan) -> dict[s
     flops = sum(hook.shortcut.flops(seq_len, k) for k in hook.keys)
     calls = plan.blocks_per_step.count(0)
     full_blocks = float(sum(plan.blocks_per_step))
+    vanilla = full_blocks * plan.steps / (plan.steps - calls)  # the plain sampler: every step at a full step's mean cost
+    total = full_blocks + flops / block
     return {"full_blocks": full_blocks, "shortcut_steps": float(calls), "shortcut_blocks": flops / block,
-            "shortcut_call_blocks": flops / block / calls if calls else 0.0, "total_blocks": full_blocks + flops / block,
-            "block_flops": float(block)}
+            "shortcut_call_blocks": flops / block / calls if calls else 0.0, "total_blocks": total,
+            "vanilla_blocks": vanilla, "saving": 1 - total / vanilla, "block_flops": float(block)}
 
 
 def check_shortcut_options(shortcut: str | None, steps: int | None, full: int | None, budget: int | None) -> None:

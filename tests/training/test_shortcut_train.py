@@ -142,3 +142,35 @@ def _quiet():
     from rich.console import Console
 
     return Console(quiet=True)
+
+
+def test_text_shortcut_trains_and_samples(tmp_path: Path) -> None:
+    """A text base run: trajectories of the ancestral sampler, S with rotary keys, `cofre sample --shortcut` writing
+    the cost beside every sample."""
+    from cofre.config import recipe_from_dict
+    from cofre.models import Denoiser
+    from cofre.training.checkpoint import publish_checkpoint, staging_dir, write_checkpoint_files
+
+    recipe = recipe_from_dict({"name": "txt", "model": {"vocab_size": 50, "hidden": 32, "heads": 4, "cond_dim": 16,
+                                                        "dropout": 0.0, "max_seq_len": 16, "K_pre": 2},
+                               "data": {"corpus": "wiki-sample", "seq_len": 16}})
+    torch.manual_seed(0)
+    model = Denoiser(recipe.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    base = tmp_path / "txt"
+    write_checkpoint_files(staging_dir(base / "checkpoints", 1), model, None, recipe, {"progress": {"step": 1}})
+    publish_checkpoint(base / "checkpoints", 1, 1)
+    stage = tmp_path / "sc-txt.yaml"
+    stage.write_text(STAGE.replace("sc-test", "sc-txt").replace("cfg: 1.0, ", "").replace("steps: 5", "steps: 8"))
+    trained = run_in_process(["shortcut", str(base), "--recipe", str(stage)], tmp_path)
+    assert trained.code == 0, trained.stderr
+    out = tmp_path / "samples.jsonl"
+    sampled = run_in_process(["sample", str(base), "--shortcut", "runs/sc-txt", "--steps", "8", "--full-steps", "3",
+                              "--num-samples", "2", "--batch-size", "2", "--out", str(out)], tmp_path)
+    assert sampled.code == 0, sampled.stderr
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record["blocks_per_step"] == [2, 0, 0, 2, 0, 2, 0, 0] and record["blocks_spent"] == 6
+    assert record["shortcut"]["trained_steps"] == 8 and 0 < record["shortcut"]["shortcut_blocks"] < 5
+    assert "% saved" in sampled.stdout
