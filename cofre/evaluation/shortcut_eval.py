@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,6 @@ class ShortcutEvalSummary:
     code: str
     summary_path: str = ""
     plot_path: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 def evaluate_shortcut(run: Path, shortcut: Path, settings: ShortcutEvalSettings, report_dir: Path,

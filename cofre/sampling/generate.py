@@ -75,9 +75,11 @@ class SampleResult:
     shortcut: dict[str, Any] | None = None  # the shortcut's weights and cost (full-model blocks + S's FLOPs in blocks)
 
 
-def sample_tag(settings: SampleSettings, checkpoint: dict[str, Any]) -> str:
+def sample_tag(settings: SampleSettings, checkpoint: dict[str, Any], shortcut_sha256: str | None = None) -> str:
     """A file name that names the main settings and changes whenever any setting or the weights do."""
     identity = {"settings": dataclasses.asdict(settings), "weights": checkpoint["sha256"]}
+    if shortcut_sha256 is not None:  # a retrained shortcut at the same path draws new samples
+        identity["shortcut"] = shortcut_sha256
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     return f"step{checkpoint['step']}-b{settings.budget}-{settings.reuse}-{settings.schedule}-seed{settings.seed}-{digest}"
 
@@ -197,10 +199,12 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     settings = resolved(settings, ckpt.device)
     sampler = build_sampler(ckpt, settings, trace=trace is not None)
     settings = dataclasses.replace(settings, budget=sampler.plan.budget)  # with a shortcut: the full steps' budget
-    out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, ckpt.identity)}.jsonl"
+    shortcut_sha256 = sampler.hook.identity.get("sha256") if sampler.hook is not None else None
+    out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, ckpt.identity, shortcut_sha256)}.jsonl"
     if out.exists() and if_exists == "reuse":
         records = read_samples(out)
         if all(r["settings"] == dataclasses.asdict(settings) and r["checkpoint"]["sha256"] == ckpt.identity["sha256"]
+               and r.get("shortcut", {}).get("sha256") == shortcut_sha256
                for r in records) and len(records) == settings.num_samples:
             return _result(out, records, settings, sampler, [], sum(r["batch_wall_time_s"] for r in records[:: settings.batch_size]), ckpt.identity)
         raise CofreError(f"{out} holds samples with other settings or weights; remove it to sample again")

@@ -162,8 +162,10 @@ def build_image_sampler(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, g
     return MaskGITSampler(ckpt.model, plan, grid, config, hook=hook)
 
 
-def sample_tag(settings: ImageSampleSettings, checkpoint: dict[str, Any]) -> str:
+def sample_tag(settings: ImageSampleSettings, checkpoint: dict[str, Any], shortcut_sha256: str | None = None) -> str:
     identity = {"settings": dataclasses.asdict(settings), "weights": checkpoint["sha256"]}
+    if shortcut_sha256 is not None:  # a retrained shortcut at the same path draws new samples
+        identity["shortcut"] = shortcut_sha256
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     return (f"step{checkpoint['step']}-b{settings.budget}-{settings.reuse}-{settings.order}-cfg{settings.cfg:g}"
             f"-seed{settings.seed}-{digest}")
@@ -209,7 +211,8 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
     names = class_names(recipe.data)
     if len(names) != recipe.model.num_classes:
         raise CofreError(f"the data names {len(names)} classes but the model has {recipe.model.num_classes}")
-    out = out or ckpt.run_root / "samples" / sample_tag(settings, ckpt.identity)
+    shortcut_sha256 = sampler.hook.identity.get("sha256") if sampler.hook is not None else None
+    out = out or ckpt.run_root / "samples" / sample_tag(settings, ckpt.identity, shortcut_sha256)
     for path in (out, trace):
         if path is not None and path.exists() and not overwrite:
             raise CofreError(f"{path} exists; pass --overwrite to replace it")

@@ -33,7 +33,7 @@ from cofre.models import Denoiser
 from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, flatten
 from cofre.sampling.budget import BudgetPlan
 from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, full_steps,
-                                     predict_features, shortcut_plan)
+                                     parameter_fraction, predict_features, shortcut_plan)
 from cofre.training.checkpoint import (CONFIG_FILE, EMA_FILE, MODEL_FILE, load_train_state, load_weights_into,
                                        publish_checkpoint, resolve_checkpoint, staging_dir, write_checkpoint_files)
 from cofre.training.ema import EMA
@@ -380,7 +380,7 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
     result = ShortcutTrainResult(
         run_dir=str(run.path), base_run=recipe.base_run, start_step=start, final_step=step, elapsed_s=elapsed,
         checkpoint=str(checkpoint), train_pairs=len(train), val_pairs=len(val_picks), parameters=params,
-        parameter_fraction=params / sum(p.numel() for p in base.parameters()), val_mse=mse, val_mse_reuse=reuse)
+        parameter_fraction=parameter_fraction(model, base), val_mse=mse, val_mse_reuse=reuse)
     atomic_write_text(run.path / "train_result.json", json.dumps(dataclasses.asdict(result), indent=2))
     return result
 
