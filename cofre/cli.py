@@ -457,7 +457,8 @@ def evaluate(
         Path | None, typer.Option(help="Where the summary JSON and plot go; default runs/reports/<run names>.")
     ] = None,
     shortcut: Annotated[Path | None, typer.Option(help="MIGM-Shortcut run of the one RUN: compare vanilla --steps N, "
-                                                       "vanilla --full-steps B and the shortcut N/B.")] = None,
+                                                       "vanilla --full-steps B and the shortcut N/B (Gen. PPL, entropy "
+                                                       "and latency; --budget, --reuse and --metrics do not apply).")] = None,
     full_steps: Annotated[int | None, typer.Option(help="With --shortcut: B, the steps that run the full model.")] = None,
 ) -> None:
     """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot."""
