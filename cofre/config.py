@@ -63,6 +63,9 @@ class ModelConfig:
     K_post: int = 0  # explicit blocks after the fixed-point block
     injection: Literal["linear", "identity"] = "linear"  # G in Eq. 2
     injection_mlp: Literal["fpdm", "linear"] = "fpdm"  # F's mix of [h, h~]: FPDM's fc1-GELU-fc2, or one Linear
+    # F's mix and G under bf16/fp16 autocast: their matmuls autocast like every block's (FPDM; the solver state stays
+    # fp32), or run in fp32 (exact to fp32; on an H200, bf16 FP sampling then cost +48% per block over MDLM, not +11%)
+    mix_precision: Literal["autocast", "fp32"] = "autocast"
     time_conditioning: bool = False  # MDLM's OWT model conditions on a constant (sigma = 0)
     num_classes: int = 0  # image: class labels 0..num_classes-1; the class embedding has one more row (dropped label)
     registers: int = 0  # image: learned register tokens appended to the grid (Halton-MaskGIT: 1)

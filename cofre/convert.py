@@ -170,6 +170,8 @@ def _read_cofre_checkpoint(path: Path, ema: bool, hints: _Hints) -> tuple[dict[s
     state = _load_safetensors(folder / (EMA_FILE if use_ema else MODEL_FILE))
     hints.heads, hints.heads_from, hints.recipe = recipe.model.heads, "the checkpoint's config.json", recipe
     hints.max_seq_len, hints.time_conditioning = recipe.model.max_seq_len, recipe.model.time_conditioning
+    if recipe.model.modality != "text":
+        raise CofreError(f"{folder} is an {recipe.model.modality} model; convert takes a plain MDLM (text)")
     if recipe.model.is_fixed_point:
         raise CofreError(f"{folder} is already a fixed-point model (K_fp={recipe.model.K_fp}); convert takes a plain MDLM")
     weights = "EMA weights" if use_ema else ("model weights; no EMA saved" if ema else "model weights")

@@ -57,3 +57,18 @@ def make_image_run(root: Path, tokenizer: Path, K: tuple[int, int, int] = (1, 1,
     write_checkpoint_files(folder, Denoiser(recipe.model), None, recipe, {"progress": {"step": 1}})
     publish_checkpoint(run / "checkpoints", 1, 1)
     return run
+
+
+def make_classifier_run(root: Path, image_size: int = 8, name: str = "clf-test") -> Path:
+    """A cofre classifier run (random weights) for `image_size` grey images, as `cofre train` writes one."""
+    from cofre.evaluation.classifier import ImageClassifier, _from_dict
+
+    recipe = _from_dict({"kind": "classifier", "name": name,
+                         "classifier": {"image_size": image_size, "width": 4, "features": 16},
+                         "data": {"corpus": "fashion-mnist", "image_size": image_size}})
+    torch.manual_seed(2)
+    run = root / name
+    folder = staging_dir(run / "checkpoints", 1)
+    write_checkpoint_files(folder, ImageClassifier(recipe.classifier), None, recipe, {"progress": {"step": 1}})  # type: ignore[arg-type]
+    publish_checkpoint(run / "checkpoints", 1, 1)
+    return run

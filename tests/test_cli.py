@@ -31,6 +31,18 @@ def test_inspect_block_cost() -> None:
     assert (summary["K_pre"], summary["K_fp"], summary["K_post"], summary["blocks_per_step"]) == (1, 1, 1, 8)
 
 
+@pytest.mark.parametrize("recipe, encoder_params", [("tiny-vq", 0), ("tiny-vq-conv", None)])
+def test_inspect_summarises_an_image_tokenizer(recipe: str, encoder_params: int | None) -> None:
+    summary = json.loads(cofre("inspect", f"recipes/{recipe}.yaml", "--json").stdout)
+    assert summary["kind"] == "vq" and summary["grid"] == [7, 7]
+    assert summary["params_by_part"]["quantizer"] == 512 * 16  # the EMA codebook
+    assert summary["total_params"] == sum(summary["params_by_part"].values())
+    if encoder_params is not None:  # the patch tokenizer has no network: its codes are pixel patches
+        assert summary["params_by_part"]["encoder"] == summary["params_by_part"]["decoder"] == encoder_params
+    else:
+        assert summary["params_by_part"]["encoder"] > 0
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout

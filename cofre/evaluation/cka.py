@@ -179,6 +179,8 @@ def analyze_checkpoint(
         raise CofreError("CKA needs batches >= 1, batch_size >= 1 and max_tokens >= 2")
     folder = resolve_checkpoint(checkpoint)
     model, recipe = load_model(folder, ema=ema)
+    if recipe.model.modality != "text":  # held-out blocks are token windows of a text corpus (App. C.3.1)
+        raise CofreError(f"{folder} is an {recipe.model.modality} model; cofre cka analyses text runs")
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     model = model.to(dev).eval()

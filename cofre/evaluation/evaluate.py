@@ -2,7 +2,8 @@
 
 One cell = (run, reuse, budget). Its samples are drawn (or read back when a file with identical settings
 and weights exists), scored with the chosen metrics, and written to `<run>/eval/<tag>.json` with the judge,
-budget, seed, settings and code version beside every number.
+budget, seed, settings and code version beside every number. Text runs are judged by an LM (Gen. PPL,
+entropy, MAUVE); image runs by a feature extractor (FID, IS: `cofre.evaluation.image_eval`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from cofre.sampling.generate import (
 from cofre.tasks.mdlm import MDLMTask
 from cofre.training.checkpoint import checkpoint_recipe
 
-METRICS = ("genppl", "entropy", "mauve", "valppl", "latency")
-SAMPLE_METRICS = {"genppl", "entropy", "mauve", "latency"}  # the metrics that need samples
+TEXT_METRICS = ("genppl", "entropy", "mauve", "valppl", "latency")
+METRICS = (*TEXT_METRICS, "fid", "isc")
+SAMPLE_METRICS = {"genppl", "entropy", "mauve", "latency", "fid", "isc"}  # the metrics that need samples
 
 
 @dataclass
@@ -49,8 +51,8 @@ class EvalSettings:
 
     budgets: list[int]
     reuse: list[str] = field(default_factory=lambda: ["none", "full", "3sr"])
-    metrics: list[str] = field(default_factory=lambda: list(METRICS))
-    judge: str = "gpt2-large"
+    metrics: list[str] | None = None  # None: every metric of the runs' modality
+    judge: str | None = None  # text: the judge LM (gpt2-large); images: the feature extractor (inception)
     genppl_mode: str = "eq4"  # eq4: the paper's per-sample mean; mdlm: MDLM's token-weighted code
     num_samples: int = 16
     batch_size: int = 8
@@ -65,6 +67,20 @@ class EvalSettings:
     latency_repeats: int = 20
     precision: str = "auto"  # the network's: bf16 autocast on CUDA, fp32 on CPU; val PPL's loss stays fp32
     compile: bool = False  # torch.compile the transformer blocks
+    cfg: float = 0.0  # images: classifier-free guidance weight w
+    reference_split: str = "val"  # images: FID's reference images
+    reference_images: int = 0  # images: how many of them (a fixed subset); 0: the whole split
+    inception_weights: str | None = None  # images: torch-fidelity's Inception weights file (FID and IS)
+
+
+@dataclass
+class CellSamples:
+    """What one cell's sampling and scoring gave, either modality."""
+
+    metrics: dict[str, Any]
+    out: str  # the samples file (text) or folder (images)
+    tag: str  # the per-cell JSON's name
+    record: dict[str, Any]  # how the samples were drawn: blocks spent, steps, iterations, count, sampler settings
 
 
 @dataclass
@@ -89,13 +105,42 @@ class EvalSummary:
     code: str
     summary_path: str = ""
     plot_path: str = ""
+    modality: str = "text"
+    training: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> training time and peak memory
+
+
+def run_modality(runs: list[Path]) -> str:
+    """`text` or `image`: the one modality of all `runs` (a table compares runs of one modality)."""
+    modalities = {checkpoint_recipe(run).model.modality for run in runs}
+    if len(modalities) > 1:
+        raise CofreError("these runs mix text and image models; evaluate each modality in its own call")
+    return modalities.pop() if modalities else "text"
+
+
+def for_modality(settings: EvalSettings, modality: str) -> EvalSettings:
+    """`settings` with the modality's defaults filled in (all its metrics, its judge); a metric of the other
+    modality is an error."""
+    from cofre.evaluation.image_eval import IMAGE_JUDGE, IMAGE_METRICS
+
+    allowed = IMAGE_METRICS if modality == "image" else TEXT_METRICS
+    metrics = list(allowed) if settings.metrics is None else settings.metrics
+    wrong = [m for m in metrics if m in METRICS and m not in allowed]
+    if wrong:
+        raise CofreError(f"--metrics {', '.join(wrong)}: not for {modality} runs; choose from {', '.join(allowed)}")
+    judge = settings.judge or (IMAGE_JUDGE if modality == "image" else "gpt2-large")
+    return dataclasses.replace(settings, metrics=metrics, judge=judge)
 
 
 def check_settings(settings: EvalSettings) -> None:
-    unknown = [m for m in settings.metrics if m not in METRICS]
+    """Every setting that needs no run read (metrics None: the modality's, filled in once the runs are read)."""
+    from cofre.evaluation.image_eval import check_image_settings
+
+    metrics = list(METRICS) if settings.metrics is None else settings.metrics
+    check_image_settings(settings)
+    unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise CofreError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    if not settings.budgets and SAMPLE_METRICS & set(settings.metrics):
+    if not settings.budgets and SAMPLE_METRICS & set(metrics):
         raise CofreError("give at least one --budget")
     bad_reuse = [r for r in settings.reuse if r not in REUSE_POLICIES]
     if bad_reuse:
@@ -105,9 +150,9 @@ def check_settings(settings: EvalSettings) -> None:
         raise CofreError(f"--genppl-mode must be eq4 or mdlm, got '{settings.genppl_mode}'")
     if settings.schedule not in SCHEDULES:
         raise CofreError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{settings.schedule}'")
-    if not settings.metrics:
+    if not metrics:
         raise CofreError(f"give at least one --metrics value: {', '.join(METRICS)}")
-    if not settings.reuse and SAMPLE_METRICS & set(settings.metrics):
+    if not settings.reuse and SAMPLE_METRICS & set(metrics):
         raise CofreError(f"give at least one --reuse policy: {', '.join(REUSE_POLICIES)}")
     for budget in settings.budgets:
         check_range("--budget values", budget, 1, MAX_BUDGET)
@@ -160,25 +205,53 @@ def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: l
     return metrics
 
 
+def text_cell(ckpt: LoadedCheckpoint, settings: EvalSettings, reuse: str, budget: int, precision: str, judge: Any,
+              references: dict[str, Any]) -> CellSamples:
+    """One text cell: samples drawn (or read back), scored; `references` keeps MAUVE's reference features per run."""
+    sample_settings = SampleSettings(
+        budget=budget, steps=settings.steps, schedule=settings.schedule, reuse=reuse,
+        num_samples=settings.num_samples, batch_size=settings.batch_size, seed=settings.seed,
+        top_p=settings.top_p, ema=settings.ema, device=settings.device, precision=precision,
+        compile=settings.compile,
+    )
+    result = sample_checkpoint(ckpt, sample_settings, if_exists="reuse", show_progress=False)
+    if "mauve" in settings.metrics and str(ckpt.run_root) not in references:  # held-out texts, featurised once per run
+        from cofre.evaluation.mauve import features
+
+        texts = reference_texts(ckpt, settings.num_samples, len(result.ids[0]))
+        references[str(ckpt.run_root)] = features(texts, judge)
+    metrics = score_cell(ckpt, sample_settings, result.texts, result.ids, settings, judge,
+                         references.get(str(ckpt.run_root)))
+    record = {"blocks_spent": result.blocks_spent, "steps": result.steps, "iterations": result.iterations,
+              "num_samples": result.num_samples, "sample_settings": dataclasses.asdict(sample_settings)}
+    return CellSamples(metrics=metrics, out=result.out, tag=sample_tag(sample_settings, ckpt.identity), record=record)
+
+
 def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, console: Console | None = None) -> EvalSummary:
     """Evaluate every (run, reuse, budget) cell; write per-cell JSON, a summary JSON and the plot."""
-    from cofre.evaluation.report import plot_genppl
+    from cofre.evaluation.image_eval import ImageCells, training_cost
+    from cofre.evaluation.report import plot_budget_curves
 
     check_settings(settings)
-    for run in runs:  # every run is readable before anything is sampled or written
-        checkpoint_recipe(run)
+    modality = run_modality(runs)  # every run is readable before anything is sampled or written
+    settings = for_modality(settings, modality)
+    assert settings.metrics is not None
     console = console or Console()
     judge = None
     if {"genppl", "mauve"} & set(settings.metrics):
         from cofre.evaluation.judge import load_judge
 
         judge = load_judge(settings.judge, resolve_device(settings.device))
+    images = ImageCells(settings) if modality == "image" else None
     code = code_version()
     cells: list[Cell] = []
     valppl: dict[str, dict[str, float]] = {}
+    training: dict[str, dict[str, Any]] = {}
+    references: dict[str, Any] = {}
     for run in runs:
         ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device, compile=settings.compile)
         name = ckpt.run_root.name  # the run directory: two runs of one recipe stay two rows
+        training[name] = training_cost(ckpt.run_root)
         precision = resolve_precision(settings.precision, ckpt.device)
         if "valppl" in settings.metrics:
             task = MDLMTask(ckpt.recipe.task, ckpt.recipe.model.mask_id)
@@ -189,43 +262,34 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
         policies = settings.reuse if ckpt.model.cfg.is_fixed_point else ["none"]  # reuse needs a fixed-point solve
         if not SAMPLE_METRICS & set(settings.metrics):
             policies = []  # nothing to score on samples (e.g. --metrics valppl with --lm-eval)
-        reference_features = None  # held-out texts of the run's corpus, featurised once per run
         for reuse in policies:
             for budget in settings.budgets:
-                sample_settings = SampleSettings(
-                    budget=budget, steps=settings.steps, schedule=settings.schedule, reuse=reuse,
-                    num_samples=settings.num_samples, batch_size=settings.batch_size, seed=settings.seed,
-                    top_p=settings.top_p, ema=settings.ema, device=settings.device, precision=precision,
-                    compile=settings.compile,
-                )
                 label = f"{name} {reuse}" if ckpt.model.cfg.is_fixed_point else name
                 console.print(f"[bold]{label}[/] budget {budget}: sampling {settings.num_samples}")
-                result = sample_checkpoint(ckpt, sample_settings, if_exists="reuse", show_progress=False)
-                if "mauve" in settings.metrics and reference_features is None:
-                    from cofre.evaluation.mauve import features
-
-                    references = reference_texts(ckpt, settings.num_samples, len(result.ids[0]))
-                    reference_features = features(references, judge)
-                metrics = score_cell(ckpt, sample_settings, result.texts, result.ids, settings, judge, reference_features)
-                tag = sample_tag(sample_settings, ckpt.identity)
+                if images is not None:
+                    cell = images.score(ckpt, reuse, budget, precision)
+                else:
+                    cell = text_cell(ckpt, settings, reuse, budget, precision, judge, references)
+                judged_by = (images.extractor.name if images is not None and images.extractor is not None
+                             else settings.judge if judge is not None else None)
                 record = {
-                    "run": str(run), "label": label, "reuse": reuse, "budget": budget,
-                    "blocks_spent": result.blocks_spent, "steps": result.steps, "iterations": result.iterations,
-                    "metrics": metrics, "judge": settings.judge if judge is not None else None, "precision": precision,
-                    "seed": settings.seed, "num_samples": result.num_samples, "samples": result.out,
-                    "sample_settings": dataclasses.asdict(sample_settings), "checkpoint": ckpt.identity,
-                    "code": code, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "run": str(run), "label": label, "reuse": reuse, "budget": budget, **cell.record,
+                    "metrics": cell.metrics, "judge": judged_by, "precision": precision, "seed": settings.seed,
+                    "samples": cell.out, "checkpoint": ckpt.identity, "code": code,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 }
-                path = ckpt.run_root / "eval" / f"{tag}.json"
+                path = ckpt.run_root / "eval" / f"{cell.tag}.json"
                 atomic_write_text(path, json.dumps(record, indent=2))
-                cells.append(Cell(run=str(run), label=label, reuse=reuse, budget=budget, metrics=metrics,
-                                  samples=result.out, path=str(path)))
-    summary = EvalSummary(cells=cells, valppl=valppl, settings=dataclasses.asdict(settings),
-                          judge=settings.judge, code=code)
+                cells.append(Cell(run=str(run), label=label, reuse=reuse, budget=budget, metrics=cell.metrics,
+                                  samples=cell.out, path=str(path)))
+    judge_name = images.extractor.name if images is not None and images.extractor is not None else settings.judge
+    summary = EvalSummary(cells=cells, valppl=valppl, settings=dataclasses.asdict(settings), judge=str(judge_name),
+                          code=code, modality=modality, training=training)
     key = hashlib.sha1(json.dumps([list(map(str, runs)), summary.settings], sort_keys=True).encode()).hexdigest()[:8]
     summary.summary_path = str(report_dir / f"summary-{key}.json")
-    if "genppl" in settings.metrics:
-        summary.plot_path = str(report_dir / f"genppl-{key}.png")
-        plot_genppl(summary, Path(summary.plot_path))
+    curve = "fid" if modality == "image" else "genppl"
+    if curve in settings.metrics:
+        summary.plot_path = str(report_dir / f"{curve}-{key}.png")
+        plot_budget_curves(summary, Path(summary.plot_path), curve)
     atomic_write_text(Path(summary.summary_path), json.dumps(dataclasses.asdict(summary), indent=2))
     return summary

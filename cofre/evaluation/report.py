@@ -1,4 +1,5 @@
-"""Reports of `cofre evaluate`: a table shaped like the paper's Table 9, and Gen. PPL against budget (Fig. 5)."""
+"""Reports of `cofre evaluate`: a table shaped like the paper's Table 9 (text) or Table 15/16 (images), and the
+metric against budget (Fig. 5: Gen. PPL; images: FID)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ if TYPE_CHECKING:
 
 def _cell_text(metrics: dict) -> str:
     parts = []
+    if "fid" in metrics:
+        parts.append(f"{metrics['fid']['value']:.2f}")
+    if "isc" in metrics:
+        isc = metrics["isc"]["value"]
+        parts.append(f"/ {isc:.2f}" if isc is not None else "/ n/a")
     if "genppl" in metrics:
         parts.append(f"{metrics['genppl']['value']:.1f}")
     if "entropy" in metrics:
@@ -21,11 +27,56 @@ def _cell_text(metrics: dict) -> str:
         parts.append(f"M {metrics['mauve']['value']:.3f}")
     if "latency" in metrics:
         parts.append(f"{metrics['latency']['mean_s']:.2f}s")
+        if "images_per_s" in metrics["latency"]:
+            parts.append(f"{metrics['latency']['images_per_s']:.0f} img/s")
     return " ".join(parts) or "-"
 
 
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m {s:02d}s"
+
+
+def training_text(summary: EvalSummary, run: str) -> str:
+    """Table 15's header for one run: training time and peak memory, with the change against the first run."""
+    cost, first = summary.training.get(run) or {}, next(iter(summary.training.values()), {}) or {}
+    if not cost.get("elapsed_s"):
+        return ""
+    parts = [f"{_duration(cost['elapsed_s'])}"]
+    if first.get("elapsed_s") and first is not cost:
+        parts.append(f"({cost['elapsed_s'] / first['elapsed_s'] - 1:+.1%})")
+    if cost.get("peak_memory_gib"):
+        parts.append(f"{cost['peak_memory_gib']:.2f} GiB")
+        if first.get("peak_memory_gib") and first is not cost:
+            parts.append(f"({cost['peak_memory_gib'] / first['peak_memory_gib'] - 1:+.1%})")
+    return " ".join(parts)
+
+
+def image_title(summary: EvalSummary) -> str:
+    cell = next((c.metrics for c in summary.cells if "fid" in c.metrics or "isc" in c.metrics), None)
+    if cell is None:
+        return "Evaluation"
+    how = cell.get("fid") or cell["isc"]
+    return (f"FID ↓ / IS ↑ by transformer-block budget; extractor {how['extractor']}, {how['generated_images']} "
+            f"generated vs {how['reference_images']} {how['reference_split']}-split images, CFG w {how['cfg']:g}")
+
+
 def results_table(summary: EvalSummary) -> Table:
-    """Rows: run x reuse; columns: budgets; cells: Gen. PPL (entropy) [MAUVE] [latency per batch]."""
+    """Rows: run x reuse; columns: budgets; cells: Gen. PPL (entropy) [MAUVE] [latency per batch] for text,
+    FID / IS [latency, images/s] for images, with each run's training time and peak memory (Table 15's header)."""
+    if summary.modality == "image":
+        table = Table(title=image_title(summary))
+        budgets = sorted({c.budget for c in summary.cells})
+        table.add_column("model / reuse")
+        table.add_column("train time, peak memory")
+        for budget in budgets:
+            table.add_column(str(budget), justify="right")
+        for label in dict.fromkeys(c.label for c in summary.cells):
+            row = {c.budget: c for c in summary.cells if c.label == label}
+            run = next((name for name in summary.training if label == name or label.startswith(name + " ")), "")
+            table.add_row(label, training_text(summary, run),
+                          *[_cell_text(row[b].metrics) if b in row else "" for b in budgets])
+        return table
     budgets = sorted({c.budget for c in summary.cells})
     labels = list(dict.fromkeys(c.label for c in summary.cells)) or list(summary.valppl)  # valppl-only runs
     judged = any("genppl" in c.metrics for c in summary.cells)
@@ -47,8 +98,9 @@ def results_table(summary: EvalSummary) -> Table:
     return table
 
 
-def plot_genppl(summary: EvalSummary, path: Path) -> None:
-    """Gen. PPL against budget, one line per run x reuse, entropy annotated at each point."""
+def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl") -> None:
+    """`metric` (Gen. PPL or FID) against budget, one line per run x reuse; for Gen. PPL entropy is annotated at
+    each point, for FID the IS."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,23 +113,28 @@ def plot_genppl(summary: EvalSummary, path: Path) -> None:
     for label in dict.fromkeys(c.label for c in summary.cells):
         cells = sorted((c for c in summary.cells if c.label == label), key=lambda c: c.budget)
         x = [c.budget for c in cells]
-        y = [c.metrics["genppl"]["value"] for c in cells]
+        y = [c.metrics[metric]["value"] for c in cells]
         linestyle, marker = styles.get(cells[0].reuse, ("-", "o"))
         color = colors[runs.index(cells[0].run) % len(colors)]
         (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=label, markerfacecolor="none")
         for c, xi, yi in zip(cells, x, y):
-            if "entropy" in c.metrics:
-                ax.annotate(f"{c.metrics['entropy']['value']:.2f}", (xi, yi), textcoords="offset points",
-                            xytext=(4, 5), fontsize=7, color=line.get_color())
+            note = c.metrics.get("entropy" if metric == "genppl" else "isc", {}).get("value")
+            if note is not None:
+                ax.annotate(f"{note:.2f}", (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=7,
+                            color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     budgets = sorted({c.budget for c in summary.cells})
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.set_xlabel("transformer-block forward passes per sample (budget)")
-    ax.set_ylabel(f"Gen. PPL ({summary.judge}), lower is better")
     n = summary.settings["num_samples"]
-    ax.set_title(f"Generative perplexity vs budget (entropy annotated); {n} samples, seed {summary.settings['seed']}",
-                 fontsize=10)
+    if metric == "fid":
+        ax.set_ylabel(f"FID ({summary.judge}), lower is better")
+        ax.set_title(f"FID vs budget (IS annotated); {image_title(summary)}", fontsize=7)
+    else:
+        ax.set_ylabel(f"Gen. PPL ({summary.judge}), lower is better")
+        ax.set_title(f"Generative perplexity vs budget (entropy annotated); {n} samples, seed {summary.settings['seed']}",
+                     fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -3,8 +3,9 @@
 Three rows on the same seed: vanilla at N steps, vanilla at B steps (the same full-model cost as the shortcut), and
 the shortcut at N/B. Each row: cost per sample (full-model block forwards, and the shortcut's FLOPs counted in base
 blocks), latency (App. F.11: synchronised, warm-up excluded, mean ± std per batch) and quality: Gen. PPL and entropy
-for text (the judge named beside the number); for images the sample grids, and no quality number (no image metric
-in this build). A JSON summary and a PNG (quality, or cost, against latency) go to the report folder.
+for text, FID through torch-fidelity for images (cofre.evaluation.fid: the extractor, generated and reference counts
+written beside the number), and the sample grid. A JSON summary and a PNG (quality against latency) go to the
+report folder.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cofre.training.shortcut import read_shortcut_recipe
 class ShortcutEvalSettings:
     steps: int  # N
     full_steps: int  # B
-    judge: str = "gpt2-large"
+    judge: str | None = None  # text: the judge LM (default gpt2-large); images: FID's extractor (default inception)
     genppl_mode: str = "eq4"
     num_samples: int = 16
     batch_size: int = 8
@@ -43,6 +44,8 @@ class ShortcutEvalSettings:
     precision: str = "auto"
     latency_warmup: int = 2
     latency_repeats: int = 20
+    reference_split: str = "val"  # images: FID's reference images
+    reference_images: int = 0  # images: how many (a fixed subset); 0: the whole split
 
 
 @dataclass
@@ -89,7 +92,7 @@ def evaluate_shortcut(run: Path, shortcut: Path, settings: ShortcutEvalSettings,
     if not image:
         from cofre.evaluation.judge import load_judge
 
-        judge = load_judge(settings.judge, ckpt.device)
+        judge = load_judge(settings.judge or "gpt2-large", ckpt.device)
     rows = []
     for label, steps, full, path in rows_spec:
         console.print(f"[bold]{label}[/]: sampling {settings.num_samples}")
@@ -97,9 +100,10 @@ def evaluate_shortcut(run: Path, shortcut: Path, settings: ShortcutEvalSettings,
             rows.append(_image_row(ckpt, label, steps, full, path, settings, report_dir, trained.collect.cfg))
         else:
             rows.append(_text_row(ckpt, label, steps, full, path, settings, judge))
-    how = (f"Gen. PPL (Eq. 4, judge {settings.judge}, mode {settings.genppl_mode}) and unigram entropy of "
-           f"{settings.num_samples} samples" if not image else
-           "none: this build has no image quality metric; see the sample grids")
+    how = (f"Gen. PPL (Eq. 4, judge {settings.judge or 'gpt2-large'}, mode {settings.genppl_mode}) and unigram entropy "
+           f"of {settings.num_samples} samples" if not image else
+           f"FID (torch-fidelity, extractor {rows[0].quality['fid']['extractor']}) of {settings.num_samples} generated "
+           f"images against {rows[0].quality['fid']['reference_images']} {settings.reference_split} images")
     summary = ShortcutEvalSummary(run=str(run), shortcut=str(shortcut), modality=ckpt.recipe.model.modality, rows=rows,
                                   settings=dataclasses.asdict(settings), quality_how=how, code=code_version())
     key = hashlib.sha1(json.dumps([str(run), str(shortcut), summary.settings], sort_keys=True).encode()).hexdigest()[:8]
@@ -165,8 +169,25 @@ def _image_row(ckpt: LoadedCheckpoint, label: str, steps: int, full: int, path: 
     full_blocks, shortcut_blocks = _cost(ckpt, steps, result.shortcut)
     return ShortcutRow(label=label, steps=steps, full_steps=full, full_blocks=full_blocks,
                        shortcut_blocks=shortcut_blocks, total_blocks=full_blocks + shortcut_blocks,
-                       latency=dataclasses.asdict(latency), quality={"cfg": cfg, "grid": result.grid},
-                       samples=result.out)
+                       latency=dataclasses.asdict(latency),
+                       quality={"fid": _fid(ckpt, out, settings, cfg, steps), "grid": result.grid}, samples=result.out)
+
+
+def _fid(ckpt: LoadedCheckpoint, out: Path, settings: ShortcutEvalSettings, cfg: float, steps: int) -> dict[str, Any]:
+    """FID of a row's PNGs against held-out images, with how it was computed (cofre.evaluation.fid)."""
+    from cofre.data.packing import cache_root
+    from cofre.evaluation.fid import RGBImages, fidelity_metrics, read_png_folder, reference_images, resolve_extractor
+
+    data = ckpt.recipe.data
+    cache = cache_root(data) / "fidelity"
+    extractor = resolve_extractor(settings.judge or "inception", cache, None, data.image_size)
+    reference = reference_images(data, settings.reference_split, settings.reference_images, extractor)
+    images = read_png_folder(out)
+    scores = fidelity_metrics(RGBImages(images), reference.images, extractor, ["fid"], cache, reference.cache_name,
+                              batch_size=max(settings.batch_size, 64), device=ckpt.device)
+    return {**scores["fid"], **extractor.describe(), "generated_images": len(images),
+            "reference_images": reference.count, "reference_split": reference.split, "cfg": cfg, "steps": steps,
+            "seed": settings.seed, "computed_by": "torch-fidelity"}
 
 
 def shortcut_table(summary: ShortcutEvalSummary) -> Table:
@@ -174,7 +195,7 @@ def shortcut_table(summary: ShortcutEvalSummary) -> Table:
     text = summary.modality == "text"
     table = Table(title=f"MIGM-Shortcut on {Path(summary.run).name}: quality ({summary.quality_how}) and latency")
     columns = ["sampler", "full-model blocks", "shortcut (blocks of FLOPs)", "total blocks", "latency s/batch"]
-    for column in columns + (["Gen. PPL", "entropy"] if text else ["sample grid"]):
+    for column in columns + (["Gen. PPL", "entropy"] if text else ["FID", "sample grid"]):
         table.add_column(column, justify="left" if column in ("sampler", "sample grid") else "right")
     for row in summary.rows:
         latency = f"{row.latency['mean_s']:.3f} ± {row.latency['std_s']:.3f}"
@@ -182,13 +203,13 @@ def shortcut_table(summary: ShortcutEvalSummary) -> Table:
         if text:
             cells += [f"{row.quality['genppl']['value']:.2f}", f"{row.quality['entropy']:.3f}"]
         else:
-            cells.append(row.quality["grid"])
+            cells += [f"{row.quality['fid']['value']:.2f}", row.quality["grid"]]
         table.add_row(*cells)
     return table
 
 
 def plot_shortcut(summary: ShortcutEvalSummary, path: Path) -> None:
-    """Gen. PPL (text) or total block-equivalents (images: no quality metric here) against latency, one point a row."""
+    """Gen. PPL (text) or FID (images) against latency, one point a row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,12 +218,12 @@ def plot_shortcut(summary: ShortcutEvalSummary, path: Path) -> None:
     text = summary.modality == "text"
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for row in summary.rows:
-        y = row.quality["genppl"]["value"] if text else row.total_blocks
+        y = row.quality["genppl"]["value"] if text else row.quality["fid"]["value"]
         ax.errorbar(row.latency["mean_s"], y, xerr=row.latency["std_s"], fmt="o", capsize=3, label=row.label)
         ax.annotate(row.label, (row.latency["mean_s"], y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(f"latency per batch of {summary.settings['batch_size']} (s)")
-    ax.set_ylabel(f"Gen. PPL ({summary.settings['judge']}) - lower is better" if text
-                  else "cost per sample (full-model blocks + shortcut FLOPs in blocks)")
+    ax.set_ylabel(f"Gen. PPL ({summary.settings['judge'] or 'gpt2-large'}) - lower is better" if text
+                  else f"FID ({summary.rows[0].quality['fid']['extractor']}) - lower is better")
     ax.set_title(f"MIGM-Shortcut, {Path(summary.run).name}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()

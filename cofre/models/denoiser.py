@@ -42,8 +42,8 @@ class FixedPointBlock(nn.Module):
     M is FPDM's MLP fc2(GELU(fc1 [h, h̃])), fc1: 2D -> 2D, fc2: 2D -> D (`injection_mlp: fpdm`), or one
     Linear 2D -> D (`linear`); `mix` is fc1 (or the Linear) and `mix_out` is fc2. fc1 [h, h̃] = W_h h +
     (W_x h̃ + b); the bracket depends on h̃ only, so `inject` computes it once per denoising step and each
-    iteration pays for W_h h (and fc2) alone. The mix writes the whole solver state, so it runs in fp32 with
-    autocast off (as MDLM's residual stream is fp32); the blocks' matmuls stay under autocast.
+    iteration pays for W_h h (and fc2) alone. The solver state it writes is fp32 (as MDLM's residual stream is);
+    its matmuls autocast like the blocks' (`mix_precision: autocast`) or run in fp32 (`fp32`).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -52,6 +52,7 @@ class FixedPointBlock(nn.Module):
         fpdm = cfg.injection_mlp == "fpdm"
         self.mix = nn.Linear(2 * d, 2 * d if fpdm else d)
         self.mix_out = nn.Linear(2 * d, d) if fpdm else None
+        self.fp32 = cfg.mix_precision == "fp32"
         self.blocks = nn.ModuleList(_block(cfg) for _ in range(cfg.K_fp))
         if fpdm:  # trained from scratch, FPDM's block starts as FPDM's does: Xavier-uniform weights, zero biases
             for linear in (self.mix, self.mix_out):
@@ -74,16 +75,14 @@ class FixedPointBlock(nn.Module):
             self.mix_out.bias.zero_()
 
     def inject(self, h_tilde: Tensor) -> Tensor:
-        """The h̃ part of fc1 (or of the Linear mix), W_x h̃ + b, in fp32."""
-        with _fp32(h_tilde):
-            return F.linear(h_tilde.float(), self.mix.weight[:, self.hidden :].float(), self.mix.bias.float())
+        """The h̃ part of fc1 (or of the Linear mix), W_x h̃ + b, as fp32."""
+        return mix_linear(h_tilde, self.mix.weight[:, self.hidden :], self.mix.bias, self.fp32)
 
     def mixed_input(self, h: Tensor, injected: Tensor) -> Tensor:
-        """The first blocks' input M([h, h̃]) in fp32: fc2(GELU(W_h h + injected)), or W_h h + injected."""
-        with _fp32(h):
-            x = F.linear(h.float(), self.mix.weight[:, : self.hidden].float()) + injected.float()
-            if self.mix_out is not None:  # FPDM's fc2(GELU(fc1 [h, h̃]))
-                x = F.linear(F.gelu(x, approximate="tanh"), self.mix_out.weight.float(), self.mix_out.bias.float())
+        """The first blocks' input M([h, h̃]) as fp32: fc2(GELU(W_h h + injected)), or W_h h + injected."""
+        x = mix_linear(h, self.mix.weight[:, : self.hidden], None, self.fp32) + injected.float()
+        if self.mix_out is not None:  # FPDM's fc2(GELU(fc1 [h, h̃]))
+            x = mix_linear(F.gelu(x, approximate="tanh"), self.mix_out.weight, self.mix_out.bias, self.fp32)
         return x
 
     def forward(self, h: Tensor, injected: Tensor, cond: Conditioning) -> Tensor:
@@ -93,9 +92,12 @@ class FixedPointBlock(nn.Module):
         return x
 
 
-def _fp32(x: Tensor) -> torch.autocast:
-    """Autocast off on x's device: the solver state (h, h_pre, h̃, the warm start, h*) stays fp32."""
-    return torch.autocast(device_type=x.device.type, enabled=False)
+def mix_linear(x: Tensor, weight: Tensor, bias: Tensor | None, fp32: bool) -> Tensor:
+    """x W^T + b for the solver state (h, h̃): an fp32 result either way; with `fp32` its matmul too (autocast off)."""
+    if not fp32:
+        return F.linear(x, weight, bias).float()
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
 
 
 def _block(cfg: ModelConfig) -> DiTBlock | ImageBlock:
@@ -171,8 +173,7 @@ class Denoiser(nn.Module):
         assert self.fixed_point is not None, "inject on a model without a fixed-point block"
         if self.injection is None:
             return self.fixed_point.inject(h_pre)
-        with _fp32(h_pre):
-            h_tilde = F.linear(h_pre.float(), self.injection.weight.float(), self.injection.bias.float())
+        h_tilde = mix_linear(h_pre, self.injection.weight, self.injection.bias, self.fixed_point.fp32)
         return self.fixed_point.inject(h_tilde)
 
     def fp_step(self, h: Tensor, injected: Tensor, cond: Conditioning) -> Tensor:

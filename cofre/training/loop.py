@@ -56,6 +56,17 @@ class TrainResult:
     checkpoint: str | None = None
     pre_consistency_ppl: float | None = None  # consistency stages: the validation PPL they started from
     selected_step: int | None = None  # consistency stages: the checkpoint the App. F.7 rule selected
+    peak_memory_gib: float | None = None  # this call's peak: CUDA max allocated per GPU, else the process's max RSS
+    peak_memory_of: str = ""
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """GiB at this process's peak (Table 15's VRAM column): CUDA's max allocated on a GPU, max RSS on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, f"torch.cuda.max_memory_allocated ({device})"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS (CPU; ru_maxrss)"
 
 
 def mixed_precision(precision: str) -> str:
@@ -402,6 +413,7 @@ class Trainer:
         result.checkpoint = str(latest) if latest else None
         result.pre_consistency_ppl = self.pre_ppl
         result.selected_step = self.selected_step
+        result.peak_memory_gib, result.peak_memory_of = peak_memory(acc.device)
         return result
 
     def _last_checkpoint(self) -> str | None:

@@ -162,3 +162,24 @@ def test_solver_state_stays_fp32_under_bf16_autocast() -> None:
     assert len(seen["iterate_out"]) == 3
     assert set(seen["iterate_in"]) == set(seen["iterate_out"]) == {torch.float32}
     assert out.hidden.dtype == torch.float32
+
+
+@pytest.mark.parametrize("mlp", ["fpdm", "linear"])
+def test_mix_precision_under_bf16_autocast(mlp: str) -> None:
+    """`mix_precision: fp32` computes M([h, h̃]) exactly as without autocast; `autocast` runs its matmuls in bf16
+    (the output differs by bf16 rounding only) and still hands the blocks an fp32 state."""
+    torch.manual_seed(0)
+    h, h_tilde = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    outputs = {}
+    for precision in ("fp32", "autocast"):
+        model = Denoiser(ModelConfig(**SMALL, K_pre=1, K_fp=1, K_post=1, injection_mlp=mlp, mix_precision=precision))
+        block = randomize(model).fixed_point
+        exact = block.mixed_input(h, block.inject(h_tilde))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs[precision] = block.mixed_input(h, block.inject(h_tilde))
+        assert outputs[precision].dtype == torch.float32
+        if precision == "fp32":
+            assert torch.equal(outputs[precision], exact)
+        else:
+            assert not torch.equal(outputs[precision], exact)
+            torch.testing.assert_close(outputs[precision], exact, rtol=0.05, atol=0.05)

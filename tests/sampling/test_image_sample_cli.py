@@ -77,3 +77,15 @@ def test_text_and_image_checkpoints_go_to_their_own_sampler(runs: dict[str, Path
 
     with pytest.raises(CofreError, match="is a text model; the image sampler needs an image"):
         sample_images(open_checkpoint(tmp_path / "text", device="cpu"), ImageSampleSettings(budget=3))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["cka", "{run}", "--batches", "1"], "is an image model; cofre cka analyses text runs"),
+    (["convert", "{run}", "--map", "1,2,3", "--out", "{tmp}/converted"], "is an image model; convert takes a plain MDLM"),
+])
+def test_text_only_commands_refuse_an_image_run(runs: dict[str, Path], tmp_path: Path, args: list[str],
+                                                fragment: str) -> None:
+    argv = [a.format(run=runs["plain"], tmp=tmp_path) for a in args]
+    result = run_in_process(argv, tmp_path)
+    assert result.code == 2 and fragment in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "converted").exists()

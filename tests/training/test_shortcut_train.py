@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from image_runs import make_image_run, make_vq_run
+from image_runs import make_classifier_run, make_image_run, make_vq_run
 from test_bad_inputs import run_in_process
 
 from cofre.errors import CofreError
@@ -107,14 +107,18 @@ def test_shortcut_trains_resumes_samples_and_evaluates(runs: dict[str, Path], tr
     assert manifest["shortcut"]["shortcut_steps"] == 4 and manifest["settings"]["budget"] == 4
 
     report = root / "report"
+    classifier = make_classifier_run(root, image_size=8)
     evaluated = run_in_process(["evaluate", str(runs["plain"]), "--shortcut", str(run), "--steps", "6", "--full-steps",
                                 "2", "--num-samples", "4", "--batch-size", "4", "--latency-warmup", "0",
-                                "--latency-repeats", "2", "--report-dir", str(report)], root)
+                                "--latency-repeats", "2", "--judge", str(classifier), "--reference-images", "20",
+                                "--report-dir", str(report)], root)
     assert evaluated.code == 0, evaluated.stderr
     summary = json.loads(next(report.glob("shortcut-*.json")).read_text())
     assert [r["full_blocks"] for r in summary["rows"]] == [12, 4, 4]
     assert summary["rows"][2]["shortcut_blocks"] > 0 and next(report.glob("shortcut-*.png")).is_file()
-    assert "no image quality metric" in summary["quality_how"]
+    fid = summary["rows"][0]["quality"]["fid"]
+    assert fid["value"] >= 0 and fid["extractor"] == "classifier:clf-test" and fid["generated_images"] == 4
+    assert fid["reference_images"] == 20 and "FID" in summary["quality_how"]
 
 
 @pytest.mark.parametrize("args, message", [

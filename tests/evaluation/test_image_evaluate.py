@@ -1,0 +1,61 @@
+"""`cofre evaluate` on image runs: FID and IS per (run, reuse, budget) cell through torch-fidelity with a named
+extractor, per-cell JSON with its provenance, the Table 15-shaped table, the FID-vs-budget PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from image_runs import make_classifier_run, make_image_run, make_vq_run
+from test_bad_inputs import run_in_process
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("image-eval")
+    vq = make_vq_run(root)
+    return {"fp": make_image_run(root, vq, (1, 1, 1), "img-fp"), "plain": make_image_run(root, vq, (2, 0, 0), "img-plain"),
+            "clf": make_classifier_run(root, image_size=8)}
+
+
+@pytest.mark.slow
+def test_image_evaluate_writes_cells_summary_table_and_plot(runs: dict[str, Path], tmp_path: Path) -> None:
+    args = ["evaluate", str(runs["plain"]), str(runs["fp"]), "--budget", "4,8", "--reuse", "none,3sr", "--judge",
+            str(runs["clf"]), "--num-samples", "12", "--batch-size", "4", "--latency-repeats", "1", "--latency-warmup",
+            "0", "--reference-images", "40", "--cfg", "0.5", "--report-dir", str(tmp_path / "report")]
+    result = run_in_process(args, tmp_path)
+    assert result.code == 0, result.stderr
+    cells = sorted((runs["fp"] / "eval").glob("*.json"))
+    assert len(cells) == 2 * 2 and len(list((runs["plain"] / "eval").glob("*.json"))) == 2
+    cell = json.loads(cells[0].read_text())
+    fid, isc = cell["metrics"]["fid"], cell["metrics"]["isc"]
+    assert cell["judge"] == "classifier:clf-test" and fid["extractor"] == "classifier:clf-test"
+    assert fid["value"] >= 0 and isc["value"] >= 1 and isc["splits"] == 10
+    assert fid["generated_images"] == 12 and fid["reference_images"] == 40 and fid["reference_split"] == "val"
+    assert fid["cfg"] == 0.5 and fid["steps"] == cell["steps"] and fid["seed"] == 1 and "native 8 x 8" in fid["resizer"]
+    assert len(fid["weights_sha256"]) == 64 and len(cell["checkpoint"]["sha256"]) == 64
+    assert cell["blocks_spent"] == [cell["budget"]] * 3 and "not counted twice" in cell["budget_definition"]
+    assert cell["metrics"]["latency"]["images_per_s"] > 0 and cell["metrics"]["latency"]["batch_size"] == 4
+    assert (Path(cell["samples"]) / "manifest.json").is_file()
+    summary = json.loads(next((tmp_path / "report").glob("summary-*.json")).read_text())
+    assert summary["modality"] == "image" and summary["judge"] == "classifier:clf-test"
+    assert {c["label"] for c in summary["cells"]} == {"img-plain", "img-fp none", "img-fp 3sr"}
+    assert next((tmp_path / "report").glob("fid-*.png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for fragment in ("FID ↓ / IS ↑", "classifier:clf-test", "img-fp 3sr", "img/s", "train time"):
+        assert fragment in result.stdout
+    again = run_in_process(args, tmp_path)  # the samples are read back: identical numbers
+    assert again.code == 0 and json.loads(cells[0].read_text())["metrics"]["fid"] == fid
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--metrics", "genppl"], "--metrics genppl: not for image runs; choose from fid, isc, latency"),
+    (["--reference-split", "test"], "--reference-split must be one of train, val"),
+    (["--judge", "nowhere"], "judge 'nowhere' is neither 'inception' nor a classifier run"),
+])
+def test_image_evaluate_bad_settings_are_one_line(runs: dict[str, Path], tmp_path: Path, extra: list[str],
+                                                  fragment: str) -> None:
+    result = run_in_process(["evaluate", str(runs["fp"]), "--budget", "4", "--num-samples", "2", "--metrics", "fid",
+                             "--report-dir", str(tmp_path / "r"), *extra], tmp_path)
+    assert result.code == 2 and fragment in result.stderr, result.stderr
