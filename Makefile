@@ -111,7 +111,7 @@ table19: setup  ## Table 19 at full scale (GPUs): FP-MaskGIT 1/1, 2/2, 3/3 besid
 		--report-dir runs/reports/table19
 
 # MIGM-Shortcut: vanilla N, vanilla B and the shortcut N/B; latency over 3 timed batches after one warm-up.
-# Images: classifier FID of 200 generated images (guided as S's trajectories, w = 1) against the 10,000 test images.
+# Images: classifier FID of 100 generated images (guided as S's trajectories, w = 1) against the 10,000 test images.
 # A loaded CPU may stop the tiny MaskGIT early (TINY_MASKGIT_STEPS=200: its step-200 checkpoint is the base).
 SHORTCUT_LATENCY := --latency-warmup 1 --latency-repeats 3
 TINY_MASKGIT_STEPS ?= 400
@@ -124,7 +124,7 @@ shortcut-tiny: setup  ## MIGM-Shortcut in miniature: S on the tiny MaskGIT (16/6
 	$(BIN)/cofre shortcut runs/tiny-maskgit --recipe recipes/tiny-shortcut-maskgit.yaml
 	$(BIN)/cofre shortcut runs/tiny-mdlm --recipe recipes/tiny-shortcut-mdlm.yaml
 	$(BIN)/cofre evaluate runs/tiny-maskgit --shortcut runs/tiny-shortcut-maskgit --steps 16 --full-steps 6 \
-		--judge runs/fmnist-classifier --num-samples 200 --batch-size 50 $(SHORTCUT_LATENCY) \
+		--judge runs/fmnist-classifier --num-samples 100 --batch-size 50 $(SHORTCUT_LATENCY) \
 		--report-dir runs/reports/shortcut-tiny/maskgit
 	$(BIN)/cofre evaluate runs/tiny-mdlm --shortcut runs/tiny-shortcut-mdlm --steps 32 --full-steps 12 \
 		--judge smollm2-135m --num-samples 16 --batch-size 8 $(SHORTCUT_LATENCY) --report-dir runs/reports/shortcut-tiny/mdlm
