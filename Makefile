@@ -23,8 +23,8 @@ SCHEDULING_TINY_EVAL := --judge smollm2-135m --num-samples 8 --batch-size 8 --re
 SCHEDULING_EVAL := --judge gpt2-large --batch-size 32 --report-dir runs/reports/scheduling
 
 .PHONY: setup tiny test bench-train bench-sample tiny-images tiny-images-eval imagenette-runs table2-images table15 table16 \
-	table19 table7 table7-tiny table9 table13 table13-tiny scheduling scheduling-tiny adapt-tiny adapt cka-tiny gpu-wheels \
-	gpu-check clean-runs
+	table19 table7 table7-tiny table9 table13 table13-tiny scheduling scheduling-tiny shortcut shortcut-tiny adapt-tiny \
+	adapt cka-tiny gpu-wheels gpu-check clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -115,6 +115,33 @@ table19: setup  ## Table 19 at full scale (GPUs): FP-MaskGIT 1/1, 2/2, 3/3 besid
 	$(BIN)/cofre evaluate $(IMAGENETTE_RUNS) runs/imagenette-fp-maskgit-1-1 runs/imagenette-fp-maskgit-2-2 \
 		runs/imagenette-fp-maskgit-3-3 --budget 48,96,192,240,384,480 --reuse none $(IMAGENETTE_EVAL) \
 		--report-dir runs/reports/table19
+
+# MIGM-Shortcut: vanilla N, vanilla B and the shortcut N/B; latency over 3 timed batches after one warm-up.
+# Images: classifier FID of 100 generated images (guided as S's trajectories, w = 1) against the 10,000 test images.
+# A loaded CPU may stop the tiny MaskGIT early (TINY_MASKGIT_STEPS=200: its step-200 checkpoint is the base).
+SHORTCUT_LATENCY := --latency-warmup 1 --latency-repeats 3
+TINY_MASKGIT_STEPS ?= 400
+
+shortcut-tiny: setup  ## MIGM-Shortcut in miniature: S on the tiny MaskGIT (16/6 steps) and tiny MDLM (32/12), quality vs latency
+	$(BIN)/cofre train recipes/fmnist-classifier.yaml
+	$(BIN)/cofre train recipes/tiny-vq.yaml
+	$(BIN)/cofre train recipes/tiny-maskgit.yaml trainer.max_steps=$(TINY_MASKGIT_STEPS)
+	$(BIN)/cofre train recipes/tiny-mdlm.yaml
+	$(BIN)/cofre shortcut runs/tiny-maskgit --recipe recipes/tiny-shortcut-maskgit.yaml
+	$(BIN)/cofre shortcut runs/tiny-mdlm --recipe recipes/tiny-shortcut-mdlm.yaml
+	$(BIN)/cofre evaluate runs/tiny-maskgit --shortcut runs/tiny-shortcut-maskgit --steps 16 --full-steps 6 \
+		--judge runs/fmnist-classifier --num-samples 100 --batch-size 50 $(SHORTCUT_LATENCY) \
+		--report-dir runs/reports/shortcut-tiny/maskgit
+	$(BIN)/cofre evaluate runs/tiny-mdlm --shortcut runs/tiny-shortcut-mdlm --steps 32 --full-steps 12 \
+		--judge smollm2-135m --num-samples 16 --batch-size 8 $(SHORTCUT_LATENCY) --report-dir runs/reports/shortcut-tiny/mdlm
+
+shortcut: setup  ## MIGM-Shortcut at full scale (GPU): on MaskGIT-Large (32/12 steps) and the OpenWebText MDLM (64/16)
+	$(BIN)/cofre shortcut runs/imagenette-maskgit-large --recipe recipes/imagenette-shortcut.yaml
+	$(BIN)/cofre shortcut runs/owt-mdlm --recipe recipes/owt-shortcut.yaml
+	$(BIN)/cofre evaluate runs/imagenette-maskgit-large --shortcut runs/imagenette-shortcut --steps 32 --full-steps 12 \
+		--num-samples 1000 --batch-size 50 --report-dir runs/reports/shortcut/maskgit
+	$(BIN)/cofre evaluate runs/owt-mdlm --shortcut runs/owt-shortcut --steps 64 --full-steps 16 \
+		--judge gpt2-large --num-samples 1000 --batch-size 32 --report-dir runs/reports/shortcut/mdlm
 
 test: setup  ## the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest

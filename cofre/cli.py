@@ -203,6 +203,29 @@ def distill(
 
 
 @app.command()
+def shortcut(
+    run: Annotated[Path, typer.Argument(help="Trained base run (MaskGIT, MDLM or their FP variants) or checkpoint.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Field overrides as key.sub=value.")] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Shortcut stage recipe (kind: shortcut), e.g. recipes/tiny-shortcut-maskgit.yaml.")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="New run directory; default runs/<stage name>.")] = None,
+) -> None:
+    """MIGM-Shortcut: collect the run's own sampling trajectories and train the light shortcut step S on them."""
+    from cofre.training.shortcut import shortcut_recipe, train_shortcut
+
+    stage = shortcut_recipe(run, recipe, overrides or [])
+    directory = run_dir or Path("runs") / stage.name
+    result = train_shortcut(stage, directory, console)
+    console.print(f"trained the shortcut to step {result.final_step} in {result.elapsed_s:.0f}s on {result.train_pairs} "
+                  f"pairs; checkpoint {result.checkpoint}")
+    console.print(f"{result.parameters:,} parameters, {100 * result.parameter_fraction:.1f}% of the base model's; "
+                  f"held-out masked-position MSE {result.val_mse:.4g} vs {result.val_mse_reuse:.4g} for reusing the "
+                  f"previous step's features ({result.val_pairs} pairs)")
+    console.print(f"summary written to {directory / 'train_result.json'}; base run {result.base_run}")
+
+
+@app.command()
 def inspect(
     target: Annotated[Path, typer.Argument(help="Recipe YAML, run directory or checkpoint folder.")],
     iters: Annotated[int, typer.Option("--iters", "-n", help="Fixed-point iterations N for the per-step block cost.")] = 8,
@@ -266,7 +289,8 @@ def _inspect_tokenizer(path: Path, as_json: bool) -> None:
 def sample(
     checkpoint: Annotated[Path, typer.Argument(help="Run directory (its latest checkpoint) or checkpoint folder.")],
     budget: Annotated[int | None, typer.Option("--budget", "-b", help="Total transformer-block forward passes per sample "
-                                                                    "(with --model-schedule: derived, checked if given).")] = None,
+                                                                    "(with --model-schedule: derived, checked if given; "
+                                                                    "with --shortcut: of the full steps, optional).")] = None,
     steps: Annotated[
         int | None, typer.Option(help="Denoising steps. Plain models: fixed by the budget. FP models: default rule "
                                       "gives about 4 fixed-point iterations per step.")
@@ -320,6 +344,10 @@ def sample(
                                                                 "log-confidence, fading over the steps (default 4.5).")] = None,
     light: LightOption = None,
     model_schedule: ModelScheduleOption = None,
+    shortcut: Annotated[Path | None, typer.Option(help="MIGM-Shortcut run (`cofre shortcut`): its light step S replaces "
+                                                       "the full model on all but --full-steps of the --steps.")] = None,
+    full_steps: Annotated[int | None, typer.Option(help="With --shortcut: B, the steps that run the full model (step 0 "
+                                                        "and t_k = max(t_k-1 + 1, round(N k / B))).")] = None,
 ) -> None:
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings. On an image run:
     PNGs, a grid and a manifest; the budget counts blocks per sample (the unconditional CFG pass is not counted twice)."""
@@ -338,6 +366,7 @@ def sample(
         seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
         precision=precision, compile=compile,  # 'auto' is made concrete for the device in sample_checkpoint
         light=str(light) if light is not None else None, model_schedule=model_schedule,
+        shortcut=str(shortcut) if shortcut is not None else None, full_steps=full_steps,
     )
     validate_settings(settings)  # before a checkpoint is read
     check_output_file(trace, "--trace")
@@ -375,6 +404,7 @@ def sample(
         ("cached steps", str(result.cached_steps) if cache else "off"),
         ("time", f"{result.wall_time_s:.1f}s, {result.tokens_per_s:,.0f} tokens/s"),
         ("output", result.out),
+        *shortcut_rows(result.shortcut),
     ]
     if result.model_schedule is not None:
         from cofre.sampling.model_schedule import schedule_summary
@@ -411,10 +441,24 @@ def _sample_images(ckpt: Any, settings: Any, options: dict[str, Any], out: Path 
         ("time", f"{result.wall_time_s:.1f}s"),
         ("grid", result.grid),
         ("manifest", result.manifest),
+        *shortcut_rows(result.shortcut),
     ]
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+
+
+def shortcut_rows(cost: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The shortcut's cost per sample: full-model block forwards, plus S's FLOPs counted in base blocks."""
+    if cost is None:
+        return []
+    return [("shortcut", f"{cost['path']} (trained at N = {cost['trained_steps']})"),
+            ("full steps", " ".join(map(str, cost["full_steps"]))),
+            ("cost per sample", f"{cost['full_blocks']:g} full-model block forwards + {cost['shortcut_steps']:g} "
+                                f"shortcut steps = {cost['shortcut_blocks']:.2f} blocks of FLOPs "
+                                f"({cost['shortcut_call_blocks']:.3f} per step); {cost['total_blocks']:.2f} in all"),
+            ("vs the plain sampler", f"{cost['vanilla_blocks']:g} blocks at the same steps: "
+                                     f"{100 * cost['saving']:.0f}% saved")]
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -501,9 +545,21 @@ def evaluate(
                                             "for several); each run is sampled with every schedule and with the heavy "
                                             "and the light model alone over the same steps, instead of --budget.")
     ] = None,
+    shortcut: Annotated[Path | None, typer.Option(help="MIGM-Shortcut run of the one RUN: compare vanilla --steps N, "
+                                                       "vanilla --full-steps B and the shortcut N/B (text: Gen. PPL and "
+                                                       "entropy, images: FID; latency; --budget, --reuse and --metrics do "
+                                                       "not apply).")] = None,
+    full_steps: Annotated[int | None, typer.Option(help="With --shortcut: B, the steps that run the full model.")] = None,
 ) -> None:
     """Sample each run at each budget and reuse policy, score the samples, print a table, write JSON and a plot.
     Text runs: Gen. PPL, entropy, MAUVE, val. PPL; image runs: FID and IS (torch-fidelity); both: latency."""
+    if shortcut is not None or full_steps is not None:
+        if light is not None or model_schedule:
+            raise CofreError("--shortcut and --light / --model-schedule each replace the model at some steps; use one")
+        _evaluate_shortcut(runs or [], shortcut, steps, full_steps, judge, genppl_mode, num_samples, batch_size, seed,
+                           ema, device, precision, latency_warmup, latency_repeats, reference_split, reference_images,
+                           report_dir)
+        return
     from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
     from cofre.evaluation.report import results_table
     from cofre.precision import resolve_device
@@ -551,6 +607,32 @@ def evaluate(
             atomic_write_text(out, json.dumps(dataclasses.asdict(result), indent=2))
             results[run.name] = result
         console.print(lm_eval_table(results))
+
+
+def _evaluate_shortcut(runs: list[Path], shortcut: Path | None, steps: int | None, full_steps: int | None,
+                       judge: str | None, genppl_mode: str, num_samples: int, batch_size: int, seed: int, ema: bool,
+                       device: str, precision: str, warmup: int, repeats: int, reference_split: str,
+                       reference_images: int, report_dir: Path | None) -> None:
+    from cofre.evaluation.shortcut_eval import ShortcutEvalSettings, evaluate_shortcut, shortcut_table
+
+    if len(runs) != 1 or shortcut is None or steps is None or full_steps is None:
+        raise CofreError("--shortcut compares samplers of one run: give one RUN, --shortcut, --steps N and --full-steps B")
+    for option, value, low in (("--num-samples", num_samples, 1), ("--batch-size", batch_size, 1), ("--seed", seed, 0),
+                               ("--latency-warmup", warmup, 0), ("--latency-repeats", repeats, 1)):
+        check_range(option, value, low, MAX_SEED)
+    if genppl_mode not in ("eq4", "mdlm"):
+        raise CofreError(f"--genppl-mode must be eq4 or mdlm, got '{genppl_mode}'")
+    report_dir = report_dir or Path("runs") / "reports" / f"{runs[0].name}-shortcut"
+    check_output_dir(report_dir, "--report-dir")
+    check_range("--reference-images", reference_images, 0, MAX_SEED)
+    settings = ShortcutEvalSettings(steps=steps, full_steps=full_steps, judge=judge, genppl_mode=genppl_mode,
+                                    num_samples=num_samples, batch_size=batch_size, seed=seed, ema=ema, device=device,
+                                    precision=precision, latency_warmup=warmup, latency_repeats=repeats,
+                                    reference_split=reference_split, reference_images=reference_images)
+    summary = evaluate_shortcut(runs[0], shortcut, settings, report_dir, console)
+    console.print(shortcut_table(summary))
+    console.print(f"plot: {summary.plot_path}")
+    console.print(f"summary: {summary.summary_path}")
 
 
 @app.command()

@@ -26,6 +26,7 @@ from cofre.sampling.model_schedule import (
     schedule_text,
 )
 from cofre.sampling.reuse import ReuseConfig
+from cofre.sampling.shortcut import check_shortcut_options, shortcut_cost
 from cofre.config import Recipe
 from cofre.models import Denoiser
 from cofre.precision import resolve_device, resolve_precision
@@ -37,7 +38,7 @@ from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_tra
 class SampleSettings:
     """The full set of choices `cofre sample` exposes; written beside every sample."""
 
-    budget: int | None  # None: derived from the model schedule (made concrete before sampling)
+    budget: int | None  # None: derived from the model schedule, or with a shortcut B full steps at the default cost
     steps: int | None = None
     schedule: str = "decreasing"
     reuse: str = "3sr"
@@ -59,6 +60,8 @@ class SampleSettings:
     compile: bool = False  # torch.compile the transformer blocks
     light: str | None = None  # model scheduling: the light model's checkpoint folder
     model_schedule: str | None = None  # model scheduling: H/L segments in step order, e.g. L125,H750,L125
+    shortcut: str | None = None  # MIGM-Shortcut run: S replaces the full model on all but --full-steps of --steps
+    full_steps: int | None = None
 
 
 @dataclass
@@ -79,13 +82,16 @@ class SampleResult:
     texts: list[str] = field(default_factory=list)
     ids: list[list[int]] = field(default_factory=list)
     model_schedule: dict[str, Any] | None = None  # a schedule's cost: blocks per model, saving against heavy alone
+    shortcut: dict[str, Any] | None = None  # the shortcut's weights and cost (full-model blocks + S's FLOPs in blocks)
 
 
-def sample_tag(settings: SampleSettings, checkpoint: dict[str, Any]) -> str:
+def sample_tag(settings: SampleSettings, checkpoint: dict[str, Any], shortcut_sha256: str | None = None) -> str:
     """A file name that names the main settings and changes whenever any setting or the weights do."""
     identity = {"settings": dataclasses.asdict(settings), "weights": checkpoint["sha256"]}
     if "light" in checkpoint:  # a model schedule: the light model's weights too
         identity["light"] = checkpoint["light"]["sha256"]
+    if shortcut_sha256 is not None:  # a retrained shortcut at the same path draws new samples
+        identity["shortcut"] = shortcut_sha256
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     scheduled = f"-{settings.model_schedule.replace(',', '')}" if settings.model_schedule else ""
     return (f"step{checkpoint['step']}-b{settings.budget}-{settings.reuse}-{settings.schedule}{scheduled}"
@@ -135,8 +141,13 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
     """Every setting in range; `--length` against the model's max_seq_len once the model is known."""
     if (settings.light is None) != (settings.model_schedule is None):
         raise CofreError("model scheduling needs both --light LIGHT_RUN and --model-schedule (e.g. L125,H750,L125)")
-    if settings.budget is None and settings.model_schedule is None:
-        raise CofreError("Missing option '--budget': give a block budget, or --light and --model-schedule")
+    if settings.model_schedule is not None and settings.shortcut is not None:
+        raise CofreError("--model-schedule and --shortcut each replace the model at some steps; use one at a time")
+    if settings.model_schedule is None and (settings.shortcut is not None or settings.full_steps is not None):
+        check_shortcut_options(settings.shortcut, settings.steps, settings.full_steps, settings.budget)
+    if settings.budget is None and settings.model_schedule is None and settings.shortcut is None:
+        raise CofreError("Missing option '--budget': give a block budget, --light and --model-schedule, or --shortcut "
+                         "with --steps and --full-steps")
     check_range("--budget", settings.budget, 1, MAX_BUDGET)
     check_range("--steps", settings.steps, 1, MAX_BUDGET)
     if settings.model_schedule is not None:
@@ -192,18 +203,24 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
         raise CofreError(f"{ckpt.folder} is an image model; the text sampler needs a text (MDLM) checkpoint "
                          "(`cofre sample` on an image run draws images)")
     validate_settings(settings, recipe.model.max_seq_len)
+    hook = None
     if settings.model_schedule is not None or light is not None:
         plan = scheduled_plan(ckpt, light, settings)
         check_range("--length", settings.length, 1, light.recipe.model.max_seq_len)  # type: ignore[union-attr]
+    elif settings.shortcut is not None and settings.steps is not None and settings.full_steps is not None:
+        from cofre.training.shortcut import shortcut_steps
+
+        plan, hook = shortcut_steps(ckpt, Path(settings.shortcut), settings.steps, settings.full_steps,
+                                    settings.budget, settings.schedule)
     else:
-        assert settings.budget is not None  # validate_settings: a budget or a schedule
-        plan = plan_budget(recipe.model, settings.budget, settings.steps, settings.schedule)
+        plan = plan_budget(recipe.model, settings.budget or 0, settings.steps, settings.schedule)
     reuse = ReuseConfig(settings.reuse, settings.gamma_mask_min, settings.gamma_mask_max, settings.gamma_changed_min,
                         settings.gamma_changed_max)
     config = SamplerConfig(length=settings.length or recipe.data.seq_len, reuse=reuse, top_p=settings.top_p,
                            noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace,
                            precision=resolve_precision(settings.precision, ckpt.device))
-    return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps, light=light.model if light is not None else None)
+    return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps, light=light.model if light is not None else None,
+                       hook=hook)
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
@@ -214,6 +231,7 @@ def _result(out: Path, records: list[dict[str, Any]], settings: SampleSettings, 
             traces: list[list[StepRecord]], wall: float, identity: dict[str, Any]) -> SampleResult:
     plan = sampler.plan
     spent = [records[i]["blocks_spent"] for i in range(0, len(records), settings.batch_size)]
+    costs = [records[i]["shortcut"] for i in range(0, len(records), settings.batch_size) if "shortcut" in records[i]]
     per_batch = [records[i]["blocks_per_step"] for i in range(0, len(records), settings.batch_size)]
     assert settings.budget is not None  # made concrete by with_schedule
     return SampleResult(
@@ -222,6 +240,7 @@ def _result(out: Path, records: list[dict[str, Any]], settings: SampleSettings, 
         cached_steps=sum(r.cached for steps in traces for r in steps), wall_time_s=wall,
         tokens_per_s=len(records) * sampler.cfg.length / wall, checkpoint=identity, texts=[r["text"] for r in records],
         ids=[r["ids"] for r in records], model_schedule=records[0].get("model_schedule"),
+        shortcut=mean_cost(costs) if costs else None,
     )
 
 
@@ -233,6 +252,11 @@ def _schedule_record(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, set
     return {"model_schedule": {**dataclasses.asdict(cost), "light": light.identity}}
 
 
+def mean_cost(costs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shortcut's cost per sample averaged over batches (numbers), with the weights it ran (the rest)."""
+    return {k: sum(c[k] for c in costs) / len(costs) if isinstance(v, float) else v for k, v in costs[0].items()}
+
+
 def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Path | None = None,
                       if_exists: str = "error", trace: Path | None = None, show_progress: bool = True,
                       light: LoadedCheckpoint | None = None) -> SampleResult:
@@ -241,11 +265,14 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     With `light` and `settings.model_schedule`, each step runs the model the schedule names."""
     settings = with_schedule(ckpt, light, resolved(settings, ckpt.device))
     sampler = build_sampler(ckpt, settings, trace=trace is not None, light=light)
+    settings = dataclasses.replace(settings, budget=sampler.plan.budget)  # with a shortcut: the full steps' budget
+    shortcut_sha256 = sampler.hook.identity.get("sha256") if sampler.hook is not None else None
     identity = scheduled_identity(ckpt, light)
-    out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, identity)}.jsonl"
+    out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, identity, shortcut_sha256)}.jsonl"
     if out.exists() and if_exists == "reuse":
         records = read_samples(out)
         if all(r["settings"] == dataclasses.asdict(settings) and _weights(r["checkpoint"]) == _weights(identity)
+               and r.get("shortcut", {}).get("sha256") == shortcut_sha256
                for r in records) and len(records) == settings.num_samples:
             return _result(out, records, settings, sampler, [], sum(r["batch_wall_time_s"] for r in records[:: settings.batch_size]), identity)
         raise CofreError(f"{out} holds samples with other settings or weights; remove it to sample again")
@@ -270,14 +297,15 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
                 torch.cuda.synchronize()
             batch_time = time.perf_counter() - batch_start
             traces.append(batch.steps)
+            cost = {} if sampler.hook is None else {"shortcut": {**sampler.hook.identity, **shortcut_cost(
+                sampler.hook, sampler.cfg.length, sampler.plan)}}  # type: ignore[arg-type]
             for ids in batch.tokens.tolist():
                 records.append({
                     "ids": ids, "text": tokenizer.decode(ids), "settings": dataclasses.asdict(settings),
                     "length": sampler.cfg.length, "plan": {"steps": sampler.plan.steps, "iterations": sampler.plan.iterations,
                                                            **({"models": sampler.plan.models} if sampler.plan.models else {})},
                     "blocks_spent": batch.blocks_spent, "blocks_per_step": [r.blocks for r in batch.steps],
-                    "batch_wall_time_s": batch_time, "checkpoint": identity,
-                    **scheduled,
+                    "batch_wall_time_s": batch_time, "checkpoint": identity, **scheduled, **cost,
                 })
             progress.advance(bar)
     wall = time.perf_counter() - started

@@ -26,9 +26,10 @@ from cofre.errors import CofreError
 from cofre.precision import resolve_precision
 from cofre.runs import atomic_write_text
 from cofre.sampling.budget import plan_budget
-from cofre.sampling.generate import LoadedCheckpoint
+from cofre.sampling.generate import LoadedCheckpoint, mean_cost
 from cofre.sampling.maskgit import CFG_SCHEDULES, ORDERS, ImageSamplerConfig, MaskGITSampler, reveal_counts
 from cofre.sampling.reuse import ReuseConfig
+from cofre.sampling.shortcut import check_shortcut_options, shortcut_cost
 
 BUDGET_DEFINITION = ("transformer-block forward passes per sample: K_pre + N_i K_fp + K_post per step (a plain model: "
                      "its depth); the unconditional pass of classifier-free guidance runs on the same batch and is not "
@@ -40,7 +41,7 @@ MIN_GRID_CELL = 64  # grid.png upscales (nearest) small images to at least this 
 class ImageSampleSettings:
     """The choices `cofre sample` exposes for image runs; written into the manifest."""
 
-    budget: int
+    budget: int | None  # None: with a shortcut, B full steps at the default cost
     steps: int | None = None
     schedule: str = "decreasing"
     reuse: str = "3sr"
@@ -64,6 +65,8 @@ class ImageSampleSettings:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    shortcut: str | None = None  # MIGM-Shortcut run: S replaces the full model on all but --full-steps of --steps
+    full_steps: int | None = None
 
 
 @dataclass
@@ -79,6 +82,7 @@ class ImageSampleResult:
     blocks_spent: list[int]  # per batch, per sample
     wall_time_s: float
     labels: list[int] = field(default_factory=list)
+    shortcut: dict[str, Any] | None = None  # the shortcut's weights and cost (full-model blocks + S's FLOPs in blocks)
 
 
 def validate_image_settings(settings: ImageSampleSettings) -> None:
@@ -103,6 +107,7 @@ def validate_image_settings(settings: ImageSampleSettings) -> None:
     check_range("--confidence-noise", settings.confidence_noise, 0.0, 100.0)
     if settings.tol is not None and not 0 < settings.tol < float("inf"):
         raise CofreError(f"--tol must be a positive number, got {settings.tol}")
+    check_shortcut_options(settings.shortcut, settings.steps, settings.full_steps, settings.budget)
 
 
 def class_labels(chosen: list[str] | None, names: list[str], n: int, generator: torch.Generator) -> list[int]:
@@ -134,7 +139,14 @@ def build_image_sampler(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, g
     check_image_checkpoint(ckpt)
     validate_image_settings(settings)
     model_cfg = ckpt.recipe.model
-    plan = plan_budget(model_cfg, settings.budget, settings.steps, settings.schedule)
+    hook = None
+    if settings.shortcut is not None and settings.steps is not None and settings.full_steps is not None:
+        from cofre.training.shortcut import shortcut_steps
+
+        plan, hook = shortcut_steps(ckpt, Path(settings.shortcut), settings.steps, settings.full_steps,
+                                    settings.budget, settings.schedule)
+    else:
+        plan = plan_budget(model_cfg, settings.budget or 0, settings.steps, settings.schedule)
     cells = grid[0] * grid[1]
     if plan.steps > cells:
         raise CofreError(f"budget {settings.budget} means {plan.steps} steps, but a {grid[0]}x{grid[1]} grid has only "
@@ -147,11 +159,13 @@ def build_image_sampler(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, g
                                 cfg_schedule=settings.cfg_schedule, confidence_noise=settings.confidence_noise,
                                 reuse=reuse, tol=settings.tol, trace=trace,
                                 precision=resolve_precision(settings.precision, ckpt.device))
-    return MaskGITSampler(ckpt.model, plan, grid, config)
+    return MaskGITSampler(ckpt.model, plan, grid, config, hook=hook)
 
 
-def sample_tag(settings: ImageSampleSettings, checkpoint: dict[str, Any]) -> str:
+def sample_tag(settings: ImageSampleSettings, checkpoint: dict[str, Any], shortcut_sha256: str | None = None) -> str:
     identity = {"settings": dataclasses.asdict(settings), "weights": checkpoint["sha256"]}
+    if shortcut_sha256 is not None:  # a retrained shortcut at the same path draws new samples
+        identity["shortcut"] = shortcut_sha256
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     return (f"step{checkpoint['step']}-b{settings.budget}-{settings.reuse}-{settings.order}-cfg{settings.cfg:g}"
             f"-seed{settings.seed}-{digest}")
@@ -193,17 +207,19 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
     recipe = ckpt.recipe
     tokenizer = load_tokenizer(recipe.data.tokenizer, ckpt.device)
     sampler = build_image_sampler(ckpt, settings, tokenizer.grid, trace is not None)
+    settings = dataclasses.replace(settings, budget=sampler.plan.budget)  # with a shortcut: the full steps' budget
     names = class_names(recipe.data)
     if len(names) != recipe.model.num_classes:
         raise CofreError(f"the data names {len(names)} classes but the model has {recipe.model.num_classes}")
-    out = out or ckpt.run_root / "samples" / sample_tag(settings, ckpt.identity)
+    shortcut_sha256 = sampler.hook.identity.get("sha256") if sampler.hook is not None else None
+    out = out or ckpt.run_root / "samples" / sample_tag(settings, ckpt.identity, shortcut_sha256)
     for path in (out, trace):
         if path is not None and path.exists() and not overwrite:
             raise CofreError(f"{path} exists; pass --overwrite to replace it")
     generator = torch.Generator(ckpt.device).manual_seed(settings.seed)
     labels = class_labels(settings.classes, names, settings.num_samples, torch.Generator().manual_seed(settings.seed))
     started = time.perf_counter()
-    pixels, codes, spent, traces = [], [], [], []
+    pixels, codes, spent, traces, costs = [], [], [], [], []
     for start in range(0, settings.num_samples, settings.batch_size):
         batch_labels = torch.tensor(labels[start: start + settings.batch_size], device=ckpt.device)
         batch = sampler.sample(batch_labels, generator)
@@ -212,6 +228,8 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
         codes.extend(grid_codes.tolist())
         spent.append(batch.blocks_spent)
         traces.append(batch.steps)
+        if sampler.hook is not None:
+            costs.append({**sampler.hook.identity, **shortcut_cost(sampler.hook, sampler.cells, sampler.plan)})  # type: ignore[arg-type]
     wall = time.perf_counter() - started
     images = np.concatenate(pixels)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +253,7 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
         "tokenizer": {"spec": recipe.data.tokenizer, "name": tokenizer.name, **tokenizer_identity(recipe.data.tokenizer)},
         "grid": {"file": "grid.png", "columns": columns, "upscale": max(1, math.ceil(MIN_GRID_CELL / images.shape[1]))},
         "class_names": names, "samples": rows,
+        **({"shortcut": mean_cost(costs)} if costs else {}),
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     if trace is not None:
@@ -243,4 +262,4 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
     return ImageSampleResult(out=str(out), grid=str(out / "grid.png"), manifest=str(out / "manifest.json"),
                              num_samples=len(labels), budget=settings.budget, steps=plan.steps,
                              iterations=plan.iterations, reveal_counts=sampler.counts, blocks_spent=spent,
-                             wall_time_s=wall, labels=labels)
+                             wall_time_s=wall, labels=labels, shortcut=mean_cost(costs) if costs else None)

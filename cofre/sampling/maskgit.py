@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -20,8 +20,11 @@ from cofre.errors import CofreError
 from cofre.models import Denoiser
 from cofre.precision import autocast
 from cofre.sampling.budget import BudgetPlan
-from cofre.sampling.mdlm import SampleBatch, StepRecord, network_step, record_solve
+from cofre.sampling.mdlm import SampleBatch, StepRecord, hooked_step, network_step, record_solve
 from cofre.sampling.reuse import ReuseConfig
+
+if TYPE_CHECKING:
+    from cofre.sampling.shortcut import StepHook
 
 Order = Literal["halton", "confidence"]
 ORDERS: tuple[str, ...] = ("halton", "confidence")
@@ -110,8 +113,10 @@ def draw_codes(logits: Tensor, mask_id: int, temperature: float, generator: torc
 class MaskGITSampler:
     """Owns the solver's warm-start state across the steps of one batch; the model stays a pure function."""
 
-    def __init__(self, model: Denoiser, plan: BudgetPlan, grid: tuple[int, int], cfg: ImageSamplerConfig) -> None:
+    def __init__(self, model: Denoiser, plan: BudgetPlan, grid: tuple[int, int], cfg: ImageSamplerConfig,
+                 hook: StepHook | None = None) -> None:
         self.model = model.eval()
+        self.hook = hook  # MIGM-Shortcut's steps, or a trajectory recorder (cofre.sampling.shortcut)
         self.plan = plan
         self.grid = grid
         self.cfg = cfg
@@ -143,6 +148,8 @@ class MaskGITSampler:
         h_prev: Tensor | None = None
         z_prev: Tensor | None = None
         carry, spent, revealed, records = 0, 0, 0, []
+        if self.hook is not None:
+            self.hook.start()
         for i in range(plan.steps):
             allocated = plan.iterations[i] + carry if plan.iterations else 0
             record = StepRecord(step=i, t=1 - revealed / self.cells, allocated_iters=allocated, iterations=0, blocks=0,
@@ -151,13 +158,17 @@ class MaskGITSampler:
             zz = torch.cat([z, z]) if guided else z  # the unconditional half sees the same codes
             with autocast(device, cfg.precision):
                 cond = model.conditioning(signal, self.cells)
-                step = network_step(model, zz, cond, h_prev, z_prev, allocated, cfg.reuse, cfg.tol, cfg.trace)
+                step = hooked_step(self.hook, i, record, zz)  # the shortcut sees the guided batch: both halves
+                step = step or network_step(model, zz, cond, h_prev, z_prev, allocated, cfg.reuse, cfg.tol, cfg.trace)
                 if step.h_star is not None:
                     record_solve(record, step, h_prev, zz, z_prev, self.mask_id, cfg.trace)
                     carry = allocated - record.iterations  # unspent iterations move on to later steps
                     h_prev, z_prev = step.h_star, zz
-                record.blocks = model.blocks_per_step(record.iterations)  # per sample: the guided pass is not counted twice
+                # per sample: the guided pass is not counted twice
+                record.blocks = 0 if record.shortcut else model.blocks_per_step(record.iterations)
                 spent += record.blocks
+                if self.hook is not None:
+                    self.hook.observe(i, zz, step.hidden)
                 logits = model.head(step.hidden, cond)
             logits = logits.double()  # App. D.4: float64 before sampling
             if guided:

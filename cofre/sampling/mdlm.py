@@ -17,6 +17,7 @@ solve starts from its own h_pre (hidden states of two models are not interchange
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -28,6 +29,9 @@ from cofre.sampling.budget import BudgetPlan
 from cofre.sampling.reuse import TRANSITION_NAMES, ReuseConfig, transition_types, warm_start
 from cofre.solver import SolveStats, solve
 from cofre.tasks.mdlm import LogLinearSchedule
+
+if TYPE_CHECKING:
+    from cofre.sampling.shortcut import StepHook
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class StepRecord:
     revealed: int
     cached: bool
     model: str = "H"  # which denoiser ran the step: H (the sampled run) or L (a model schedule's light model)
+    shortcut: bool = False  # MIGM-Shortcut: the features came from the shortcut S, no network pass (no blocks)
     residuals: list[float] = field(default_factory=list)  # mean relative residual per iteration (App. F.12)
     solution_shift: dict[str, float] = field(default_factory=dict)  # mean ||h*_t - h*_prev|| per type (Fig. 3)
 
@@ -146,6 +151,15 @@ def network_step(model: Denoiser, z: Tensor, cond: Conditioning, h_prev: Tensor 
     return NetworkStep(model.post_stack(h, cond), h, stats)
 
 
+def hooked_step(hook: StepHook | None, i: int, record: StepRecord, z: Tensor) -> NetworkStep | None:
+    """The shortcut's features in place of the network's pass at step i, or None when the network runs."""
+    hidden = hook.predict(i, z) if hook is not None else None
+    if hidden is None:
+        return None
+    record.shortcut = True
+    return NetworkStep(hidden, None, None)
+
+
 def record_solve(record: StepRecord, step: NetworkStep, h_prev: Tensor | None, z: Tensor, z_prev: Tensor | None,
                  mask_id: int, trace: bool) -> None:
     """Iterations, and with `trace` the residual per iteration and the solution shift per transition type."""
@@ -160,13 +174,14 @@ class MDLMSampler:
     """Owns the solver's warm-start state across the steps of one batch; the model stays a pure function."""
 
     def __init__(self, model: Denoiser, plan: BudgetPlan, cfg: SamplerConfig, eps: float = 1e-3,
-                 light: Denoiser | None = None) -> None:
+                 light: Denoiser | None = None, hook: StepHook | None = None) -> None:
         self.model = model.eval()
         self.models = {"H": self.model, **({"L": light.eval()} if light is not None else {})}
         self.plan = plan
         self.cfg = cfg
         self.schedule = LogLinearSchedule(eps)
         self.mask_id = model.cfg.mask_id
+        self.hook = hook  # MIGM-Shortcut's steps, or a trajectory recorder (cofre.sampling.shortcut)
 
     @torch.no_grad()
     def sample(self, batch_size: int, generator: torch.Generator) -> SampleBatch:
@@ -178,6 +193,8 @@ class MDLMSampler:
         z_prev: Tensor | None = None
         carry = dict.fromkeys(self.models, 0)  # unspent iterations stay with the model that left them
         spent, records, counts, last = 0, [], [], "H"
+        if self.hook is not None:
+            self.hook.start()
         for i in range(plan.steps):
             t, s = times[i], times[i + 1]
             revealed = reveal(z, t, s, self.mask_id, generator)
@@ -196,13 +213,16 @@ class MDLMSampler:
                 continue
             with autocast(device, cfg.precision):
                 cond = model.conditioning(self.schedule.sigma(torch.full((batch_size,), t, device=device)), cfg.length)
-                step = network_step(model, z, cond, h_prev, z_prev, allocated, cfg.reuse, cfg.tol, cfg.trace)
+                step = hooked_step(self.hook, i, record, z)
+                step = step or network_step(model, z, cond, h_prev, z_prev, allocated, cfg.reuse, cfg.tol, cfg.trace)
                 if step.h_star is not None:
                     record_solve(record, step, h_prev, z, z_prev, self.mask_id, cfg.trace)
                     carry[name] = allocated - record.iterations  # unspent iterations move on to later steps
                     h_prev, z_prev = step.h_star, z
-                record.blocks = model.blocks_per_step(record.iterations)
+                record.blocks = 0 if record.shortcut else model.blocks_per_step(record.iterations)
                 spent += record.blocks
+                if self.hook is not None:
+                    self.hook.observe(i, z, step.hidden)
                 logits = model.head(step.hidden, cond, revealed.nonzero(as_tuple=True))
             greedy = cfg.noise_removal and i == plan.steps - 1  # MDLM's noise removal: argmax of the final pass
             z = fill_revealed(z, revealed, logits, self.mask_id, cfg.top_p, greedy, generator)
