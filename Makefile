@@ -63,10 +63,11 @@ tiny-images: setup  ## images offline on a CPU: VQ tokenizer, tiny MaskGIT and F
 
 # The image tables (Tables 2 right, 15, 16, 19): FID and IS by budget x reuse, through torch-fidelity.
 # Tiny (Fashion-MNIST, this CPU): budgets are the paper's 48-480 for 24 layers scaled to tiny-maskgit's 4 blocks
-# (2 steps = 8 ... 20 steps = 80). FID and IS with the classifier on 250 generated vs the 10,000 test images;
-# Inception FID on the same 250 generated images vs 250 test images at budgets 16 and 64. No guidance (w = 0).
+# (2 steps = 8 ... 20 steps = 80). FID and IS with the classifier on 150 generated vs the 10,000 test images;
+# Inception FID on the same 150 generated images vs 150 test images at budget 64. No guidance (w = 0). Sized from
+# CPU seconds measured on a loaded machine to fit about 30 minutes on a quiet 2-core CPU (README).
 # Table 16's cells of the plain models and of FP-MaskGIT without reuse are Table 15's, read back.
-TINY_EVAL_COMMON := --cfg 0 --num-samples 250 --batch-size 50
+TINY_EVAL_COMMON := --cfg 0 --num-samples 150 --batch-size 50
 TINY_CLASSIFIER := --judge runs/fmnist-classifier $(TINY_EVAL_COMMON)
 TINY_TABLE15 := runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit --budget 8,16,32,40,64,80 --reuse none \
 	--metrics fid,isc,latency --latency-warmup 1 --latency-repeats 1
@@ -88,8 +89,8 @@ tiny-images-eval: setup  ## Tables 15/16 in miniature on this CPU: MaskGIT 4 vs 
 	test -d runs/tiny-cofre-images || $(BIN)/cofre consistency runs/tiny-fp-maskgit --recipe recipes/tiny-cofre-images.yaml
 	$(BIN)/cofre evaluate $(TINY_TABLE15) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table15
 	$(BIN)/cofre evaluate $(TINY_TABLE16) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table16
-	$(BIN)/cofre evaluate runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit runs/tiny-cofre-images --budget 16,64 \
-		--reuse 3sr --metrics fid --judge inception --reference-images 250 $(TINY_EVAL_COMMON) \
+	$(BIN)/cofre evaluate runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit runs/tiny-cofre-images --budget 64 \
+		--reuse 3sr --metrics fid --judge inception --reference-images 150 $(TINY_EVAL_COMMON) \
 		--report-dir runs/reports/tiny-inception
 
 imagenette-runs: setup  ## the three ImageNette models of Table 15 (GPUs; set NPROC)

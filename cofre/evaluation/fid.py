@@ -18,6 +18,7 @@ import hashlib
 import importlib.metadata
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -236,7 +237,9 @@ def converted_inception(source: Path, cache: Path) -> Path:
     digest = sha256_file(source)
     target = cache / f"inception-pool-from-fid-helper-{digest[:16]}.pth"
     if not target.is_file():
-        state = torch.jit.load(str(source), map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the file is TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(source), map_location="cpu").state_dict()
         cache.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
         torch.save(convert_fid_helper_state(state), tmp)

@@ -131,7 +131,8 @@ def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl")
     n = summary.settings["num_samples"]
     if metric == "fid":
         ax.set_ylabel(f"FID ({summary.judge}), lower is better")
-        ax.set_title(f"FID vs budget (IS annotated); {image_title(summary)}", fontsize=7)
+        ax.set_yscale("linear")
+        ax.set_title(f"FID vs budget (IS annotated)\n{image_title(summary)}", fontsize=7)
     else:
         ax.set_ylabel(f"Gen. PPL ({summary.judge}), lower is better")
         ax.set_title(f"Generative perplexity vs budget (entropy annotated); {n} samples, seed {summary.settings['seed']}",
