@@ -110,12 +110,14 @@ def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl")
     runs = list(dict.fromkeys(c.run for c in summary.cells))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"none": ("-", "o"), "full": ("--", "s"), "3sr": (":", "^")}  # coinciding lines stay visible
-    for label in dict.fromkeys(c.label for c in summary.cells):
+    labels = list(dict.fromkeys(c.label for c in summary.cells))
+    scheduled = bool(summary.settings.get("model_schedules"))  # one run, several model schedules: a colour each
+    for label in labels:
         cells = sorted((c for c in summary.cells if c.label == label), key=lambda c: c.budget)
         x = [c.budget for c in cells]
         y = [c.metrics[metric]["value"] for c in cells]
         linestyle, marker = styles.get(cells[0].reuse, ("-", "o"))
-        color = colors[runs.index(cells[0].run) % len(colors)]
+        color = colors[(labels.index(label) if scheduled else runs.index(cells[0].run)) % len(colors)]
         fill = "none" if cells[0].top_p == 1 else color  # nucleus rows (Table 12): filled markers
         (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=label, markerfacecolor=fill)
         for c, xi, yi in zip(cells, x, y):
