@@ -6,13 +6,29 @@ from pathlib import Path
 
 import pytest
 
-from cofre.config import Recipe, dump_recipe, load_recipe, recipe_from_dict
+from cofre.config import Recipe, config_from_dict, dump_recipe, load_recipe, read_yaml, recipe_from_dict
 from cofre.data.image_tokenizers.recipe import is_vq_recipe, load_vq_recipe, vq_recipe_from_dict
 from cofre.errors import CofreError
+from cofre.evaluation.classifier import load_classifier_recipe
+from cofre.training.shortcut import ShortcutRecipe
 
 ALL_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
-RECIPES = [p for p in ALL_RECIPES if not is_vq_recipe(p)]
+KINDS = {p: read_yaml(p).get("kind") for p in ALL_RECIPES}  # None: a denoiser; else a tokenizer, classifier or stage
+RECIPES = [p for p in ALL_RECIPES if KINDS[p] is None]
 VQ_RECIPES = [p for p in ALL_RECIPES if is_vq_recipe(p)]
+OTHER_RECIPES = [p for p in ALL_RECIPES if KINDS[p] in ("classifier", "shortcut")]
+
+
+def test_every_shipped_recipe_is_of_a_known_kind() -> None:
+    assert set(KINDS.values()) <= {None, "vq", "classifier", "shortcut"}
+
+
+@pytest.mark.parametrize("path", OTHER_RECIPES, ids=lambda p: p.stem)
+def test_shipped_classifier_and_shortcut_recipes_load(path: Path) -> None:
+    if KINDS[path] == "classifier":
+        assert load_classifier_recipe(path).name == path.stem
+    else:  # a stage over a base run, which fills in the base model's width; the fields here must all be known
+        assert config_from_dict(ShortcutRecipe, read_yaml(path)).kind == "shortcut"
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
