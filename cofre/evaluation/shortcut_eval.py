@@ -231,7 +231,7 @@ def plot_shortcut(summary: ShortcutEvalSummary, path: Path) -> None:
     fid = None if text else summary.rows[0].quality["fid"]
     ax.set_ylabel(f"Gen. PPL ({summary.settings['judge'] or 'gpt2-large'}) - lower is better" if text
                   else f"FID ({fid['extractor']}) - lower is better" if fid
-                  else "cost per sample (full-model blocks + shortcut FLOPs in blocks)")
+                  else "blocks per sample (full + shortcut FLOPs)")
     ax.set_title(f"MIGM-Shortcut, {Path(summary.run).name}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
