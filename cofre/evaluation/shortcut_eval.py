@@ -34,7 +34,7 @@ from cofre.training.shortcut import read_shortcut_recipe
 class ShortcutEvalSettings:
     steps: int  # N
     full_steps: int  # B
-    judge: str | None = None  # text: the judge LM (default gpt2-large); images: FID's extractor (default inception)
+    judge: str | None = None  # text: the judge LM (default gpt2-large); images: FID's extractor (none: no FID)
     genppl_mode: str = "eq4"
     num_samples: int = 16
     batch_size: int = 8
@@ -100,10 +100,14 @@ def evaluate_shortcut(run: Path, shortcut: Path, settings: ShortcutEvalSettings,
             rows.append(_image_row(ckpt, label, steps, full, path, settings, report_dir, trained.collect.cfg))
         else:
             rows.append(_text_row(ckpt, label, steps, full, path, settings, judge))
-    how = (f"Gen. PPL (Eq. 4, judge {settings.judge or 'gpt2-large'}, mode {settings.genppl_mode}) and unigram entropy "
-           f"of {settings.num_samples} samples" if not image else
-           f"FID (torch-fidelity, extractor {rows[0].quality['fid']['extractor']}) of {settings.num_samples} generated "
-           f"images against {rows[0].quality['fid']['reference_images']} {settings.reference_split} images")
+    if not image:
+        how = (f"Gen. PPL (Eq. 4, judge {settings.judge or 'gpt2-large'}, mode {settings.genppl_mode}) and unigram "
+               f"entropy of {settings.num_samples} samples")
+    elif settings.judge:
+        how = (f"FID (torch-fidelity, extractor {rows[0].quality['fid']['extractor']}) of {settings.num_samples} "
+               f"generated images against {rows[0].quality['fid']['reference_images']} {settings.reference_split} images")
+    else:
+        how = "none: no --judge named an image feature extractor; see the sample grids"
     summary = ShortcutEvalSummary(run=str(run), shortcut=str(shortcut), modality=ckpt.recipe.model.modality, rows=rows,
                                   settings=dataclasses.asdict(settings), quality_how=how, code=code_version())
     key = hashlib.sha1(json.dumps([str(run), str(shortcut), summary.settings], sort_keys=True).encode()).hexdigest()[:8]
@@ -170,7 +174,8 @@ def _image_row(ckpt: LoadedCheckpoint, label: str, steps: int, full: int, path: 
     return ShortcutRow(label=label, steps=steps, full_steps=full, full_blocks=full_blocks,
                        shortcut_blocks=shortcut_blocks, total_blocks=full_blocks + shortcut_blocks,
                        latency=dataclasses.asdict(latency),
-                       quality={"fid": _fid(ckpt, out, settings, cfg, steps), "grid": result.grid}, samples=result.out)
+                       quality={"fid": _fid(ckpt, out, settings, cfg, steps) if settings.judge else None,
+                                "grid": result.grid}, samples=result.out)
 
 
 def _fid(ckpt: LoadedCheckpoint, out: Path, settings: ShortcutEvalSettings, cfg: float, steps: int) -> dict[str, Any]:
@@ -180,7 +185,7 @@ def _fid(ckpt: LoadedCheckpoint, out: Path, settings: ShortcutEvalSettings, cfg:
 
     data = ckpt.recipe.data
     cache = cache_root(data) / "fidelity"
-    extractor = resolve_extractor(settings.judge or "inception", cache, None, data.image_size)
+    extractor = resolve_extractor(str(settings.judge), cache, None, data.image_size)
     reference = reference_images(data, settings.reference_split, settings.reference_images, extractor)
     images = read_png_folder(out)
     scores = fidelity_metrics(RGBImages(images), reference.images, extractor, ["fid"], cache, reference.cache_name,
@@ -203,7 +208,8 @@ def shortcut_table(summary: ShortcutEvalSummary) -> Table:
         if text:
             cells += [f"{row.quality['genppl']['value']:.2f}", f"{row.quality['entropy']:.3f}"]
         else:
-            cells += [f"{row.quality['fid']['value']:.2f}", row.quality["grid"]]
+            fid = row.quality["fid"]
+            cells += [f"{fid['value']:.2f}" if fid else "-", row.quality["grid"]]
         table.add_row(*cells)
     return table
 
@@ -218,12 +224,14 @@ def plot_shortcut(summary: ShortcutEvalSummary, path: Path) -> None:
     text = summary.modality == "text"
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for row in summary.rows:
-        y = row.quality["genppl"]["value"] if text else row.quality["fid"]["value"]
+        y = row.quality["genppl"]["value"] if text else row.quality["fid"]["value"] if row.quality["fid"] else row.total_blocks
         ax.errorbar(row.latency["mean_s"], y, xerr=row.latency["std_s"], fmt="o", capsize=3, label=row.label)
         ax.annotate(row.label, (row.latency["mean_s"], y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(f"latency per batch of {summary.settings['batch_size']} (s)")
+    fid = None if text else summary.rows[0].quality["fid"]
     ax.set_ylabel(f"Gen. PPL ({summary.settings['judge'] or 'gpt2-large'}) - lower is better" if text
-                  else f"FID ({summary.rows[0].quality['fid']['extractor']}) - lower is better")
+                  else f"FID ({fid['extractor']}) - lower is better" if fid
+                  else "blocks per sample (full + shortcut FLOPs)")
     ax.set_title(f"MIGM-Shortcut, {Path(summary.run).name}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
