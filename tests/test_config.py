@@ -11,7 +11,7 @@ from cofre.data.image_tokenizers.recipe import is_vq_recipe, load_vq_recipe, vq_
 from cofre.errors import CofreError
 
 ALL_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
-RECIPES = [p for p in ALL_RECIPES if not is_vq_recipe(p)]
+RECIPES = [p for p in ALL_RECIPES if not is_vq_recipe(p) and "kind: shortcut" not in p.read_text()]  # own loader
 VQ_RECIPES = [p for p in ALL_RECIPES if is_vq_recipe(p)]
 
 
