@@ -188,7 +188,7 @@ CASES: list[tuple[list[str], str]] = [
     (["inspect", "list.yaml"], "must be a mapping of sections"),
     (["inspect", "corrupt-config/checkpoints/step-000000003"], "config.json: not valid JSON"),
     # sample
-    (["sample", "run"], "Missing option '--budget'"),
+    (["sample", "run"], "--budget is required"),
     (["sample", "run", "--budget", "abc"], "'--budget' / '-b'"),
     (["sample", "run", "--budget", "0"], "--budget must be in 1..1000000, got 0"),
     (["sample", "run", "--budget", "10000000000000000000000000"], "--budget must be in 1..1000000"),
