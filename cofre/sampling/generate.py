@@ -146,8 +146,8 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
     if settings.model_schedule is None and (settings.shortcut is not None or settings.full_steps is not None):
         check_shortcut_options(settings.shortcut, settings.steps, settings.full_steps, settings.budget)
     if settings.budget is None and settings.model_schedule is None and settings.shortcut is None:
-        raise CofreError("Missing option '--budget': give a block budget, --light and --model-schedule, or --shortcut "
-                         "with --steps and --full-steps")
+        raise CofreError("--budget is required (or --light with --model-schedule, or --shortcut with --steps and "
+                         "--full-steps)")
     check_range("--budget", settings.budget, 1, MAX_BUDGET)
     check_range("--steps", settings.steps, 1, MAX_BUDGET)
     if settings.model_schedule is not None:

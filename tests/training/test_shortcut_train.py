@@ -124,7 +124,7 @@ def test_shortcut_trains_resumes_samples_and_evaluates(runs: dict[str, Path], tr
 @pytest.mark.parametrize("args, message", [
     (["--full-steps", "2"], "--full-steps needs --shortcut"),
     (["--shortcut", "x", "--steps", "4"], "--shortcut needs --steps N"),
-    ([], "Missing option '--budget'"),
+    ([], "--budget is required"),
     (["--shortcut", "x", "--steps", "4", "--full-steps", "5"], "--full-steps must be between 1 and --steps"),
 ])
 def test_bad_shortcut_options_are_one_line(runs: dict[str, Path], args: list[str], message: str) -> None:
