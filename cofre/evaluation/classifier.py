@@ -27,7 +27,7 @@ from cofre.errors import CofreError
 from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, flatten
 from cofre.training.checkpoint import (CONFIG_FILE, MODEL_FILE, load_weights_into, publish_checkpoint,
                                        resolve_checkpoint, staging_dir, write_checkpoint_files)
-from cofre.training.optim import build_optimizer, build_scheduler
+from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
 
 CLASSIFIER_KIND = "classifier"
 
@@ -203,12 +203,7 @@ def train_classifier(recipe: ClassifierRecipe, run_dir: str | Path) -> Classifie
         for step in range(1, t.max_steps + 1):
             index = torch.randint(len(train_images), (t.batch_size,), generator=generator)
             loss = F.cross_entropy(model(train_images[index])[1], train_labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(loss, model, optimizer, scheduler, recipe.optim.grad_clip)
             if step % t.log_every == 0 or step == t.max_steps:
                 run.append_metrics({"step": step, "loss": float(loss.detach()), "elapsed_s": time.perf_counter() - started})
         elapsed = time.perf_counter() - started

@@ -37,7 +37,7 @@ from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, Tr
 from cofre.training.checkpoint import (CONFIG_FILE, EMA_FILE, MODEL_FILE, load_train_state, load_weights_into,
                                        publish_checkpoint, resolve_checkpoint, staging_dir, write_checkpoint_files)
 from cofre.training.ema import EMA
-from cofre.training.optim import build_optimizer, build_scheduler
+from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
 
 SHORTCUT_KIND = "shortcut"
 RESUMABLE = {"trainer.max_steps"}
@@ -352,12 +352,7 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
         picks = torch.randint(len(train), (t.batch_size,), generator=generator).tolist()
         f_s, z_s, z_next, f_next = train.batch(picks, device)
         loss = masked_mse(predict_features(model, base, f_s.float(), z_s, z_next), f_next, z_next, mask_id)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if recipe.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, model, optimizer, scheduler, recipe.optim.grad_clip)
         ema.update(model)
         step += 1
         loss = loss.detach()

@@ -29,7 +29,7 @@ from cofre.errors import CofreError
 from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, flatten
 from cofre.training.checkpoint import (MODEL_FILE, load_train_state, load_weights_into, publish_checkpoint,
                                        staging_dir, write_checkpoint_files)
-from cofre.training.optim import build_optimizer, build_scheduler
+from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
 
 RESUMABLE = {"trainer.max_steps"}
 PSNR_HOW = ("PSNR = 10 log10(1 / MSE) per held-out image on [0, 1] pixels (encode -> codes -> decode, decoded images "
@@ -182,12 +182,7 @@ def _fit(run: RunDir, recipe: VQRecipe, train_images: Tensor, val_images: Tensor
             reconstruction = F.mse_loss(recon, x)
             loss = reconstruction + recipe.vq.beta * commitment  # VQ-VAE Eq. 3 (codebook term: EMA, App. A.1)
             if optimizer is not None and scheduler is not None:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                optimizer_step(loss, model, optimizer, scheduler, recipe.optim.grad_clip)
             step += 1
             if not math.isfinite(float(loss.detach())):
                 raise CofreError(f"the VQ loss became {float(loss.detach())} at step {step}; lower optim.lr")
