@@ -37,6 +37,24 @@ def atomic_write_text(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)  # a failed write (disk full) leaves no temporary file behind
 
 
+def earlier_training(run: Path, start_step: int) -> dict[str, Any]:
+    """What the calls before one resuming `run` at `start_step` recorded (their train_result.json), or {} for a
+    fresh run or a record that does not end where this call starts: the base of cumulative training time."""
+    path = Path(run) / "train_result.json"
+    if start_step <= 0 or not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return previous if previous.get("final_step") == start_step else {}
+
+
+def train_time(earlier: dict[str, Any], elapsed_s: float) -> float:
+    """Seconds spent training the run so far (Table 15's training time): the earlier calls' total plus this call's."""
+    return float(earlier.get("train_time_s", earlier.get("elapsed_s", 0.0))) + elapsed_s
+
+
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested plain data as {"section.key": value}."""
     flat = {}

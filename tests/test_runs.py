@@ -1,12 +1,13 @@
 """The run directory's bookkeeping: the writer lock, metrics cut back on start, temporary files."""
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from cofre.errors import CofreError
-from cofre.runs import RunDir, atomic_write_text
+from cofre.runs import RunDir, atomic_write_text, earlier_training, train_time
 
 
 def test_the_lock_refuses_a_second_writer_and_is_released(tmp_path: Path) -> None:
@@ -55,3 +56,12 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         atomic_write_text(tmp_path / "x.json", None)  # type: ignore[arg-type]  # fails mid-write
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_time_adds_up_only_over_calls_that_continue_the_record(tmp_path: Path) -> None:
+    (tmp_path / "train_result.json").write_text(json.dumps({"final_step": 4, "elapsed_s": 3.0, "train_time_s": 10.0}))
+    assert train_time(earlier_training(tmp_path, 4), 2.0) == 12.0  # resumed where the record ends
+    assert train_time(earlier_training(tmp_path, 0), 2.0) == 2.0  # a fresh run
+    assert train_time(earlier_training(tmp_path, 3), 2.0) == 2.0  # a record of another history
+    (tmp_path / "train_result.json").write_text(json.dumps({"final_step": 4, "elapsed_s": 3.0}))  # written before the field
+    assert train_time(earlier_training(tmp_path, 4), 0.0) == 3.0

@@ -122,5 +122,5 @@ def training_cost(run: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     result = json.loads(path.read_text())
-    return {key: result.get(key) for key in ("elapsed_s", "final_step", "start_step", "peak_memory_gib",
-                                             "peak_memory_of")}
+    return {"train_time_s": result.get("train_time_s", result.get("elapsed_s")),  # older runs: the last call's time
+            **{key: result.get(key) for key in ("final_step", "peak_memory_gib", "peak_memory_of")}}

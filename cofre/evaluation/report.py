@@ -40,11 +40,11 @@ def _duration(seconds: float) -> str:
 def training_text(summary: EvalSummary, run: str) -> str:
     """Table 15's header for one run: training time and peak memory, with the change against the first run."""
     cost, first = summary.training.get(run) or {}, next(iter(summary.training.values()), {}) or {}
-    if not cost.get("elapsed_s"):
+    if not cost.get("train_time_s"):
         return ""
-    parts = [f"{_duration(cost['elapsed_s'])}"]
-    if first.get("elapsed_s") and first is not cost:
-        parts.append(f"({cost['elapsed_s'] / first['elapsed_s'] - 1:+.1%})")
+    parts = [f"{_duration(cost['train_time_s'])}"]
+    if first.get("train_time_s") and first is not cost:
+        parts.append(f"({cost['train_time_s'] / first['train_time_s'] - 1:+.1%})")
     if cost.get("peak_memory_gib"):
         parts.append(f"{cost['peak_memory_gib']:.2f} GiB")
         if first.get("peak_memory_gib") and first is not cost:

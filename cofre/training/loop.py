@@ -19,7 +19,7 @@ from cofre.config import Recipe, recipe_to_dict
 from cofre.errors import CofreError
 from cofre.evaluation.valppl import VAL_SEED, bound_totals, summarize_totals
 from cofre.models import Denoiser
-from cofre.runs import RunDir, flatten
+from cofre.runs import RunDir, earlier_training, flatten, train_time
 from cofre.tasks import Task, build_task
 from cofre.tasks.consistency import consistency_weight, correlated_pair
 from cofre.training.batches import BlockOrder
@@ -51,12 +51,13 @@ class TrainResult:
     run_dir: str
     start_step: int
     final_step: int
-    elapsed_s: float
+    elapsed_s: float  # this call's training time
+    train_time_s: float  # the run's training time over every call that trained it (Table 15's header)
     validations: list[dict[str, Any]] = field(default_factory=list)  # every validation of the run so far
     checkpoint: str | None = None
     pre_consistency_ppl: float | None = None  # consistency stages: the validation PPL they started from
     selected_step: int | None = None  # consistency stages: the checkpoint the App. F.7 rule selected
-    peak_memory_gib: float | None = None  # this call's peak: CUDA max allocated per GPU, else the process's max RSS
+    peak_memory_gib: float | None = None  # peak of the calls that trained: CUDA max allocated per GPU, else max RSS
     peak_memory_of: str = ""
 
 
@@ -359,7 +360,9 @@ class Trainer:
         acc, t = self.accelerator, self.recipe.trainer
         start, started = self.step, time.perf_counter()
         tokens_per_step = t.global_batch_size * self.corpus.train.shape[1]
-        result = TrainResult(run_dir=str(self.run.path), start_step=start, final_step=start, elapsed_s=0.0)
+        earlier = earlier_training(self.run.path, start)
+        result = TrainResult(run_dir=str(self.run.path), start_step=start, final_step=start, elapsed_s=0.0,
+                             train_time_s=train_time(earlier, 0.0))
         progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -408,12 +411,15 @@ class Trainer:
         acc.end_training()  # flushes and closes the experiment trackers
         result.final_step = self.step
         result.elapsed_s = time.perf_counter() - started
+        result.train_time_s = train_time(earlier, result.elapsed_s if self.step > start else 0.0)  # a no-op call adds 0
         result.validations = [r for r in self.run.read_metrics() if "val_ppl" in r]
         latest = self.run.latest_checkpoint()
         result.checkpoint = str(latest) if latest else None
         result.pre_consistency_ppl = self.pre_ppl
         result.selected_step = self.selected_step
         result.peak_memory_gib, result.peak_memory_of = peak_memory(acc.device)
+        if earlier.get("peak_memory_gib") and (self.step == start or earlier["peak_memory_gib"] > result.peak_memory_gib):
+            result.peak_memory_gib, result.peak_memory_of = earlier["peak_memory_gib"], earlier.get("peak_memory_of", "")
         return result
 
     def _last_checkpoint(self) -> str | None:

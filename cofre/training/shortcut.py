@@ -30,7 +30,7 @@ from torch import Tensor
 from cofre.config import OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, read_yaml, recipe_to_dict
 from cofre.errors import CofreError
 from cofre.models import Denoiser
-from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, flatten
+from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, earlier_training, flatten, train_time
 from cofre.sampling.budget import BudgetPlan
 from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, full_steps,
                                      parameter_fraction, predict_features, shortcut_plan)
@@ -244,7 +244,8 @@ class ShortcutTrainResult:
     base_run: str
     start_step: int
     final_step: int
-    elapsed_s: float
+    elapsed_s: float  # this call's training time
+    train_time_s: float  # the run's training time over every call that trained it
     checkpoint: str
     train_pairs: int
     val_pairs: int
@@ -374,7 +375,7 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
     params = sum(p.numel() for p in model.parameters())
     result = ShortcutTrainResult(
         run_dir=str(run.path), base_run=recipe.base_run, start_step=start, final_step=step, elapsed_s=elapsed,
-        checkpoint=str(checkpoint), train_pairs=len(train), val_pairs=len(val_picks), parameters=params,
+        train_time_s=train_time(earlier_training(run.path, start), elapsed), checkpoint=str(checkpoint), train_pairs=len(train), val_pairs=len(val_picks), parameters=params,
         parameter_fraction=parameter_fraction(model, base), val_mse=mse, val_mse_reuse=reuse)
     atomic_write_text(run.path / "train_result.json", json.dumps(dataclasses.asdict(result), indent=2))
     return result

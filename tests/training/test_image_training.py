@@ -31,8 +31,14 @@ def test_train_resume_consistency_and_sample_an_image_run(tmp_path: Path, fashio
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert run_in_process(["train", str(recipe), "--run-dir", str(reference)], tmp_path).code == 0
     assert run_in_process(["train", str(recipe), "trainer.max_steps=2", "--run-dir", str(resumed)], tmp_path).code == 0
+    first = json.loads((resumed / "train_result.json").read_text())
     out = run_in_process(["train", str(recipe), "--run-dir", str(resumed)], tmp_path)
     assert out.code == 0 and "resumed at step 2" in out.stdout
+    second = json.loads((resumed / "train_result.json").read_text())
+    assert second["train_time_s"] == pytest.approx(first["train_time_s"] + second["elapsed_s"])  # Table 15: the total
+    assert run_in_process(["train", str(recipe), "--run-dir", str(resumed)], tmp_path).code == 0  # finished: no steps
+    again = json.loads((resumed / "train_result.json").read_text())
+    assert again["train_time_s"] == pytest.approx(second["train_time_s"]) and again["peak_memory_gib"] == second["peak_memory_gib"]
     assert losses(resumed) == pytest.approx(losses(reference), rel=1e-6)  # labels, masks and SJFB draws resume exactly
     metrics = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     validations = [m for m in metrics if "val_nll" in m]

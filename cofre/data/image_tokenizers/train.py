@@ -26,7 +26,7 @@ from cofre.data.image_tokenizers.recipe import VQRecipe, is_vq_recipe, load_vq_r
 from cofre.data.image_tokenizers.vq import VQVAE
 from cofre.data.images import load_images
 from cofre.errors import CofreError
-from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, flatten
+from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, earlier_training, flatten, train_time
 from cofre.training.checkpoint import (MODEL_FILE, load_train_state, load_weights_into, publish_checkpoint,
                                        staging_dir, write_checkpoint_files)
 from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
@@ -43,6 +43,7 @@ class VQTrainResult:
     start_step: int
     final_step: int
     elapsed_s: float  # training time of this call (excluding data loading and the final evaluation)
+    train_time_s: float  # the run's training time over every call that trained it
     checkpoint: str
     val_images: int
     psnr: float  # mean per-image PSNR (dB) on held-out images
@@ -204,6 +205,7 @@ def _fit(run: RunDir, recipe: VQRecipe, train_images: Tensor, val_images: Tensor
     png = run.path / RECONSTRUCTIONS
     reconstruction_grid(model, val_images, val_labels, png)
     result = VQTrainResult(run_dir=str(run.path), start_step=start, final_step=step, elapsed_s=elapsed,
+                           train_time_s=train_time(earlier_training(run.path, start), elapsed),
                            checkpoint=str(checkpoint), val_images=len(val_images), psnr=final["psnr"],
                            psnr_of_mean_mse=final["psnr_of_mean_mse"], codebook_used=final["codebook_used"],
                            grid=recipe.vq.grid, codebook_size=recipe.vq.codebook_size, reconstructions=str(png))
