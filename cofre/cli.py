@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -765,7 +766,7 @@ def lagged_kl(
     """Lagged logit KL between a student step s and cleaner steps s + l on shared nested states, model A vs B,
     and B's relative reduction (App. F.6, Fig. 11)."""
     from cofre.data.packing import load_corpus
-    from cofre.evaluation.lagged_kl import compare, denoiser_log_probs, plot_lagged_kl
+    from cofre.evaluation.lagged_kl import MIN_BASELINE_KL, compare, denoiser_log_probs, plot_lagged_kl
     from cofre.precision import resolve_device
     from cofre.training.checkpoint import load_model
 
@@ -796,15 +797,23 @@ def lagged_kl(
     for column in ("steps", "lag", f"KL {run_a.name}", f"KL {run_b.name}", "reduction", "pairs"):
         table.add_column(column, justify="right")
     for r in results:
-        table.add_row(str(r.steps), str(r.lag), f"{r.kl_a:.4g}", f"{r.kl_b:.4g}", f"{100 * r.reduction:.1f}%", str(r.pairs))
+        reduction = f"{100 * r.reduction:.1f}%" if math.isfinite(r.reduction) else "n/a"
+        table.add_row(str(r.steps), str(r.lag), f"{r.kl_a:.4g}", f"{r.kl_b:.4g}", reduction, str(r.pairs))
     console.print(table)
-    mean = sum(r.reduction for r in results) / len(results)
-    console.print(f"mean relative reduction over {len(results)} (steps, lag) settings: {100 * mean:.1f}%")
+    defined = [r.reduction for r in results if math.isfinite(r.reduction)]
+    mean = sum(defined) / len(defined) if defined else None
+    if len(defined) < len(results):
+        console.print(f"n/a: KL of {run_a.name} below {MIN_BASELINE_KL:g} nats, so its predictions barely change as "
+                      "tokens are revealed (an undertrained model); no relative reduction is computed there")
+    if mean is not None:
+        console.print(f"mean relative reduction over {len(defined)} (steps, lag) settings: {100 * mean:.1f}%")
     png, out_json = out_dir / "lagged-kl.png", out_dir / "lagged-kl.json"
     plot_lagged_kl(results, run_a.name, run_b.name, png)
     atomic_write_text(out_json, json.dumps({
         "run_a": str(run_a), "run_b": str(run_b), "iters": iters, "batches": batches, "batch_size": batch_size,
-        "seed": seed, "ema": ema, "mean_reduction": mean, "results": [dataclasses.asdict(r) for r in results],
+        "seed": seed, "ema": ema, "mean_reduction": mean, "min_baseline_kl": MIN_BASELINE_KL,
+        "results": [{**dataclasses.asdict(r), "reduction": r.reduction if math.isfinite(r.reduction) else None}
+                    for r in results],
     }, indent=2))
     console.print(f"wrote {png}, {out_json}")
 

@@ -4,11 +4,13 @@ Both models see the same states: held-out sequences masked on the sampler's grid
 masks (one uniform draw per token, masked while u < t_s; App. C.3.3), so z_{s+l} is z_s with more tokens
 revealed. At every position still masked at the cleaner step s + l, KL(p_{s+l} || p_s) measures how far the
 student step's prediction is from the cleaner one's; it is averaged over those positions, then over the
-pairs (s, s + l) and the batches. The relative reduction of model B against model A is 1 - KL_B / KL_A.
+pairs (s, s + l) and the batches. The relative reduction of model B against model A is 1 - KL_B / KL_A; it is
+undefined (NaN) where KL_A is below MIN_BASELINE_KL, a baseline whose predictions do not move as tokens are revealed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,9 @@ from torch import Tensor
 
 from cofre.errors import CofreError
 
+# Below this (nats), model A's predictions barely depend on the revealed tokens (an undertrained model that predicts
+# token frequencies): a ratio against it measures float noise, not consistency.
+MIN_BASELINE_KL = 1e-6
 LogProbs = Callable[[Tensor, float], Tensor]  # (z [B, L], t) -> log p over the vocabulary without [mask], [B, L, V]
 
 
@@ -29,7 +34,7 @@ class LaggedKL:
     lag: int
     kl_a: float
     kl_b: float
-    reduction: float  # 1 - kl_b / kl_a
+    reduction: float  # 1 - kl_b / kl_a; NaN where kl_a < MIN_BASELINE_KL
     pairs: int  # (batch, s) pairs averaged
 
 
@@ -82,8 +87,13 @@ def compare(model_a: LogProbs, model_b: LogProbs, batches: list[Tensor], steps: 
                         totals[key].append(value)
                 pairs += count
             kl_a, kl_b = (sum(v) / len(v) if v else float("nan") for v in (totals["a"], totals["b"]))
-            results.append(LaggedKL(n_steps, lag, kl_a, kl_b, 1 - kl_b / kl_a if kl_a > 0 else float("nan"), pairs))
+            results.append(LaggedKL(n_steps, lag, kl_a, kl_b, relative_reduction(kl_a, kl_b), pairs))
     return results
+
+
+def relative_reduction(kl_a: float, kl_b: float) -> float:
+    """1 - KL_B / KL_A (Fig. 11, right), NaN where the baseline's KL is too small to divide by."""
+    return 1 - kl_b / kl_a if kl_a >= MIN_BASELINE_KL else float("nan")
 
 
 def denoiser_log_probs(model: torch.nn.Module, iters: int, eps: float, mask_id: int) -> LogProbs:
@@ -118,16 +128,27 @@ def plot_lagged_kl(results: list[LaggedKL], label_a: str, label_b: str, path: Pa
         right.plot(lags, [100 * r.reduction for r in rows], marker="o", color=line.get_color(), label=f"{n_steps} steps")
     left.set_ylabel("mean KL(p_{s+l} || p_s) at masked positions")
     left.set_title("lagged logit KL", fontsize=9)
+    if all(v > 0 for r in results for v in (r.kl_a, r.kl_b)):
+        left.set_yscale("log")  # the two models' KLs may be orders of magnitude apart
     right.set_ylabel("relative reduction, %")
-    right.axhline(0, color="0.5", linewidth=0.8)
+    defined = not all(math.isnan(r.reduction) for r in results)
+    if defined:
+        right.axhline(0, color="0.5", linewidth=0.8)
+    else:
+        right.set_xlim(left.get_xlim())
+        right.set_xticks(sorted({r.lag for r in results}))
+        right.set_yticks([])
+        right.text(0.5, 0.5, f"undefined: KL({label_a}) < {MIN_BASELINE_KL:g} nats everywhere\n(its predictions do not "
+                   "move as tokens are revealed)", transform=right.transAxes, ha="center", va="center", fontsize=9)
     right.set_title(f"1 - KL({label_b}) / KL({label_a})", fontsize=9)
     from matplotlib.ticker import MaxNLocator
 
-    for ax in (left, right):
-        ax.set_xlabel("lag l (steps between student s and cleaner s + l)")
+    for ax in (left, right) if defined else (left,):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
+    for ax in (left, right):
+        ax.set_xlabel("lag l (steps between student s and cleaner s + l)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

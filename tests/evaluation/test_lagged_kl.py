@@ -67,6 +67,9 @@ def test_lagged_kl_matches_the_closed_form_and_the_reduction() -> None:
     # B worse than A gives a negative reduction: 1 - KL_B / KL_A with KL_A from half the change of t
     half = compare(lambda z, t: time_dependent(z, t / 2), time_dependent, batches, [4], [1], MASK, seed=0)[0]
     assert half.reduction == pytest.approx(1 - half.kl_b / half.kl_a) and half.reduction < 0
+    # a baseline whose predictions do not move (KL at float noise) has no defined reduction
+    flat = compare(constant, time_dependent, batches, [4], [1], MASK, seed=0)[0]
+    assert flat.kl_a == 0 and flat.kl_b > 0 and math.isnan(flat.reduction)
 
 
 def test_a_lag_needs_more_steps() -> None:
