@@ -87,9 +87,9 @@ tiny-images-eval: setup  ## Tables 15/16 in miniature on this CPU: MaskGIT 4 vs 
 	$(BIN)/cofre train recipes/tiny-maskgit-2.yaml
 	$(BIN)/cofre train recipes/tiny-fp-maskgit.yaml
 	test -d runs/tiny-cofre-images || $(BIN)/cofre consistency runs/tiny-fp-maskgit --recipe recipes/tiny-cofre-images.yaml
-	$(BIN)/cofre evaluate $(TINY_TABLE15) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table15
-	$(BIN)/cofre evaluate $(TINY_TABLE16) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table16
-	$(BIN)/cofre evaluate runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit runs/tiny-cofre-images --budget 64 \
+	$(WIDE) evaluate $(TINY_TABLE15) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table15
+	$(WIDE) evaluate $(TINY_TABLE16) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table16
+	$(WIDE) evaluate runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit runs/tiny-cofre-images --budget 64 \
 		--reuse 3sr --metrics fid --judge inception --reference-images 150 $(TINY_EVAL_COMMON) \
 		--report-dir runs/reports/tiny-inception
 
@@ -99,13 +99,13 @@ imagenette-runs: setup  ## the three ImageNette models of Table 15 (GPUs; set NP
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train recipes/imagenette-fp-maskgit.yaml
 
 table15: imagenette-runs  ## Table 15 at full scale (GPUs): MaskGIT-Large vs MaskGIT-12 vs FP-MaskGIT, budgets 48-480
-	$(BIN)/cofre evaluate $(IMAGENETTE_RUNS) --budget 48,96,192,240,384,480 --reuse none $(IMAGENETTE_EVAL) \
+	$(WIDE) evaluate $(IMAGENETTE_RUNS) --budget 48,96,192,240,384,480 --reuse none $(IMAGENETTE_EVAL) \
 		--report-dir runs/reports/table15
 
 table16: imagenette-runs  ## Tables 16 and 2 (right) at full scale (GPUs): FP-MaskGIT none/full/3SR and + CONS (CoFRe)
 	test -d runs/imagenette-cofre || $(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency \
 		runs/imagenette-fp-maskgit --recipe recipes/imagenette-cofre.yaml
-	$(BIN)/cofre evaluate $(IMAGENETTE_RUNS) runs/imagenette-cofre --budget 48,96,192,384 --reuse none,full,3sr \
+	$(WIDE) evaluate $(IMAGENETTE_RUNS) runs/imagenette-cofre --budget 48,96,192,384 --reuse none,full,3sr \
 		$(IMAGENETTE_EVAL) --report-dir runs/reports/table16
 
 table2-images: table16  ## Table 2 (right): MaskGIT-Large, MaskGIT-12, FP-MaskGIT and CoFRe at budgets 48-384 (Table 16's cells)
@@ -113,7 +113,7 @@ table2-images: table16  ## Table 2 (right): MaskGIT-Large, MaskGIT-12, FP-MaskGI
 table19: setup  ## Table 19 at full scale (GPUs): FP-MaskGIT 1/1, 2/2, 3/3 beside 4/4 and the MaskGIT baselines
 	for k in 1 2 3; do $(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train \
 		recipes/imagenette-fp-maskgit.yaml model.K_pre=$$k model.K_post=$$k name=imagenette-fp-maskgit-$$k-$$k || exit 1; done
-	$(BIN)/cofre evaluate $(IMAGENETTE_RUNS) runs/imagenette-fp-maskgit-1-1 runs/imagenette-fp-maskgit-2-2 \
+	$(WIDE) evaluate $(IMAGENETTE_RUNS) runs/imagenette-fp-maskgit-1-1 runs/imagenette-fp-maskgit-2-2 \
 		runs/imagenette-fp-maskgit-3-3 --budget 48,96,192,240,384,480 --reuse none $(IMAGENETTE_EVAL) \
 		--report-dir runs/reports/table19
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 
 from cofre.data.images import SPLITS
 from cofre.errors import CofreError
@@ -20,6 +21,7 @@ from cofre.evaluation.fid import Extractor, Reference, RGBImages, fidelity_metri
     resolve_extractor
 from cofre.evaluation.latency import measure_latency
 from cofre.sampling.generate import LoadedCheckpoint
+from cofre.training.checkpoint import run_root
 from cofre.sampling.generate_images import BUDGET_DEFINITION, ImageSampleSettings, build_image_sampler, sample_images, \
     sample_tag
 
@@ -117,10 +119,18 @@ class ImageCells:
 
 
 def training_cost(run: Path) -> dict[str, Any]:
-    """Table 15's header for one run: training time and peak memory from its train_result.json (empty when absent)."""
+    """Table 15's header for one run: training time and peak memory from its train_result.json (empty when absent).
+    A stage initialised from another run (CoFRe's consistency stage) costs its own time plus its parent's."""
     path = run / "train_result.json"
     if not path.is_file():
         return {}
     result = json.loads(path.read_text())
-    return {"train_time_s": result.get("train_time_s", result.get("elapsed_s")),  # older runs: the last call's time
+    cost = {"train_time_s": result.get("train_time_s", result.get("elapsed_s")),  # older runs: the last call's time
             **{key: result.get(key) for key in ("final_step", "peak_memory_gib", "peak_memory_of")}}
+    init_from = yaml.safe_load((run / "recipe.yaml").read_text()).get("init_from") if (run / "recipe.yaml").is_file() else ""
+    parent = training_cost(run_root(Path(init_from))) if init_from else {}
+    if parent.get("train_time_s") and cost["train_time_s"] is not None:
+        cost.update(stage_time_s=cost["train_time_s"], train_time_s=parent["train_time_s"] + cost["train_time_s"],
+                    parent=run_root(Path(init_from)).name,
+                    peak_memory_gib=max(parent.get("peak_memory_gib") or 0, cost.get("peak_memory_gib") or 0) or None)
+    return cost

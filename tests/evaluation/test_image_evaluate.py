@@ -59,3 +59,19 @@ def test_image_evaluate_bad_settings_are_one_line(runs: dict[str, Path], tmp_pat
     result = run_in_process(["evaluate", str(runs["fp"]), "--budget", "4", "--num-samples", "2", "--metrics", "fid",
                              "--report-dir", str(tmp_path / "r"), *extra], tmp_path)
     assert result.code == 2 and fragment in result.stderr, result.stderr
+
+
+def test_a_stage_costs_its_own_training_time_plus_its_parents(tmp_path: Path) -> None:
+    from cofre.evaluation.image_eval import training_cost
+
+    parent, stage = tmp_path / "fp", tmp_path / "cofre"
+    for run, record in ((parent, {"final_step": 400, "elapsed_s": 0.0, "train_time_s": 116.0, "peak_memory_gib": 1.2}),
+                        (stage, {"final_step": 200, "elapsed_s": 74.0, "train_time_s": 74.0, "peak_memory_gib": 1.3})):
+        run.mkdir()
+        (run / "train_result.json").write_text(json.dumps(record))
+    (parent / "recipe.yaml").write_text("init_from: ''\n")
+    (stage / "recipe.yaml").write_text(f"init_from: {parent}/checkpoints/step-000000400\n")
+    assert training_cost(parent)["train_time_s"] == 116.0 and "parent" not in training_cost(parent)
+    cost = training_cost(stage)
+    assert cost["train_time_s"] == 190.0 and cost["stage_time_s"] == 74.0 and cost["parent"] == "fp"
+    assert cost["peak_memory_gib"] == 1.3  # the larger of the two
