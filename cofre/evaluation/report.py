@@ -43,10 +43,11 @@ def training_text(summary: EvalSummary, run: str) -> str:
     if not cost.get("train_time_s"):
         return ""
     parts = [f"{_duration(cost['train_time_s'])}"]
-    if first.get("train_time_s") and first is not cost:
-        parts.append(f"({cost['train_time_s'] / first['train_time_s'] - 1:+.1%})")
+    change = [f"{cost['train_time_s'] / first['train_time_s'] - 1:+.1%}"] if first.get("train_time_s") and first is not cost else []
     if cost.get("parent"):
-        parts.append(f"= {cost['parent']} + {_duration(cost['stage_time_s'])} stage")
+        change.append(f"{cost['parent']} + {_duration(cost['stage_time_s'])} stage")
+    if change:
+        parts.append(f"({'; '.join(change)})")
     if cost.get("peak_memory_gib"):
         parts.append(f"{cost['peak_memory_gib']:.2f} GiB")
         if first.get("peak_memory_gib") and first is not cost:
