@@ -597,7 +597,7 @@ def evaluate(
         console.print(f"plot: {summary.plot_path}")
     console.print(f"summary: {summary.summary_path}; per-cell JSON in <run>/eval/")
     if lm_eval:
-        from cofre.evaluation.lm_eval_adapter import lm_eval_table, run_lm_eval
+        from cofre.evaluation.lm_eval_adapter import lm_eval_table, plot_lm_eval, run_lm_eval
 
         results = {}
         for run in runs:
@@ -608,6 +608,8 @@ def evaluate(
             atomic_write_text(out, json.dumps(dataclasses.asdict(result), indent=2))
             results[run.name] = result
         console.print(lm_eval_table(results))
+        plot_lm_eval(results, report_dir / "lm-eval.png")
+        console.print(f"plot: {report_dir / 'lm-eval.png'}")
 
 
 def _evaluate_shortcut(runs: list[Path], shortcut: Path | None, steps: int | None, full_steps: int | None,

@@ -346,7 +346,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
                           code=code, modality=modality, training=training)
     key = hashlib.sha1(json.dumps([list(map(str, runs)), summary.settings], sort_keys=True).encode()).hexdigest()[:8]
     summary.summary_path = str(report_dir / f"summary-{key}.json")
-    curve = "fid" if modality == "image" else "genppl"
+    curve = "fid" if modality == "image" else next((m for m in ("genppl", "mauve") if m in settings.metrics), "")
     if curve in settings.metrics:
         summary.plot_path = str(report_dir / f"{curve}-{key}.png")
         plot_budget_curves(summary, Path(summary.plot_path), curve)

@@ -320,3 +320,32 @@ def lm_eval_table(results: dict[str, LMEvalResult]) -> Table:
             row.append(text + (f" ± {100 * err:.2f}" if isinstance(err, float) else ""))
         table.add_row(name, *row)
     return table
+
+
+def plot_lm_eval(results: dict[str, LMEvalResult], path: Path) -> None:
+    """Table 11 as bars: accuracy per task, one bar per model, with its standard error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(task for result in results.values() for task in result.tasks))
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(tasks) * len(results) ** 0.5 + 2), 4.2))
+    for i, (name, result) in enumerate(results.items()):
+        values = [result.tasks.get(task, {}) for task in tasks]
+        acc = [100 * v["acc"] if isinstance(v.get("acc"), float) else float("nan") for v in values]
+        err = [100 * v["acc_stderr"] if isinstance(v.get("acc_stderr"), float) else 0.0 for v in values]
+        ax.bar([t + (i - (len(results) - 1) / 2) * width for t in range(len(tasks))], acc, width, yerr=err, capsize=3,
+               label=name)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("accuracy, % (± standard error)")
+    first = next(iter(results.values()))
+    ax.set_title(f"downstream accuracy (Table 11); each choice scored by the variational bound, {first.mc_draws} "
+                 "draws of t", fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -41,6 +41,8 @@ FILES: list[tuple[str, str]] = [
     ("genppl-*.png", "Gen. PPL against budget, one line per row of the table, entropy annotated"),
     ("*-fig3-shift.png", "Fig. 3: mean solution shift ||h*_t - h*_t+1|| per token transition type, per step"),
     ("*-fig16-residuals.png", "Fig. 16: relative residual per FP iteration and per denoising step, per trace"),
+    ("mauve-*.png", "MAUVE against budget, one line per row of the table"),
+    ("lm-eval.png", "accuracy per downstream task, one bar per model, with its standard error"),
     ("lagged-kl.png", "lagged logit KL per lag and number of steps, both models, and the relative reduction"),
     ("stage-*.png", "Gen. PPL (entropy) per stage checkpoint and budget; val PPL with the threshold line"),
     ("sweep-*.json", "every cell's settings, scores and provenance, and the standings"),

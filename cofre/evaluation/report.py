@@ -64,6 +64,21 @@ def image_title(summary: EvalSummary) -> str:
             f"generated vs {how['reference_images']} {how['reference_split']}-split images, CFG w {how['cfg']:g}")
 
 
+def text_title(summary: EvalSummary) -> str:
+    """What a text table shows and how it was measured: Gen. PPL with its judge, else MAUVE with its features,
+    else validation perplexity."""
+    if any("genppl" in c.metrics for c in summary.cells):
+        mode = {"eq4": "Eq. 4", "mdlm": "MDLM's token-weighted"}.get(summary.settings.get("genppl_mode", "eq4"), "")
+        return f"Gen. PPL [{mode}] (entropy) by transformer-block budget; judge {summary.judge}"
+    mauve = next((c.metrics["mauve"] for c in summary.cells if "mauve" in c.metrics), None)
+    if mauve is not None:
+        return (f"MAUVE ↑ by transformer-block budget (Table 10); features of {mauve['judge']}, {mauve['num_p']} "
+                f"generated vs {mauve['num_q']} held-out texts")
+    if summary.valppl:
+        return "validation perplexity ↓ (the MDLM bound on held-out blocks)"
+    return "Evaluation"
+
+
 def results_table(summary: EvalSummary) -> Table:
     """Rows: run x reuse; columns: budgets; cells: Gen. PPL (entropy) [MAUVE] [latency per batch] for text,
     FID / IS [latency, images/s] for images, with each run's training time and peak memory (Table 15's header)."""
@@ -82,10 +97,7 @@ def results_table(summary: EvalSummary) -> Table:
         return table
     budgets = sorted({c.budget for c in summary.cells})
     labels = list(dict.fromkeys(c.label for c in summary.cells)) or list(summary.valppl)  # valppl-only runs
-    judged = any("genppl" in c.metrics for c in summary.cells)
-    mode = {"eq4": "Eq. 4", "mdlm": "MDLM's token-weighted"}.get(summary.settings.get("genppl_mode", "eq4"), "")
-    title = f"Gen. PPL [{mode}] (entropy) by transformer-block budget; judge {summary.judge}" if judged else "Evaluation"
-    table = Table(title=title)
+    table = Table(title=text_title(summary))
     table.add_column("model / reuse")
     for budget in budgets:
         table.add_column(str(budget), justify="right")
@@ -102,8 +114,8 @@ def results_table(summary: EvalSummary) -> Table:
 
 
 def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl") -> None:
-    """`metric` (Gen. PPL or FID) against budget, one line per run x reuse; for Gen. PPL entropy is annotated at
-    each point, for FID the IS."""
+    """`metric` (Gen. PPL, MAUVE or FID) against budget, one line per run x reuse; for Gen. PPL entropy is annotated
+    at each point, for FID the IS."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +136,7 @@ def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl")
         fill = "none" if cells[0].top_p == 1 else color  # nucleus rows (Table 12): filled markers
         (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=label, markerfacecolor=fill)
         for c, xi, yi in zip(cells, x, y):
-            note = c.metrics.get("entropy" if metric == "genppl" else "isc", {}).get("value")
+            note = c.metrics.get({"genppl": "entropy", "fid": "isc"}.get(metric, ""), {}).get("value")
             if note is not None:
                 ax.annotate(f"{note:.2f}", (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=7,
                             color=line.get_color())
@@ -138,6 +150,10 @@ def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl")
         ax.set_ylabel(f"FID ({summary.judge}), lower is better")
         ax.set_yscale("linear")
         ax.set_title(f"FID vs budget (IS annotated)\n{image_title(summary)}", fontsize=7)
+    elif metric == "mauve":
+        ax.set_ylabel("MAUVE, higher is better")
+        ax.set_yscale("linear")
+        ax.set_title(text_title(summary), fontsize=8)
     else:
         ax.set_ylabel(f"Gen. PPL ({summary.judge}), lower is better")
         ax.set_title(f"Generative perplexity vs budget (entropy annotated); {n} samples, seed {summary.settings['seed']}",

@@ -72,3 +72,23 @@ def test_evaluate_writes_cells_summary_table_and_plot(tmp_path: Path, tiny_recip
 def test_bad_evaluate_arguments_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
     result = cofre("evaluate", str(tmp_path), *args)
     assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_mauve_table_names_its_features_and_plots_mauve_by_budget(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from cofre.evaluation.evaluate import Cell, EvalSummary
+    from cofre.evaluation.report import plot_budget_curves, results_table
+
+    def cell(run: str, budget: int, value: float) -> Cell:
+        mauve = {"value": value, "judge": "gpt2-large", "num_p": 16, "num_q": 16, "settings": {}}
+        return Cell(run=run, label=run, reuse="3sr", budget=budget, metrics={"mauve": mauve}, samples="", path="")
+
+    summary = EvalSummary(cells=[cell("a", 96, 0.01), cell("a", 192, 0.02), cell("b", 96, 0.03), cell("b", 192, 0.05)],
+                          valppl={}, settings={"num_samples": 16, "seed": 1}, judge="gpt2-large", code="test")
+    console = Console(width=200, record=True)
+    console.print(results_table(summary))
+    text = " ".join(console.export_text().split())  # the title wraps to the table width
+    assert "MAUVE" in text and "features of gpt2-large, 16 generated vs 16 held-out texts" in text and "M 0.050" in text
+    plot_budget_curves(summary, tmp_path / "mauve.png", "mauve")
+    assert (tmp_path / "mauve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

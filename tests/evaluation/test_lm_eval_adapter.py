@@ -13,7 +13,7 @@ from lm_eval.api.instance import Instance
 from cofre.config import ModelConfig, Recipe
 from cofre.data.tokenizer import gpt2_tokenizer
 from cofre.errors import CofreError
-from cofre.evaluation.lm_eval_adapter import LOCAL_TASKS, CofreLM, run_lm_eval
+from cofre.evaluation.lm_eval_adapter import LOCAL_TASKS, CofreLM, plot_lm_eval, run_lm_eval
 from cofre.models import Denoiser
 from cofre.training.checkpoint import publish_checkpoint, staging_dir, write_checkpoint_files
 
@@ -159,6 +159,8 @@ def test_local_multiple_choice_tasks_run_offline(tmp_path: Path, no_network: Non
     assert metrics["acc"] * 6 == pytest.approx(round(metrics["acc"] * 6))  # a fraction of the 6 questions
     assert result.tasks["my_mc"]["sample_len"] == 2 and 0.0 <= result.tasks["my_mc"]["acc"] <= 1.0
     assert (result.mc_draws, result.seed, result.limit, result.checkpoint) == (4, 3, 6, str(folder))
+    plot_lm_eval({"one": result, "two": result}, tmp_path / "lm-eval.png")  # Table 11 as bars
+    assert (tmp_path / "lm-eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow  # indexes all of lm-eval's built-in tasks (several seconds)
