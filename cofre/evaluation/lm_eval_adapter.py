@@ -331,7 +331,7 @@ def plot_lm_eval(results: dict[str, LMEvalResult], path: Path) -> None:
 
     tasks = list(dict.fromkeys(task for result in results.values() for task in result.tasks))
     width = 0.8 / len(results)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(tasks) * len(results) ** 0.5 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.4 * len(tasks) * len(results) ** 0.5 + 2), 4.2))
     for i, (name, result) in enumerate(results.items()):
         values = [result.tasks.get(task, {}) for task in tasks]
         acc = [100 * v["acc"] if isinstance(v.get("acc"), float) else float("nan") for v in values]
@@ -341,7 +341,7 @@ def plot_lm_eval(results: dict[str, LMEvalResult], path: Path) -> None:
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("accuracy, % (± standard error)")
     first = next(iter(results.values()))
-    ax.set_title(f"downstream accuracy (Table 11); each choice scored by the variational bound, {first.mc_draws} "
+    ax.set_title(f"downstream accuracy (Table 11)\neach choice scored by the variational bound, {first.mc_draws} "
                  "draws of t", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
