@@ -119,7 +119,9 @@ def _report_training(result: Any, recipe: Recipe, directory: Path) -> None:
         table.add_row(str(record["step"]), f"{record['val_nll']:.4f}", f"{record['val_ppl']:.2f}", record["weights"], note)
     console.print(table)
     verb = "resumed at step %d, trained" % result.start_step if result.start_step else "trained"
-    console.print(f"{verb} to step {result.final_step} in {result.elapsed_s:.0f}s; checkpoint {result.checkpoint}")
+    total = ("" if result.train_time_complete else "at least ") + f"{result.train_time_s:.0f}s"
+    console.print(f"{verb} to step {result.final_step} in {result.elapsed_s:.0f}s (the run so far: {total}); "
+                  f"checkpoint {result.checkpoint}")
     if recipe.init_from:
         console.print(f"initialised from {recipe.init_from}")
     if recipe.consistency.enabled and recipe.consistency.select_ppl_increase > 0:
@@ -804,7 +806,7 @@ def lagged_kl(
     console.print(table)
     defined = [r.reduction for r in results if math.isfinite(r.reduction)]
     mean = sum(defined) / len(defined) if defined else None
-    if len(defined) < len(results):
+    if any(r.kl_a < MIN_BASELINE_KL for r in results):
         console.print(f"n/a: KL of {run_a.name} below {MIN_BASELINE_KL:g} nats, so its predictions barely change as "
                       "tokens are revealed (an undertrained model); no relative reduction is computed there")
     if mean is not None:
@@ -813,9 +815,9 @@ def lagged_kl(
     plot_lagged_kl(results, run_a.name, run_b.name, png)
     atomic_write_text(out_json, json.dumps({
         "run_a": str(run_a), "run_b": str(run_b), "iters": iters, "batches": batches, "batch_size": batch_size,
-        "seed": seed, "ema": ema, "mean_reduction": mean, "min_baseline_kl": MIN_BASELINE_KL,
-        "results": [{**dataclasses.asdict(r), "reduction": r.reduction if math.isfinite(r.reduction) else None}
-                    for r in results],
+        "seed": seed, "ema": ema, "mean_reduction": mean, "mean_over": len(defined), "min_baseline_kl": MIN_BASELINE_KL,
+        "results": [{k: None if isinstance(v, float) and not math.isfinite(v) else v  # NaN: undefined, JSON null
+                     for k, v in dataclasses.asdict(r).items()} for r in results],
     }, indent=2))
     console.print(f"wrote {png}, {out_json}")
 

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +39,42 @@ def atomic_write_text(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)  # a failed write (disk full) leaves no temporary file behind
 
 
-def earlier_training(run: Path, start_step: int) -> dict[str, Any]:
-    """What the calls before one resuming `run` at `start_step` recorded (their train_result.json), or {} for a
-    fresh run or a record that does not end where this call starts: the base of cumulative training time."""
+def time_before(progress: dict[str, Any], run: Path, start_step: int) -> float | None:
+    """Seconds spent training a run before a call that resumes it from a checkpoint at `start_step` (0 for a fresh
+    run): what the checkpoint recorded, else (a checkpoint written before it recorded time) what the train_result.json
+    of a call that ended at `start_step` says; None when neither knows."""
+    if start_step <= 0:
+        return 0.0
+    if isinstance(progress.get("train_time_s"), (int, float)):
+        return float(progress["train_time_s"])
     path = Path(run) / "train_result.json"
-    if start_step <= 0 or not path.is_file():
-        return {}
     try:
-        previous = json.loads(path.read_text())
+        previous = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, json.JSONDecodeError):
-        return {}
-    return previous if previous.get("final_step") == start_step else {}
+        return None
+    value = previous.get("train_time_s", previous.get("elapsed_s")) if previous.get("final_step") == start_step else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
-def train_time(earlier: dict[str, Any], elapsed_s: float) -> float:
-    """Seconds spent training the run so far (Table 15's training time): the earlier calls' total plus this call's."""
-    return float(earlier.get("train_time_s", earlier.get("elapsed_s", 0.0))) + elapsed_s
+@dataclass
+class TrainClock:
+    """A run's training time over every call that trained it (Table 15's header): the time before this call, as its
+    checkpoint recorded it, plus this call's. Checkpoints store `total()`, so a killed call's time up to its last
+    checkpoint counts, and the steps it redoes do not."""
+
+    before: float | None  # None: an older checkpoint did not record it, so the total is a lower bound
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def total(self, trained: bool = True) -> float:
+        """Seconds trained so far; a call that trained no step adds nothing."""
+        return (self.before or 0.0) + (self.elapsed() if trained else 0.0)
+
+    @property
+    def complete(self) -> bool:
+        return self.before is not None
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cofre.errors import CofreError
-from cofre.runs import RunDir, atomic_write_text, earlier_training, train_time
+from cofre.runs import RunDir, TrainClock, atomic_write_text, time_before
 
 
 def test_the_lock_refuses_a_second_writer_and_is_released(tmp_path: Path) -> None:
@@ -58,10 +58,13 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_training_time_adds_up_only_over_calls_that_continue_the_record(tmp_path: Path) -> None:
-    (tmp_path / "train_result.json").write_text(json.dumps({"final_step": 4, "elapsed_s": 3.0, "train_time_s": 10.0}))
-    assert train_time(earlier_training(tmp_path, 4), 2.0) == 12.0  # resumed where the record ends
-    assert train_time(earlier_training(tmp_path, 0), 2.0) == 2.0  # a fresh run
-    assert train_time(earlier_training(tmp_path, 3), 2.0) == 2.0  # a record of another history
-    (tmp_path / "train_result.json").write_text(json.dumps({"final_step": 4, "elapsed_s": 3.0}))  # written before the field
-    assert train_time(earlier_training(tmp_path, 4), 0.0) == 3.0
+def test_training_time_before_a_call_comes_from_the_checkpoint_else_a_matching_record(tmp_path: Path) -> None:
+    assert time_before({"step": 4, "train_time_s": 10.0}, tmp_path, 4) == 10.0
+    assert time_before({"step": 0}, tmp_path, 0) == 0.0  # a fresh run
+    assert time_before({"step": 4}, tmp_path, 4) is None  # an older checkpoint and no record: unknown
+    (tmp_path / "train_result.json").write_text(json.dumps({"final_step": 4, "elapsed_s": 3.0}))
+    assert time_before({"step": 4}, tmp_path, 4) == 3.0  # the record of the call that ended there
+    assert time_before({"step": 2}, tmp_path, 2) is None  # a record of another history
+    clock = TrainClock(None)
+    assert not clock.complete and clock.total(trained=False) == 0.0 and clock.total() == pytest.approx(clock.elapsed(), abs=0.1)
+    assert TrainClock(5.0).total(trained=False) == 5.0

@@ -305,7 +305,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     for run in runs:
         ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device, compile=settings.compile)
         name = run_name(run, ckpt.folder, ckpt.identity)  # two runs of one recipe, two checkpoints: two rows
-        training[name] = training_cost(ckpt.run_root)
+        training[name] = training_cost(ckpt.run_root, ckpt.recipe.init_from)
         precision = resolve_precision(settings.precision, ckpt.device)
         if "valppl" in settings.metrics:
             task = MDLMTask(ckpt.recipe.task, ckpt.recipe.model.mask_id)

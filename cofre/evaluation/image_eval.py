@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 
 from cofre.data.images import SPLITS
 from cofre.errors import CofreError
@@ -21,9 +20,9 @@ from cofre.evaluation.fid import Extractor, Reference, RGBImages, fidelity_metri
     resolve_extractor
 from cofre.evaluation.latency import measure_latency
 from cofre.sampling.generate import LoadedCheckpoint
-from cofre.training.checkpoint import run_root
 from cofre.sampling.generate_images import BUDGET_DEFINITION, ImageSampleSettings, build_image_sampler, sample_images, \
     sample_tag
+from cofre.training.checkpoint import CONFIG_FILE, checkpoint_recipe, run_root
 
 if TYPE_CHECKING:
     from cofre.evaluation.evaluate import CellSamples, EvalSettings
@@ -118,19 +117,26 @@ class ImageCells:
         return CellSamples(metrics=metrics, out=str(out), tag=out.name + judged, budget=budget, record=record)  # one per judge
 
 
-def training_cost(run: Path) -> dict[str, Any]:
+def training_cost(run: Path, init_from: str = "", seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
     """Table 15's header for one run: training time and peak memory from its train_result.json (empty when absent).
-    A stage initialised from another run (CoFRe's consistency stage) costs its own time plus its parent's."""
-    path = run / "train_result.json"
-    if not path.is_file():
+    A stage initialised from another run (`init_from`: CoFRe's consistency stage) costs its parent's time plus its
+    own; a parent that is not on disk leaves the total a lower bound."""
+    try:
+        result = json.loads((run / "train_result.json").read_text())
+    except (OSError, json.JSONDecodeError):
         return {}
-    result = json.loads(path.read_text())
-    cost = {"train_time_s": result.get("train_time_s", result.get("elapsed_s")),  # older runs: the last call's time
+    own = result.get("train_time_s", result.get("elapsed_s"))  # older runs: the last call's time
+    cost = {"train_time_s": own, "train_time_complete": bool(result.get("train_time_complete", "train_time_s" in result)),
             **{key: result.get(key) for key in ("final_step", "peak_memory_gib", "peak_memory_of")}}
-    init_from = yaml.safe_load((run / "recipe.yaml").read_text()).get("init_from") if (run / "recipe.yaml").is_file() else ""
-    parent = training_cost(run_root(Path(init_from))) if init_from else {}
-    if parent.get("train_time_s") and cost["train_time_s"] is not None:
-        cost.update(stage_time_s=cost["train_time_s"], train_time_s=parent["train_time_s"] + cost["train_time_s"],
-                    parent=run_root(Path(init_from)).name,
-                    peak_memory_gib=max(parent.get("peak_memory_gib") or 0, cost.get("peak_memory_gib") or 0) or None)
-    return cost
+    if not init_from or own is None:
+        return cost
+    folder = Path(init_from)
+    parent = run_root(folder)
+    known = (folder / CONFIG_FILE).is_file() and parent.resolve() not in seen
+    above = training_cost(parent, checkpoint_recipe(folder).init_from, seen | {run.resolve()}) if known else {}
+    cost.update(parent=parent.name, stage_time_s=own)
+    if not above.get("train_time_s"):
+        return {**cost, "train_time_complete": False, "parent_time_unknown": True}
+    return {**cost, "train_time_s": above["train_time_s"] + own,
+            "train_time_complete": cost["train_time_complete"] and above["train_time_complete"],
+            "peak_memory_gib": max(above.get("peak_memory_gib") or 0, cost.get("peak_memory_gib") or 0) or None}

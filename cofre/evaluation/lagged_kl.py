@@ -134,6 +134,9 @@ def plot_lagged_kl(results: list[LaggedKL], label_a: str, label_b: str, path: Pa
     defined = not all(math.isnan(r.reduction) for r in results)
     if defined:
         right.axhline(0, color="0.5", linewidth=0.8)
+        if any(math.isnan(r.reduction) for r in results):
+            right.text(0.02, 0.02, f"points missing: KL({label_a}) < {MIN_BASELINE_KL:g} nats there",
+                       transform=right.transAxes, fontsize=7)
     else:
         right.set_xlim(left.get_xlim())
         right.set_xticks(sorted({r.lag for r in results}))

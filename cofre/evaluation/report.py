@@ -38,14 +38,16 @@ def _duration(seconds: float) -> str:
 
 
 def training_text(summary: EvalSummary, run: str) -> str:
-    """Table 15's header for one run: training time and peak memory, with the change against the first run."""
+    """Table 15's header for one run: training time (≥: a lower bound) and peak memory, with the change against the
+    first run."""
     cost, first = summary.training.get(run) or {}, next(iter(summary.training.values()), {}) or {}
     if not cost.get("train_time_s"):
         return ""
-    parts = [f"{_duration(cost['train_time_s'])}"]
+    parts = [("" if cost.get("train_time_complete", True) else "≥ ") + _duration(cost["train_time_s"])]
     change = [f"{cost['train_time_s'] / first['train_time_s'] - 1:+.1%}"] if first.get("train_time_s") and first is not cost else []
     if cost.get("parent"):
-        change.append(f"{cost['parent']} + {_duration(cost['stage_time_s'])} stage")
+        parent = cost["parent"] + (" (time unknown)" if cost.get("parent_time_unknown") else "")
+        change.append(f"{parent} + {_duration(cost['stage_time_s'])} stage")
     if change:
         parts.append(f"({'; '.join(change)})")
     if cost.get("peak_memory_gib"):

@@ -19,7 +19,7 @@ from cofre.config import Recipe, recipe_to_dict
 from cofre.errors import CofreError
 from cofre.evaluation.valppl import VAL_SEED, bound_totals, summarize_totals
 from cofre.models import Denoiser
-from cofre.runs import RunDir, earlier_training, flatten, train_time
+from cofre.runs import RunDir, TrainClock, flatten, time_before
 from cofre.tasks import Task, build_task
 from cofre.tasks.consistency import consistency_weight, correlated_pair
 from cofre.training.batches import BlockOrder
@@ -53,11 +53,12 @@ class TrainResult:
     final_step: int
     elapsed_s: float  # this call's training time
     train_time_s: float  # the run's training time over every call that trained it (Table 15's header)
+    train_time_complete: bool = True  # False: resumed from a checkpoint that did not record time (a lower bound)
     validations: list[dict[str, Any]] = field(default_factory=list)  # every validation of the run so far
     checkpoint: str | None = None
     pre_consistency_ppl: float | None = None  # consistency stages: the validation PPL they started from
     selected_step: int | None = None  # consistency stages: the checkpoint the App. F.7 rule selected
-    peak_memory_gib: float | None = None  # peak of the calls that trained: CUDA max allocated per GPU, else max RSS
+    peak_memory_gib: float | None = None  # peak over the calls that trained: CUDA max allocated per GPU, else max RSS
     peak_memory_of: str = ""
 
 
@@ -172,12 +173,17 @@ class Trainer:
         self.step = 0
         self.pre_ppl: float | None = None  # validation PPL before a consistency stage (App. F.7)
         self.selected_step: int | None = None
+        self.time_before: float | None = 0.0  # training time before this call (TrainClock)
+        # the run's cost as its latest checkpoint records it (Table 15's header): training time, peak memory
+        self.cost: dict[str, Any] = {"train_time_s": 0.0}
         self.guard = NonFiniteGuard(recipe.trainer.skip_nonfinite)
         latest = self.run.latest_checkpoint() if resuming else None
         if latest is not None:
             self._resume(latest)
         elif recipe.init_from:
             self._initialize_from(recipe.init_from)
+        self.clock = TrainClock(self.time_before)  # started again when fit() begins
+        self.cost["train_time_s"] = self.clock.total(trained=False)
         self.aux = AuxiliaryLoss(recipe, self.unwrapped, self.ema) if recipe.consistency.enabled else None
         self.distill = SelfDistillation(recipe, self.unwrapped) if recipe.distill.enabled else None
         if self.distill is not None and latest is not None:  # the teacher of the round the run stopped in
@@ -259,6 +265,9 @@ class Trainer:
         self.pre_ppl = progress.get("pre_ppl")
         self.selected_step = progress.get("selected_step")
         self.guard.skipped = int(progress.get("skipped_steps", 0))
+        self.time_before = time_before(progress, self.run.path, self.step)
+        if isinstance(progress.get("peak_memory_gib"), float):
+            self.cost.update(peak_memory_gib=progress["peak_memory_gib"], peak_memory_of=progress.get("peak_memory_of", ""))
         rng_file = folder / STATE_DIR / f"rng-rank{self.accelerator.process_index}.pt"
         if rng_file.is_file():  # absent when resuming with more processes than wrote the checkpoint
             rng = load_train_state(folder, rng_file.stem)
@@ -285,7 +294,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "progress": {"step": self.step, "world_size": acc.num_processes, "pre_ppl": self.pre_ppl,
                              "selected_step": self.selected_step, "skipped_steps": self.guard.skipped,
-                             "ema_updates": self.ema.num_updates if self.ema is not None else 0},
+                             "ema_updates": self.ema.num_updates if self.ema is not None else 0,
+                             **self._update_cost()},
                 **({"teacher": self.distill.state_dict()} if self.distill is not None else {}),
             }
             write_checkpoint_files(staging, self.unwrapped, ema, self.recipe, state)
@@ -358,11 +368,10 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         acc, t = self.accelerator, self.recipe.trainer
-        start, started = self.step, time.perf_counter()
+        start, self.clock = self.step, TrainClock(self.time_before)
         tokens_per_step = t.global_batch_size * self.corpus.train.shape[1]
-        earlier = earlier_training(self.run.path, start)
         result = TrainResult(run_dir=str(self.run.path), start_step=start, final_step=start, elapsed_s=0.0,
-                             train_time_s=train_time(earlier, 0.0))
+                             train_time_s=self.clock.total(trained=False), train_time_complete=self.clock.complete)
         progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -410,17 +419,25 @@ class Trainer:
                         mark_selected(self.run.checkpoints, folder)
         acc.end_training()  # flushes and closes the experiment trackers
         result.final_step = self.step
-        result.elapsed_s = time.perf_counter() - started
-        result.train_time_s = train_time(earlier, result.elapsed_s if self.step > start else 0.0)  # a no-op call adds 0
+        result.elapsed_s = self.clock.elapsed()
+        result.train_time_s = self.cost["train_time_s"]  # as the latest checkpoint records it: what a resume sees
         result.validations = [r for r in self.run.read_metrics() if "val_ppl" in r]
         latest = self.run.latest_checkpoint()
         result.checkpoint = str(latest) if latest else None
         result.pre_consistency_ppl = self.pre_ppl
         result.selected_step = self.selected_step
-        result.peak_memory_gib, result.peak_memory_of = peak_memory(acc.device)
-        if earlier.get("peak_memory_gib") and (self.step == start or earlier["peak_memory_gib"] > result.peak_memory_gib):
-            result.peak_memory_gib, result.peak_memory_of = earlier["peak_memory_gib"], earlier.get("peak_memory_of", "")
+        result.peak_memory_gib, result.peak_memory_of = (self.cost["peak_memory_gib"], self.cost["peak_memory_of"]) \
+            if "peak_memory_gib" in self.cost else peak_memory(acc.device)
         return result
+
+    def _update_cost(self) -> dict[str, Any]:
+        """The cost a checkpoint records: training time so far, and the peak memory over the calls that trained the
+        run (this process's now, or an earlier call's if higher)."""
+        now = peak_memory(self.accelerator.device)
+        if now[0] < self.cost.get("peak_memory_gib", 0.0):
+            now = self.cost["peak_memory_gib"], self.cost["peak_memory_of"]
+        self.cost = {"train_time_s": self.clock.total(), "peak_memory_gib": now[0], "peak_memory_of": now[1]}
+        return self.cost
 
     def _last_checkpoint(self) -> str | None:
         pointer = self.run.checkpoints / "latest"

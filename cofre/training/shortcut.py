@@ -30,7 +30,7 @@ from torch import Tensor
 from cofre.config import OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, read_yaml, recipe_to_dict
 from cofre.errors import CofreError
 from cofre.models import Denoiser
-from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, earlier_training, flatten, train_time
+from cofre.runs import LOCK_FILE, RunDir, TrainClock, atomic_write_text, flatten, time_before
 from cofre.sampling.budget import BudgetPlan
 from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, full_steps,
                                      parameter_fraction, predict_features, shortcut_plan)
@@ -245,7 +245,8 @@ class ShortcutTrainResult:
     start_step: int
     final_step: int
     elapsed_s: float  # this call's training time
-    train_time_s: float  # the run's training time over every call that trained it
+    train_time_s: float  # the run's training time over every call that trained it (runs.TrainClock)
+    train_time_complete: bool  # False: a lower bound (resumed from a checkpoint that did not record time)
     checkpoint: str
     train_pairs: int
     val_pairs: int
@@ -315,6 +316,7 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
     scheduler = build_scheduler(optimizer, recipe.optim, t.max_steps)
     ema = EMA(model, t.ema)
     step, latest = 0, run.latest_checkpoint()
+    resumed: dict[str, Any] = {}  # the checkpoint's progress record
     if latest is not None:
         load_weights_into(model, latest / MODEL_FILE)
         optimizer.load_state_dict(load_train_state(latest, "optimizer"))
@@ -322,10 +324,12 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
         ema_state = load_train_state(latest, "ema")
         ema.load(ema_state["shadow"])
         ema.num_updates = int(ema_state["num_updates"])
-        step = int(load_train_state(latest, "progress")["step"])
+        resumed = load_train_state(latest, "progress")
+        step = int(resumed["step"])
     run.truncate_metrics(step if latest is not None else None, kept)
     val_picks = torch.randperm(len(val), generator=torch.Generator().manual_seed(t.seed))[:t.val_pairs].tolist()
-    start, started, checkpoint = step, time.perf_counter(), latest
+    start, checkpoint = step, latest
+    clock = TrainClock(time_before(resumed, run.path, start))
 
     def validate() -> tuple[float, float]:
         averaged = Shortcut(recipe.shortcut).to(device)
@@ -342,7 +346,8 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
 
     def save(step: int) -> Path:
         folder = staging_dir(run.checkpoints, step)
-        state = {"progress": {"step": step}, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        state = {"progress": {"step": step, "train_time_s": clock.total()}, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(),
                  "ema": {"shadow": ema.shadow, "num_updates": ema.num_updates}}
         write_checkpoint_files(folder, model, ema.state_dict(model), recipe, state)  # type: ignore[arg-type]
         return publish_checkpoint(run.checkpoints, step, t.keep_last)
@@ -362,7 +367,7 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
         if step % t.log_every == 0 or step == t.max_steps:
             reuse = float(masked_mse(f_s, f_next, z_next, mask_id))
             run.append_metrics({"step": step, "loss": float(loss), "reuse_mse": reuse, "lr": scheduler.get_last_lr()[0],
-                                "elapsed_s": time.perf_counter() - started})
+                                "elapsed_s": clock.elapsed()})
             console.print(f"step {step}: mse {float(loss):.4g} (reuse {reuse:.4g})")
         if step % t.val_every == 0 or step == t.max_steps:
             mse, reuse = validate()
@@ -370,12 +375,13 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
             console.print(f"step {step}: val mse {mse:.4g} (reuse {reuse:.4g})")
         if step % t.ckpt_every == 0 or step == t.max_steps:
             checkpoint = save(step)
-    elapsed = time.perf_counter() - started
+    elapsed = clock.elapsed()
     mse, reuse = validate()
     params = sum(p.numel() for p in model.parameters())
     result = ShortcutTrainResult(
         run_dir=str(run.path), base_run=recipe.base_run, start_step=start, final_step=step, elapsed_s=elapsed,
-        train_time_s=train_time(earlier_training(run.path, start), elapsed), checkpoint=str(checkpoint), train_pairs=len(train), val_pairs=len(val_picks), parameters=params,
+        train_time_s=clock.total(trained=step > start), train_time_complete=clock.complete, checkpoint=str(checkpoint),
+        train_pairs=len(train), val_pairs=len(val_picks), parameters=params,
         parameter_fraction=parameter_fraction(model, base), val_mse=mse, val_mse_reuse=reuse)
     atomic_write_text(run.path / "train_result.json", json.dumps(dataclasses.asdict(result), indent=2))
     return result

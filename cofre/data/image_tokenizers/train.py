@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from cofre.data.image_tokenizers.recipe import VQRecipe, is_vq_recipe, load_vq_r
 from cofre.data.image_tokenizers.vq import VQVAE
 from cofre.data.images import load_images
 from cofre.errors import CofreError
-from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, earlier_training, flatten, train_time
+from cofre.runs import LOCK_FILE, RunDir, TrainClock, atomic_write_text, flatten, time_before
 from cofre.training.checkpoint import (MODEL_FILE, load_train_state, load_weights_into, publish_checkpoint,
                                        staging_dir, write_checkpoint_files)
 from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
@@ -43,7 +43,8 @@ class VQTrainResult:
     start_step: int
     final_step: int
     elapsed_s: float  # training time of this call (excluding data loading and the final evaluation)
-    train_time_s: float  # the run's training time over every call that trained it
+    train_time_s: float  # the run's training time over every call that trained it (runs.TrainClock)
+    train_time_complete: bool  # False: a lower bound (resumed from a checkpoint that did not record time)
     checkpoint: str
     val_images: int
     psnr: float  # mean per-image PSNR (dB) on held-out images
@@ -143,22 +144,24 @@ def _fit(run: RunDir, recipe: VQRecipe, train_images: Tensor, val_images: Tensor
     scheduler = build_scheduler(optimizer, recipe.optim, t.max_steps) if optimizer is not None else None
     latest = run.latest_checkpoint()
     step = 0
+    resumed: dict[str, Any] = {}  # the checkpoint's progress record
     if latest is not None:
         load_weights_into(model, latest / MODEL_FILE)
         if optimizer is not None and scheduler is not None:
             optimizer.load_state_dict(load_train_state(latest, "optimizer"))
             scheduler.load_state_dict(load_train_state(latest, "scheduler"))
-        step = int(load_train_state(latest, "progress")["step"])
+        resumed = load_train_state(latest, "progress")
+        step = int(resumed["step"])
     kept = run.read_metrics()
     atomic_write_text(run.recipe_path, dump_recipe(recipe))  # type: ignore[arg-type]  # any recipe dataclass dumps
     run.clean_temporary_files()
     run.truncate_metrics(step if latest is not None else None, kept)
-    start, started = step, time.perf_counter()
+    start, clock = step, TrainClock(time_before(resumed, run.path, step))
     checkpoint = latest
 
     def save(step: int) -> Path:
         folder = staging_dir(run.checkpoints, step)
-        state: dict[str, object] = {"progress": {"step": step}}
+        state: dict[str, object] = {"progress": {"step": step, "train_time_s": clock.total()}}
         if optimizer is not None and scheduler is not None:
             state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         write_checkpoint_files(folder, model, None, recipe, state)  # type: ignore[arg-type]  # config.json: the VQ recipe
@@ -191,7 +194,7 @@ def _fit(run: RunDir, recipe: VQRecipe, train_images: Tensor, val_images: Tensor
                 batch_psnr = 10 * math.log10(1 / max(float(reconstruction.detach()), 1e-10))
                 record = {"step": step, "loss": float(loss.detach()), "recon_mse": float(reconstruction.detach()),
                           "commitment": float(commitment.detach()), "batch_psnr": batch_psnr,
-                          "codes_in_batch": int(codes.unique().numel()), "elapsed_s": time.perf_counter() - started}
+                          "codes_in_batch": int(codes.unique().numel()), "elapsed_s": clock.elapsed()}
                 run.append_metrics(record if scheduler is None else {**record, "lr": scheduler.get_last_lr()[0]})
                 progress.update(bar, status=f"mse {float(reconstruction.detach()):.4f} ({batch_psnr:.1f} dB)")
             if step % t.val_every == 0 and step < t.max_steps:
@@ -200,12 +203,12 @@ def _fit(run: RunDir, recipe: VQRecipe, train_images: Tensor, val_images: Tensor
             if step % t.ckpt_every == 0 or step == t.max_steps:
                 checkpoint = save(step)
             progress.update(bar, advance=1)
-    elapsed = time.perf_counter() - started
+    elapsed = clock.elapsed()
     final = validate(step) if step > start else evaluate_vq(model, val_images)
     png = run.path / RECONSTRUCTIONS
     reconstruction_grid(model, val_images, val_labels, png)
     result = VQTrainResult(run_dir=str(run.path), start_step=start, final_step=step, elapsed_s=elapsed,
-                           train_time_s=train_time(earlier_training(run.path, start), elapsed),
+                           train_time_s=clock.total(trained=step > start), train_time_complete=clock.complete,
                            checkpoint=str(checkpoint), val_images=len(val_images), psnr=final["psnr"],
                            psnr_of_mean_mse=final["psnr_of_mean_mse"], codebook_used=final["codebook_used"],
                            grid=recipe.vq.grid, codebook_size=recipe.vq.codebook_size, reconstructions=str(png))
