@@ -120,7 +120,8 @@ class ImageCells:
 def training_cost(run: Path, init_from: str = "", seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
     """Table 15's header for one run: training time and peak memory from its train_result.json (empty when absent).
     A stage initialised from another run (`init_from`: CoFRe's consistency stage) costs its parent's time plus its
-    own; a parent that is not on disk leaves the total a lower bound."""
+    own; a parent that is not on disk leaves the total a lower bound. The parent counts in full, also when the stage
+    started from one of its earlier checkpoints."""
     try:
         result = json.loads((run / "train_result.json").read_text())
     except (OSError, json.JSONDecodeError):
