@@ -18,6 +18,7 @@ from torch import Tensor
 
 from cofre.data.packing import load_corpus
 from cofre.errors import CofreError
+from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.models import Denoiser
 from cofre.precision import autocast, resolve_device, resolve_precision
 from cofre.tasks.mdlm import MDLMTask, mask_tokens
@@ -261,10 +262,7 @@ def _tick_labels(labels: list[str]) -> list[str]:
 
 def write_cka_outputs(report: CKAReport, out_dir: Path) -> list[Path]:
     """cka.json, cka_heatmap.png (mean CKA, Fig. 6a) and cka_consecutive.png (Fig. 6b) in `out_dir`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,10 +290,8 @@ def write_cka_outputs(report: CKAReport, out_dir: Path) -> list[Path]:
         ax.axhline(report.boundary - 0.5, color="red", linewidth=1.2, linestyle="--")
         ax.axvline(report.boundary - 0.5, color="red", linewidth=1.2, linestyle="--")
     ax.set_title(f"Mean linear CKA over t ∈ {{{times}}}\n{_short(report.checkpoint)}", fontsize=9)
-    fig.tight_layout()
     heatmap = out_dir / "cka_heatmap.png"
-    fig.savefig(heatmap, dpi=130)
-    plt.close(fig)
+    save_figure(fig, heatmap)
 
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * n + 2.0), 4.0))
     pairs = list(range(1, n))
@@ -319,8 +315,6 @@ def write_cka_outputs(report: CKAReport, out_dir: Path) -> list[Path]:
     ax.set_title(f"{title}\n{_short(report.checkpoint)}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
     consecutive = out_dir / "cka_consecutive.png"
-    fig.savefig(consecutive, dpi=130)
-    plt.close(fig)
+    save_figure(fig, consecutive)
     return [json_path, heatmap, consecutive]

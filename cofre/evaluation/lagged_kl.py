@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from cofre.errors import CofreError
+from cofre.evaluation.plotting import pyplot, save_figure
 
 # Below this (nats), model A's predictions barely depend on the revealed tokens (an undertrained model that predicts
 # token frequencies): a ratio against it measures float noise, not consistency.
@@ -113,10 +114,7 @@ def denoiser_log_probs(model: torch.nn.Module, iters: int, eps: float, mask_id: 
 
 def plot_lagged_kl(results: list[LaggedKL], label_a: str, label_b: str, path: Path) -> None:
     """Left: lagged KL of both models by lag, one line pair per number of steps; right: B's relative reduction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for n_steps in dict.fromkeys(r.steps for r in results):
@@ -152,7 +150,4 @@ def plot_lagged_kl(results: list[LaggedKL], label_a: str, label_b: str, path: Pa
         ax.legend(fontsize=7)
     for ax in (left, right):
         ax.set_xlabel("lag l (steps between student s and cleaner s + l)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)

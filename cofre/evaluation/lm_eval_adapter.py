@@ -24,6 +24,7 @@ from torch import Tensor
 from cofre.config import Recipe
 from cofre.data.tokenizer import EOS_ID, GPT2_VOCAB, gpt2_tokenizer
 from cofre.errors import CofreError
+from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.models import Denoiser
 from cofre.precision import autocast, resolve_precision
 from cofre.tasks.mdlm import LogLinearSchedule, sample_t, subs_nll
@@ -324,10 +325,7 @@ def lm_eval_table(results: dict[str, LMEvalResult]) -> Table:
 
 def plot_lm_eval(results: dict[str, LMEvalResult], path: Path) -> None:
     """Table 11 as bars: accuracy per task, one bar per model, with its standard error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tasks = list(dict.fromkeys(task for result in results.values() for task in result.tasks))
     width = 0.8 / len(results)
@@ -345,7 +343,4 @@ def plot_lm_eval(results: dict[str, LMEvalResult], path: Path) -> None:
                  "draws of t", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from cofre.evaluation.plotting import pyplot, save_figure
+
 if TYPE_CHECKING:
     from cofre.evaluation.evaluate import EvalSummary
 
@@ -118,10 +120,7 @@ def results_table(summary: EvalSummary) -> Table:
 def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl") -> None:
     """`metric` (Gen. PPL, MAUVE or FID) against budget, one line per run x reuse; for Gen. PPL entropy is annotated
     at each point, for FID the IS."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     runs = list(dict.fromkeys(c.run for c in summary.cells))
@@ -162,7 +161,4 @@ def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl")
                      fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cofre.checks import MAX_BUDGET, MAX_COUNT, check_range
 from cofre.errors import CofreError
 from cofre.evaluation.evaluate import EvalSettings, check_settings, score_cell
+from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.precision import resolve_device, resolve_precision
 from cofre.runs import atomic_write_text, code_version
 from cofre.sampling.generate import (
@@ -239,10 +240,7 @@ def _cell(heavy: LoadedCheckpoint, light: LoadedCheckpoint, schedule: str, setti
 def plot_search(summary: SearchSummary, path: Path, heavy: str, light: str) -> None:
     """Left: a bar per segment, the Gen. PPL increase when only that segment is light; right: every placement of
     the light segments, ranked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s = summary.settings
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1, 1.3]})
@@ -271,7 +269,4 @@ def plot_search(summary: SearchSummary, path: Path, heavy: str, light: str) -> N
         ax.grid(True, axis="y" if ax is left else "x", alpha=0.3)
     fig.suptitle(f"schedule search: {heavy} (heavy) / {light} (light), {s['steps']} steps, {s['num_samples']} samples "
                  f"per cell, seed {s['seed']}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)

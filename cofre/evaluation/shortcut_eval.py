@@ -23,6 +23,7 @@ from rich.table import Table
 
 from cofre.errors import CofreError
 from cofre.evaluation.latency import measure_latency
+from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.precision import resolve_device
 from cofre.runs import atomic_write_text, code_version
 from cofre.sampling.generate import LoadedCheckpoint, open_checkpoint
@@ -216,10 +217,7 @@ def shortcut_table(summary: ShortcutEvalSummary) -> Table:
 
 def plot_shortcut(summary: ShortcutEvalSummary, path: Path) -> None:
     """Gen. PPL (text) or FID (images) against latency, one point a row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     text = summary.modality == "text"
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -234,7 +232,4 @@ def plot_shortcut(summary: ShortcutEvalSummary, path: Path) -> None:
                   else "blocks per sample (full + shortcut FLOPs)")
     ax.set_title(f"MIGM-Shortcut, {Path(summary.run).name}", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

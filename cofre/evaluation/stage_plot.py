@@ -20,6 +20,7 @@ from rich.table import Table
 from cofre.errors import CofreError
 from cofre.evaluation.checkpoints import checkpoint_step
 from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
+from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.runs import atomic_write_text
 from cofre.training.checkpoint import CONFIG_FILE, checkpoint_recipe
 
@@ -139,10 +140,7 @@ def stage_table(report: StageReport) -> Table:
 
 def plot_stage(report: StageReport, path: Path) -> None:
     """Left: Gen. PPL per checkpoint, one line per budget, entropy annotated. Right: val PPL and the threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     budgets = sorted({b for p in report.points for b in p.cells})
@@ -175,7 +173,4 @@ def plot_stage(report: StageReport, path: Path) -> None:
     n = report.settings["num_samples"]
     fig.suptitle(f"{Path(report.run).name}: consistency stage (Fig. 12); {n} samples per cell, seed "
                  f"{report.settings['seed']}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)

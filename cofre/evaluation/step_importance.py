@@ -26,6 +26,7 @@ from torch import Tensor
 
 from cofre.errors import CofreError
 from cofre.evaluation.lagged_kl import LogProbs
+from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.runs import atomic_write_text
 from cofre.sampling.model_schedule import HEAVY, LIGHT, Segment, schedule_text
 
@@ -159,10 +160,7 @@ def analyse(heavy: LogProbs, light: LogProbs, batches: list[Tensor], times: list
 
 def plot_importance(result: StepImportance, path: Path) -> None:
     """Left: each model's CE over t; right: the CE gap and KL(heavy || light), the suggested light steps shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = [p.t for p in result.points]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -192,10 +190,7 @@ def plot_importance(result: StepImportance, path: Path) -> None:
     masked = [p.masked for p in result.points]
     fig.suptitle(f"step importance: {result.heavy} (heavy) vs {result.light} (light); {min(masked)}-{max(masked)} "
                  "masked held-out positions per t", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def step_importance(heavy_run: Path, light_run: Path, times: list[float], batches: int, batch_size: int, seed: int,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from cofre.errors import CofreError
+from cofre.evaluation.plotting import pyplot, save_figure
 
 if TYPE_CHECKING:
     from cofre.evaluation.sweep import SweepCell, SweepSummary
@@ -117,10 +118,7 @@ def sweep_tables(summary: SweepSummary) -> list[Table]:
 
 def plot_sweep(summary: SweepSummary, path: Path) -> None:
     """Fig. 13 (heatmaps), Fig. 14 (Gen. PPL vs budget per schedule) or the 3SR grid, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n, seed = summary.settings["num_samples"], summary.settings["seed"]
     if summary.kind == "allocation":
@@ -131,10 +129,7 @@ def plot_sweep(summary: SweepSummary, path: Path) -> None:
         fig = _budget_lines(plt, summary.cells, panel=None, line="gamma")
     fig.suptitle(f"{Path(summary.run).name}: {summary.kind} sweep; Gen. PPL by {summary.judge}, {n} samples per cell, "
                  f"seed {seed}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _allocation_figure(plt: Any, cells: list[SweepCell]) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cofre.errors import CofreError
+from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.sampling.reuse import TRANSITION_NAMES
 
 
@@ -69,10 +70,7 @@ def trace_stats(rows: list[dict[str, Any]], label: str, path: str) -> TraceStats
 
 def plot_transition_shift(stats: list[TraceStats], path: Path) -> None:
     """Fig. 3: mean ||h*_t - h*_{t+1}|| per token transition type at each denoising step, one panel per trace."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(stats), figsize=(5.4 * len(stats), 4.2), squeeze=False)
     for ax, s in zip(axes[0], stats):
@@ -90,10 +88,7 @@ def plot_transition_shift(stats: list[TraceStats], path: Path) -> None:
 
 def plot_residuals(stats: list[TraceStats], path: Path) -> None:
     """Fig. 16: mean relative residual per iteration (left) and initial / final residual per step (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for s in stats:
@@ -120,9 +115,4 @@ def _save(fig: Any, path: Path) -> None:
 
     for ax in fig.axes:  # steps and iterations are counts
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    save_figure(fig, path)
