@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cofre.config import Recipe, dump_recipe, load_recipe, recipe_to_dict
 from cofre.errors import CofreError
 
@@ -95,11 +97,22 @@ def recipe_differences(old: Recipe, new: Recipe) -> list[str]:
 
 
 def runs_with_checkpoints(root: Path) -> list[Path]:
-    """Every run directory directly under `root` that holds a published checkpoint, by name."""
-    runs = sorted(p for p in root.glob("*") if (p / "checkpoints" / "latest").is_file()) if root.is_dir() else []
+    """Every denoiser run directly under `root` that holds a published checkpoint, by name. Runs whose recipe
+    names a `kind` (a VQ tokenizer, a classifier, a shortcut) are not denoisers and are left out."""
+    runs = sorted(p for p in root.glob("*") if (p / "checkpoints" / "latest").is_file() and not _recipe_kind(p)) \
+        if root.is_dir() else []
     if not runs:
         raise CofreError(f"no run under {root}/ holds a checkpoint; train one first or name the runs to use")
     return runs
+
+
+def _recipe_kind(run: Path) -> str:
+    """The `kind:` a run's recipe.yaml names ('' for a denoiser, or an unreadable recipe)."""
+    try:
+        values = yaml.safe_load((run / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return ""
+    return str(values.get("kind") or "") if isinstance(values, dict) else ""
 
 
 class RunDir:

@@ -95,6 +95,10 @@ def test_every_option_has_help() -> None:
 
 def test_evaluate_without_runs_needs_a_trained_run(tmp_path: Path) -> None:
     (tmp_path / "runs" / "reports").mkdir(parents=True)  # reports and empty folders are not runs
+    for name, kind in (("tiny-vq", "vq"), ("classifier", "classifier")):  # nor tokenizers and feature extractors
+        (tmp_path / "runs" / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / "runs" / name / "checkpoints" / "latest").write_text("step-000000001\n")
+        (tmp_path / "runs" / name / "recipe.yaml").write_text(f"name: {name}\nkind: {kind}\n")
     env_root = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-m", "cofre", "evaluate", "--budget", "96", "--metrics", "valppl"],
                             cwd=tmp_path, capture_output=True, text=True, env=env_root)
