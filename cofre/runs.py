@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,15 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def value_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two recipes' plain values (any recipe kind)."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 def recipe_differences(old: Recipe, new: Recipe) -> list[str]:
     """Dotted keys whose values differ between two recipes."""
-    a, b = flatten(recipe_to_dict(old)), flatten(recipe_to_dict(new))
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return value_differences(recipe_to_dict(old), recipe_to_dict(new))
 
 
 def runs_with_checkpoints(root: Path) -> list[Path]:
@@ -165,8 +171,14 @@ class RunDir:
 
     def check(self, recipe: Recipe) -> bool:
         """Read-only: may `recipe` run here? True when it resumes the run already in this directory."""
-        if self.exists():
-            changed = [k for k in recipe_differences(self.recipe(), recipe) if k not in RESUMABLE_CHANGES]
+        old = recipe_to_dict(self.recipe()) if self.exists() else None
+        return self.check_values(old, recipe_to_dict(recipe), RESUMABLE_CHANGES)
+
+    def check_values(self, old: dict[str, Any] | None, new: dict[str, Any], resumable: Collection[str] = ()) -> bool:
+        """Read-only, for any recipe kind: may a run of recipe values `new` run here, given `old`, the values of the
+        run already here (None: no run is)? True when it resumes that run; only `resumable` keys may differ."""
+        if old is not None:
+            changed = [k for k in value_differences(old, new) if k not in resumable]
             if changed:
                 raise CofreError(
                     f"run directory {self.path} holds a different recipe ({', '.join(changed[:4])} differ); "

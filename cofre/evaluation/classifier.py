@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from cofre.config import (DataConfig, OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, dump_recipe,
                           read_yaml, recipe_to_dict)
 from cofre.errors import CofreError
-from cofre.runs import LOCK_FILE, RunDir, atomic_write_text, flatten
-from cofre.training.checkpoint import (CONFIG_FILE, MODEL_FILE, load_weights_into, publish_checkpoint,
-                                       resolve_checkpoint, staging_dir, write_checkpoint_files)
+from cofre.runs import RunDir, atomic_write_text
+from cofre.training.checkpoint import (MODEL_FILE, kind_config, load_weights_into, publish_checkpoint, staging_dir,
+                                       write_checkpoint_files)
 from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
 
 CLASSIFIER_KIND = "classifier"
@@ -145,13 +145,7 @@ def load_classifier_recipe(path: str | Path, overrides: list[str] | None = None)
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[ImageClassifier, ClassifierRecipe, Path]:
     """The trained classifier a run directory or checkpoint folder holds (eval mode), its recipe and its folder."""
-    folder = resolve_checkpoint(path)
-    try:
-        values = json.loads((folder / CONFIG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CofreError(f"{folder / CONFIG_FILE}: not valid JSON ({err})") from None
-    if not isinstance(values, dict) or values.get("kind") != CLASSIFIER_KIND:
-        raise CofreError(f"{path} is not a cofre classifier run (its {CONFIG_FILE} has no 'kind: classifier')")
+    folder, values = kind_config(path, CLASSIFIER_KIND, "a cofre classifier run")
     recipe = _from_dict(values)
     model = ImageClassifier(recipe.classifier)
     load_weights_into(model, folder / MODEL_FILE)
@@ -172,17 +166,10 @@ def train_classifier(recipe: ClassifierRecipe, run_dir: str | Path) -> Classifie
 
     run = RunDir(run_dir)
     result_path = run.path / "train_result.json"
-    if run.exists():  # the same recipe: finished runs are reported, an unfinished one trains again from the start
-        old = flatten(recipe_to_dict(load_classifier_recipe(run.recipe_path)))
-        new = flatten(recipe_to_dict(recipe))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if changed:
-            raise CofreError(f"run directory {run.path} holds a different recipe ({', '.join(changed[:4])} differ); "
-                             "choose another --run-dir")
-        if result_path.is_file():
-            return ClassifierTrainResult(**json.loads(result_path.read_text()))
-    elif run.path.exists() and any(p.name != LOCK_FILE for p in run.path.iterdir()):
-        raise CofreError(f"{run.path} exists, is not empty and holds no recipe.yaml; choose another --run-dir")
+    old = recipe_to_dict(load_classifier_recipe(run.recipe_path)) if run.exists() else None
+    # the same recipe: finished runs are reported, an unfinished one trains again from the start
+    if run.check_values(old, recipe_to_dict(recipe)) and result_path.is_file():
+        return ClassifierTrainResult(**json.loads(result_path.read_text()))
     train_images, train_labels, names = load_images(recipe.data, "train")
     test_images, test_labels, _ = load_images(recipe.data, "val")
     cfg, t = recipe.classifier, recipe.trainer

@@ -48,6 +48,21 @@ METRICS = (*TEXT_METRICS, "fid", "isc")
 SAMPLE_METRICS = {"genppl", "entropy", "mauve", "latency", "fid", "isc"}  # the metrics that need samples
 
 
+@dataclass(kw_only=True)
+class JudgedSampling:
+    """How each cell of a grid (`cofre sweep`, `cofre schedule-search`) is sampled and judged by Gen. PPL."""
+
+    judge: str = "gpt2-large"
+    genppl_mode: str = "eq4"
+    num_samples: int = 16
+    batch_size: int = 8
+    seed: int = 1
+    top_p: float = 1.0
+    ema: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+
+
 @dataclass
 class EvalSettings:
     """What `cofre evaluate` computes, and how."""

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cofre.checks import MAX_BUDGET, MAX_COUNT, check_range
 from cofre.errors import CofreError
-from cofre.evaluation.evaluate import EvalSettings, check_settings, score_cell
+from cofre.evaluation.evaluate import EvalSettings, JudgedSampling, check_settings, score_cell
 from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.precision import resolve_device, resolve_precision
 from cofre.runs import atomic_write_text, code_version
@@ -45,20 +45,11 @@ MAX_PLACEMENTS = 1000  # a typo (--segments 40 --light-segments 20) should not s
 
 
 @dataclass
-class SearchSettings:
+class SearchSettings(JudgedSampling):
     steps: int
     segments: int = 8
     light_segments: int = 2
     reuse: str = "3sr"  # the FP models' warm start (plain models: none)
-    judge: str = "gpt2-large"
-    genppl_mode: str = "eq4"
-    num_samples: int = 16
-    batch_size: int = 8
-    seed: int = 1
-    top_p: float = 1.0
-    ema: bool = True
-    device: str = "auto"
-    precision: str = "auto"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cofre.checks import MAX_BUDGET, MAX_COUNT, check_range
 from cofre.config import ModelConfig
 from cofre.errors import CofreError
-from cofre.evaluation.evaluate import EvalSettings, check_settings, score_cell
+from cofre.evaluation.evaluate import EvalSettings, JudgedSampling, check_settings, score_cell
 from cofre.precision import resolve_device, resolve_precision
 from cofre.runs import atomic_write_text, code_version
 from cofre.sampling.budget import SCHEDULES, plan_budget
@@ -37,7 +37,7 @@ Range = tuple[float, float]
 
 
 @dataclass
-class SweepSettings:
+class SweepSettings(JudgedSampling):
     """Which grid to sweep and how each cell is sampled and judged."""
 
     kind: str  # allocation (Fig. 13), schedules (Table 22), gamma (Tables 4-5)
@@ -48,15 +48,6 @@ class SweepSettings:
     gamma_changed: list[Range] = field(default_factory=list)  # gamma: [min, max] of gamma_changed
     budgets: list[int] = field(default_factory=list)  # schedules and gamma; allocation derives budget from the cell
     reuse: list[str] = field(default_factory=list)
-    judge: str = "gpt2-large"
-    genppl_mode: str = "eq4"
-    num_samples: int = 16
-    batch_size: int = 8
-    seed: int = 1
-    top_p: float = 1.0
-    ema: bool = True
-    device: str = "auto"
-    precision: str = "auto"
 
 
 @dataclass

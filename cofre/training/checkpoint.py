@@ -185,15 +185,31 @@ def load_model(path: str | Path, ema: bool = True) -> tuple[Denoiser, Recipe]:
 LEGACY_DEFAULTS = (("model", "injection_mlp", "linear"), ("data", "packing", "concat"))
 
 
-def checkpoint_recipe(path: str | Path) -> Recipe:
-    """The recipe a checkpoint (or a run's latest checkpoint) was trained with."""
-    config = resolve_checkpoint(path) / CONFIG_FILE
+def read_config(folder: Path) -> Any:
+    """A checkpoint folder's config.json as plain values; a missing or broken file is a one-line error."""
+    config = folder / CONFIG_FILE
     if not config.is_file():
         raise CofreError(f"{config}: missing; the checkpoint is incomplete")
     try:
-        values = json.loads(config.read_text())
+        return json.loads(config.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CofreError(f"{config}: not valid JSON ({err})") from None
+
+
+def kind_config(path: str | Path, kind: str, what: str, hint: str = "") -> tuple[Path, dict[str, Any]]:
+    """The checkpoint folder a run or checkpoint path names and its config.json, which must say `kind: <kind>`
+    (VQ tokenizers, classifiers, shortcuts); otherwise '<path> is not <what> ...<hint>'."""
+    folder = resolve_checkpoint(path)
+    values = read_config(folder)
+    if not isinstance(values, dict) or values.get("kind") != kind:
+        raise CofreError(f"{path} is not {what} (its {CONFIG_FILE} has no 'kind: {kind}'){hint}")
+    return folder, values
+
+
+def checkpoint_recipe(path: str | Path) -> Recipe:
+    """The recipe a checkpoint (or a run's latest checkpoint) was trained with."""
+    folder = resolve_checkpoint(path)
+    config, values = folder / CONFIG_FILE, read_config(folder)
     if isinstance(values, dict):  # written before these fields existed: what those checkpoints were built with
         for section, key, old in LEGACY_DEFAULTS:
             if isinstance(values.get(section), dict):

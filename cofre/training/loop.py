@@ -173,7 +173,7 @@ class Trainer:
         self.step = 0
         self.pre_ppl: float | None = None  # validation PPL before a consistency stage (App. F.7)
         self.selected_step: int | None = None
-        self.time_before: float | None = 0.0  # training time before this call (TrainClock)
+        self.clock = TrainClock(0.0)  # a resume sets the time trained before; fit() starts it
         # the run's cost as its latest checkpoint records it (Table 15's header): training time, peak memory
         self.cost: dict[str, Any] = {"train_time_s": 0.0}
         self.guard = NonFiniteGuard(recipe.trainer.skip_nonfinite)
@@ -182,8 +182,6 @@ class Trainer:
             self._resume(latest)
         elif recipe.init_from:
             self._initialize_from(recipe.init_from)
-        self.clock = TrainClock(self.time_before)  # started again when fit() begins
-        self.cost["train_time_s"] = self.clock.total(trained=False)
         self.aux = AuxiliaryLoss(recipe, self.unwrapped, self.ema) if recipe.consistency.enabled else None
         self.distill = SelfDistillation(recipe, self.unwrapped) if recipe.distill.enabled else None
         if self.distill is not None and latest is not None:  # the teacher of the round the run stopped in
@@ -265,7 +263,8 @@ class Trainer:
         self.pre_ppl = progress.get("pre_ppl")
         self.selected_step = progress.get("selected_step")
         self.guard.skipped = int(progress.get("skipped_steps", 0))
-        self.time_before = time_before(progress, self.run.path, self.step)
+        self.clock = TrainClock(time_before(progress, self.run.path, self.step))
+        self.cost["train_time_s"] = self.clock.total(trained=False)
         if isinstance(progress.get("peak_memory_gib"), float):
             self.cost.update(peak_memory_gib=progress["peak_memory_gib"], peak_memory_of=progress.get("peak_memory_of", ""))
         rng_file = folder / STATE_DIR / f"rng-rank{self.accelerator.process_index}.pt"
@@ -368,7 +367,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         acc, t = self.accelerator, self.recipe.trainer
-        start, self.clock = self.step, TrainClock(self.time_before)
+        start, self.clock = self.step, TrainClock(self.clock.before)  # timed from here
         tokens_per_step = t.global_batch_size * self.corpus.train.shape[1]
         result = TrainResult(run_dir=str(self.run.path), start_step=start, final_step=start, elapsed_s=0.0,
                              train_time_s=self.clock.total(trained=False), train_time_complete=self.clock.complete)

@@ -30,11 +30,11 @@ from torch import Tensor
 from cofre.config import OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, read_yaml, recipe_to_dict
 from cofre.errors import CofreError
 from cofre.models import Denoiser
-from cofre.runs import LOCK_FILE, RunDir, TrainClock, atomic_write_text, flatten, time_before
+from cofre.runs import RunDir, TrainClock, atomic_write_text, time_before
 from cofre.sampling.budget import BudgetPlan
 from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, full_steps,
                                      parameter_fraction, predict_features, shortcut_plan)
-from cofre.training.checkpoint import (CONFIG_FILE, EMA_FILE, MODEL_FILE, load_train_state, load_weights_into,
+from cofre.training.checkpoint import (EMA_FILE, MODEL_FILE, kind_config, load_train_state, load_weights_into,
                                        publish_checkpoint, resolve_checkpoint, staging_dir, write_checkpoint_files)
 from cofre.training.ema import EMA
 from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
@@ -260,19 +260,10 @@ class ShortcutTrainResult:
 
 def _check_run(run: RunDir, recipe: ShortcutRecipe) -> bool:
     """May `recipe` run in `run`? True when it resumes the shortcut run already there."""
-    if run.exists():
-        old = read_yaml(run.recipe_path)
-        if old.get("kind") != SHORTCUT_KIND:
-            raise CofreError(f"run directory {run.path} holds a run that is not a shortcut; choose another --run-dir")
-        changed = sorted(k for k, v in flatten(recipe_to_dict(recipe)).items()
-                         if flatten(old).get(k) != v and k not in RESUMABLE)
-        if changed:
-            raise CofreError(f"run directory {run.path} holds a different recipe ({', '.join(changed[:4])} differ); "
-                             "choose another --run-dir to start a new run")
-        return True
-    if run.path.exists() and (not run.path.is_dir() or any(p.name != LOCK_FILE for p in run.path.iterdir())):
-        raise CofreError(f"{run.path} exists, is not an empty directory and holds no recipe.yaml; choose another --run-dir")
-    return False
+    old = read_yaml(run.recipe_path) if run.exists() else None
+    if old is not None and old.get("kind") != SHORTCUT_KIND:
+        raise CofreError(f"run directory {run.path} holds a run that is not a shortcut; choose another --run-dir")
+    return run.check_values(old, recipe_to_dict(recipe), RESUMABLE)
 
 
 def train_shortcut(recipe: ShortcutRecipe, run_dir: Path, console: Console | None = None) -> ShortcutTrainResult:
@@ -390,15 +381,7 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
 # -- loading a trained shortcut ----------------------------------------------------------------------------------
 def read_shortcut_recipe(path: Path) -> tuple[Path, ShortcutRecipe]:
     """The checkpoint folder of a shortcut run (or checkpoint) and the recipe it was trained with."""
-    folder = resolve_checkpoint(path)
-    config = folder / CONFIG_FILE
-    try:
-        values = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CofreError(f"{config}: not valid JSON ({err})") from None
-    if not isinstance(values, dict) or values.get("kind") != SHORTCUT_KIND:
-        raise CofreError(f"{path} is not a shortcut run (its {CONFIG_FILE} has no 'kind: shortcut'); "
-                         "train one with `cofre shortcut RUN`")
+    folder, values = kind_config(path, SHORTCUT_KIND, "a shortcut run", "; train one with `cofre shortcut RUN`")
     return folder, config_from_dict(ShortcutRecipe, values)
 
 

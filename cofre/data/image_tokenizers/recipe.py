@@ -6,7 +6,6 @@ Its checkpoints hold model.safetensors and the config.json that built it, like e
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +13,7 @@ from typing import Any, Literal
 from cofre.config import (DataConfig, OptimConfig, _at_least, _in_range, _rule, apply_overrides, config_from_dict,
                           read_yaml)
 from cofre.errors import CofreError
-from cofre.training.checkpoint import CONFIG_FILE, resolve_checkpoint
+from cofre.training.checkpoint import CONFIG_FILE, kind_config
 
 VQ_KIND = "vq"
 
@@ -116,15 +115,8 @@ def load_vq_recipe(path: str | Path, overrides: list[str] | None = None) -> VQRe
 
 def read_vq_checkpoint(path: Path) -> tuple[Path, VQRecipe]:
     """The checkpoint folder a VQ run or checkpoint path names, and the VQ recipe in its config.json."""
-    folder = resolve_checkpoint(path)
-    config = folder / CONFIG_FILE
-    try:
-        values = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CofreError(f"{config}: not valid JSON ({err})") from None
-    if not isinstance(values, dict) or values.get("kind") != VQ_KIND:
-        raise CofreError(f"{path} is not a cofre VQ tokenizer (its {CONFIG_FILE} has no 'kind: vq'; a denoiser?)")
+    folder, values = kind_config(path, VQ_KIND, "a cofre VQ tokenizer", "; a denoiser?")
     try:
         return folder, vq_recipe_from_dict(values)
     except CofreError as err:
-        raise CofreError(f"{config}: {err}") from None
+        raise CofreError(f"{folder / CONFIG_FILE}: {err}") from None

@@ -26,7 +26,7 @@ from cofre.data.image_tokenizers.recipe import VQRecipe, is_vq_recipe, load_vq_r
 from cofre.data.image_tokenizers.vq import VQVAE
 from cofre.data.images import load_images
 from cofre.errors import CofreError
-from cofre.runs import LOCK_FILE, RunDir, TrainClock, atomic_write_text, flatten, time_before
+from cofre.runs import RunDir, TrainClock, atomic_write_text, time_before
 from cofre.training.checkpoint import (MODEL_FILE, load_train_state, load_weights_into, publish_checkpoint,
                                        staging_dir, write_checkpoint_files)
 from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
@@ -58,19 +58,10 @@ class VQTrainResult:
 
 def _check_run(run: RunDir, recipe: VQRecipe) -> bool:
     """May `recipe` run in `run`? True when it resumes the VQ run already there (only trainer.max_steps may change)."""
-    if run.exists():
-        if not is_vq_recipe(run.recipe_path):
-            raise CofreError(f"run directory {run.path} holds a run that is not a VQ tokenizer; choose another --run-dir")
-        old = flatten(recipe_to_dict(load_vq_recipe(run.recipe_path)))
-        new = flatten(recipe_to_dict(recipe))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE)
-        if changed:
-            raise CofreError(f"run directory {run.path} holds a different recipe ({', '.join(changed[:4])} differ); "
-                             "choose another --run-dir to start a new run")
-        return True
-    if run.path.exists() and (not run.path.is_dir() or any(p.name != LOCK_FILE for p in run.path.iterdir())):
-        raise CofreError(f"{run.path} exists, is not an empty directory and holds no recipe.yaml; choose another --run-dir")
-    return False
+    if run.exists() and not is_vq_recipe(run.recipe_path):
+        raise CofreError(f"run directory {run.path} holds a run that is not a VQ tokenizer; choose another --run-dir")
+    old = recipe_to_dict(load_vq_recipe(run.recipe_path)) if run.exists() else None
+    return run.check_values(old, recipe_to_dict(recipe), RESUMABLE)
 
 
 @torch.no_grad()
