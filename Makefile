@@ -22,7 +22,7 @@ TABLE13_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --j
 SCHEDULING_TINY_EVAL := --judge smollm2-135m --num-samples 8 --batch-size 8 --report-dir runs/reports/scheduling-tiny
 SCHEDULING_EVAL := --judge gpt2-large --batch-size 32 --report-dir runs/reports/scheduling
 
-.PHONY: setup tiny test bench-train bench-sample tiny-images tiny-images-eval imagenette-runs table2-images table15 table16 \
+.PHONY: setup tiny test check-launches bench-train bench-sample tiny-images tiny-images-eval imagenette-runs table2-images table15 table16 \
 	table19 table7 table7-tiny table9 table13 table13-tiny scheduling scheduling-tiny shortcut shortcut-tiny adapt-tiny \
 	adapt cka-tiny gpu-wheels gpu-check clean-runs
 
@@ -144,8 +144,11 @@ shortcut: setup  ## MIGM-Shortcut at full scale (GPU): on MaskGIT-Large (32/12 s
 	$(BIN)/cofre evaluate runs/owt-mdlm --shortcut runs/owt-shortcut --steps 64 --full-steps 16 \
 		--judge gpt2-large --num-samples 1000 --batch-size 32 --report-dir runs/reports/shortcut/mdlm
 
-test: setup  ## the whole test suite (slow end-to-end tests included)
+test: setup check-launches  ## every recipe and documented launch dry-run, then the whole test suite (slow tests included)
 	$(BIN)/python -m pytest
+
+check-launches: setup  ## dry-run every recipe (1, 2, 8 processes) and every README/Makefile line that starts a run
+	$(BIN)/python tests/launches.py
 
 bench-train: setup  ## step time and peak memory, MDLM vs FP-MDLM at the paper's width (Table 7 ratios)
 	$(BIN)/python benchmarks/train_step.py recipes/owt-mdlm.yaml recipes/owt-fp-mdlm.yaml

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -59,6 +60,32 @@ ModelScheduleOption = Annotated[
 ]
 
 
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Resolve everything this would start (recipe, overrides, parent run, batch "
+                                         "layout, parameters, data source) and print it; train and write nothing.")
+]
+ProcessesOption = Annotated[
+    int | None, typer.Option("--num-processes", help="With --dry-run: the process count to lay the batch out over "
+                                                     "(default: this launch's, 1 outside accelerate launch).")
+]
+
+
+def _dry_run(plan: Any) -> None:
+    """Print a dry run's plan (main process only) and remember its run for later dry runs in this process."""
+    from cofre.launch import remember_plan
+
+    remember_plan(plan)
+    if _is_main_process():
+        for line in plan.lines():
+            console.print(escape(line), highlight=False, soft_wrap=True)
+
+
+def _processes(num_processes: int | None) -> int:
+    """The dry run's process count: the option, else the launch's (WORLD_SIZE under accelerate launch)."""
+    check_range("--num-processes", num_processes, 1, 4096)
+    return num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def recipe_or_run(path: Path, overrides: list[str]) -> Recipe:
     """A recipe YAML file, a run directory (its recipe.yaml) or a checkpoint folder (its config.json)."""
     if path.is_dir():
@@ -79,11 +106,20 @@ def train(
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Run directory; default runs/<recipe name>. Resumes if it holds this run.")
     ] = None,
+    dry_run: DryRunOption = False,
+    num_processes: ProcessesOption = None,
 ) -> None:
     """Train (or resume) a model from a recipe; runs unchanged under `accelerate launch`. A `kind: vq` recipe trains
     an image tokenizer, a `kind: classifier` recipe the classifier of classifier-based FID / IS (one process)."""
     from cofre.data.image_tokenizers.recipe import is_vq_recipe
     from cofre.evaluation.classifier import is_classifier_recipe
+    from cofre.launch import check_full_recipe, check_one_process, recipe_kind, train_plan
+
+    if dry_run:
+        _dry_run(train_plan(recipe, overrides or [], run_dir, _processes(num_processes)))
+        return
+    if recipe_kind(recipe) in ("vq", "classifier"):
+        check_one_process(recipe_kind(recipe), _processes(None))
 
     if is_classifier_recipe(recipe):
         from cofre.evaluation.classifier import load_classifier_recipe, report_classifier, train_classifier
@@ -101,6 +137,7 @@ def train(
         return
     from cofre.training.loop import train as run_training
 
+    check_full_recipe(recipe)
     resolved = load_recipe(recipe, overrides or [])
     directory = run_dir or Path("runs") / resolved.name
     result = run_training(resolved, directory)
@@ -134,10 +171,16 @@ def _report_training(result: Any, recipe: Recipe, directory: Path) -> None:
     console.print(f"summary written to {directory / 'train_result.json'}")
 
 
-def _train_stage(parent: Path, stage: Path | None, overrides: list[str] | None, run_dir: Path | None,
-                 defaults: dict[str, Any], required: dict[str, Any], suffix: str) -> None:
+def _train_stage(command: str, parent: Path, stage: Path | None, overrides: list[str] | None, run_dir: Path | None,
+                 defaults: dict[str, Any], required: dict[str, Any], suffix: str, dry_run: bool,
+                 num_processes: int | None) -> None:
+    from cofre.launch import planned_recipes, stage_plan
     from cofre.training.stages import stage_recipe
 
+    if dry_run:
+        _dry_run(stage_plan(command, parent, stage, overrides or [], defaults, required, suffix, run_dir,
+                            _processes(num_processes), planned_recipes()))
+        return
     _run_stage(stage_recipe(parent, stage, overrides or [], defaults, required, suffix), run_dir)
 
 
@@ -158,10 +201,12 @@ def consistency(
         Path | None, typer.Option(help="Stage recipe laid over the parent's, e.g. recipes/tiny-cofre.yaml.")
     ] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="New run directory; default runs/<stage name>.")] = None,
+    dry_run: DryRunOption = False,
+    num_processes: ProcessesOption = None,
 ) -> None:
     """Cross-step consistency post-training (§3.2): L_MDLM + lambda L_CONS on nested masks; selects a checkpoint (App. F.7)."""
     defaults = {"consistency": {"loss": "hidden_mse", "teacher": "self"}}  # CoFRe's L_CONS
-    _train_stage(run, recipe, overrides, run_dir, defaults, {}, "cofre")
+    _train_stage("consistency", run, recipe, overrides, run_dir, defaults, {}, "cofre", dry_run, num_processes)
 
 
 @app.command()
@@ -173,15 +218,17 @@ def adapt(
         Path | None, typer.Option(help="Stage recipe laid over the converted model's, e.g. recipes/tiny-adapt.yaml.")
     ] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="New run directory; default runs/<stage name>.")] = None,
+    dry_run: DryRunOption = False,
+    num_processes: ProcessesOption = None,
 ) -> None:
     """Short teacher-student adaptation of a converted model (§3.4): L_base + lambda tau^2 KL(p_teacher || p_student)."""
-    from cofre.training.checkpoint import resolve_checkpoint
+    from cofre.launch import parent_recipe, planned_recipes
 
-    required = {"consistency": {"loss": "logit_kl", "teacher": "checkpoint",
-                                "teacher_checkpoint": str(resolve_checkpoint(teacher))}}
+    teacher_checkpoint = parent_recipe(teacher, planned_recipes() if dry_run else {})[1]
+    required = {"consistency": {"loss": "logit_kl", "teacher": "checkpoint", "teacher_checkpoint": teacher_checkpoint}}
     # §3.4: a fixed-length stage; a converted model has no optimiser state to continue
     defaults = {"consistency": {"temperature": 1.5, "select_ppl_increase": 0.0, "continue_optimizer": False}}
-    _train_stage(run, recipe, overrides, run_dir, defaults, required, "adapt")
+    _train_stage("adapt", run, recipe, overrides, run_dir, defaults, required, "adapt", dry_run, num_processes)
 
 
 @app.command()
@@ -192,12 +239,18 @@ def distill(
         Path | None, typer.Option(help="Stage recipe laid over the parent's, e.g. recipes/tiny-sdtt.yaml.")
     ] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="New run directory; default runs/<stage name>.")] = None,
+    dry_run: DryRunOption = False,
+    num_processes: ProcessesOption = None,
 ) -> None:
     """Self-distillation through time (MDLM + SDTT): the student matches k teacher steps in one; dt x k each round."""
     # SDTT's stage: reverse KL, a fresh AdamW, no consistency loss or checkpoint selection
     defaults = {"distill": {"loss": "reverse_kl"},
                 "consistency": {"loss": "none", "select_ppl_increase": 0.0, "continue_optimizer": False}}
     from cofre.training.stages import stage_recipe
+
+    if dry_run:
+        _train_stage("distill", run, recipe, overrides, run_dir, defaults, {}, "sdtt", dry_run, num_processes)
+        return
 
     stage = stage_recipe(run, recipe, overrides or [], defaults, {}, "sdtt")
     if not stage.distill.enabled:
@@ -213,9 +266,17 @@ def shortcut(
         Path | None, typer.Option(help="Shortcut stage recipe (kind: shortcut), e.g. recipes/tiny-shortcut-maskgit.yaml.")
     ] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="New run directory; default runs/<stage name>.")] = None,
+    dry_run: DryRunOption = False,
+    num_processes: ProcessesOption = None,
 ) -> None:
     """MIGM-Shortcut: collect the run's own sampling trajectories and train the light shortcut step S on them."""
+    from cofre.launch import check_one_process, planned_recipes, shortcut_plan
     from cofre.training.shortcut import shortcut_recipe, train_shortcut
+
+    if dry_run:
+        _dry_run(shortcut_plan(run, recipe, overrides or [], run_dir, _processes(num_processes), planned_recipes()))
+        return
+    check_one_process("shortcut", _processes(None))
 
     stage = shortcut_recipe(run, recipe, overrides or [])
     directory = run_dir or Path("runs") / stage.name
@@ -984,15 +1045,22 @@ def convert(
     heads: Annotated[int | None, typer.Option(help="Attention heads of the source, when its files cannot tell.")] = None,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Convert the EMA weights when the source has them.")] = True,
     injection: Annotated[str, typer.Option(help="Input injection G of the FP model: linear (init identity) or identity.")] = "linear",
+    dry_run: DryRunOption = False,
+    num_processes: ProcessesOption = None,
 ) -> None:
     """Turn a pretrained MDLM into an FP-MDLM by mapping its layers into pre, fixed-point and post blocks (§3.4)."""
     from cofre.convert import convert_checkpoint, default_output
+    from cofre.launch import check_one_process, convert_plan, planned_recipes
 
     if injection not in ("linear", "identity"):
         raise CofreError(f"--injection must be linear or identity, got '{injection}'")
     if out is None:
         out = default_output(source)
         console.print(f"out      {out} (default: runs/<source name>-fp)")
+    if dry_run:
+        _dry_run(convert_plan(source, layer_map, out, _processes(num_processes), planned_recipes()))
+        return
+    check_one_process("convert", _processes(None))
     report = convert_checkpoint(source, layer_map, out, heads=heads, ema=ema, injection=injection)  # type: ignore[arg-type]
     console.print(f"source   {report.source}  ({report.format})")
     console.print(f"map      {report.layer_map}")
@@ -1087,7 +1155,10 @@ def _message(err: Exception) -> str:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    """Print `error: <message>` as exactly one line (never wrapped) and exit."""
+    """Print `error: <message>` as exactly one line (never wrapped) and exit. Under a multi-process launch only the
+    main process prints (every rank checks the same recipe and fails the same way); `--debug` shows every rank's."""
+    if os.environ.get("RANK", "0") != "0":
+        sys.exit(code)
     label = "\033[1;31merror:\033[0m" if sys.stderr.isatty() else "error:"
     sys.stderr.write(f"{label} {one_line(message)}\n")
     sys.stderr.flush()

@@ -538,6 +538,14 @@ def _count(state: dict[str, Tensor]) -> int:
     return sum(v.numel() for v in state.values())
 
 
+def source_recipe(src: SourceModel, name: str) -> Recipe:
+    """The recipe a converted run carries, before its model is set: the source run's, or for an MDLM release, which was
+    trained on OpenWebText (wrap packing, last 100k documents held out), the defaults on that corpus."""
+    if src.recipe is not None:
+        return dataclasses.replace(src.recipe, name=name)
+    return Recipe(name=name, model=src.config, data=DataConfig(corpus="openwebtext", seq_len=src.config.max_seq_len))
+
+
 def default_output(source: Path) -> Path:
     """runs/<source name>-fp: the run's name for a cofre run or checkpoint, the file's stem for `mdlm.ckpt`."""
     source = Path(source)
@@ -564,11 +572,7 @@ def convert_checkpoint(
     parsed = parse_layer_map(layer_map, src.config.K_pre)
     model, lines = convert_model(src.state, src.config, parsed, injection)
     cfg = model.cfg
-    if src.recipe is not None:
-        recipe = dataclasses.replace(src.recipe, name=out.name, model=cfg)
-    else:
-        # an MDLM release was trained on OpenWebText (wrap packing, last 100k documents held out)
-        recipe = Recipe(name=out.name, model=cfg, data=DataConfig(corpus="openwebtext", seq_len=cfg.max_seq_len))
+    recipe = dataclasses.replace(source_recipe(src, out.name), model=cfg)
     checkpoints = out / "checkpoints"
     staging = staging_dir(checkpoints, 0)
     write_checkpoint_files(staging, model, None, recipe, {})

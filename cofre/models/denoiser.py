@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cofre.config import ModelConfig
+from cofre.config import ModelConfig, SolverConfig
 from cofre.models.blocks import DiTBlock, FinalLayer, Rotary, TimestepEmbedder
 from cofre.models.image_blocks import ImageBlock, TiedHead
 from cofre.solver import SolveStats, sjfb_solve
@@ -109,11 +109,12 @@ def _block(cfg: ModelConfig) -> DiTBlock | ImageBlock:
 class Denoiser(nn.Module):
     """Embedding -> P -> G -> Fix(F) -> H -> head (Eq. 2-3); blocks per step = K_pre + N K_fp + K_post."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, eval_iters: int = SolverConfig.eval_iters) -> None:
         super().__init__()
         if cfg.hidden % cfg.heads:
             raise ValueError(f"hidden {cfg.hidden} is not divisible by heads {cfg.heads}")
         self.cfg = cfg
+        self.eval_iters = eval_iters  # fixed-point iterations of a call that names none (the run's solver.eval_iters)
         self.vocab_embed = nn.Embedding(cfg.vocab_size, cfg.hidden)
         if cfg.modality == "text":
             nn.init.kaiming_uniform_(self.vocab_embed.weight, a=5**0.5)  # as MDLM's EmbeddingLayer
@@ -202,13 +203,16 @@ class Denoiser(nn.Module):
         self,
         z: Tensor,
         signal: Tensor,
-        n_nograd: int = 0,
-        n_grad: int = 0,
+        n_nograd: int | None = None,
+        n_grad: int | None = None,
         positions: tuple[Tensor, Tensor] | None = None,
         track_residuals: bool = False,
     ) -> DenoiserOutput:
         """Denoise z [B, L] given `signal` [B] (noise level sigma, or class label); the FP block runs
-        n_nograd + n_grad iterations (SJFB)."""
+        n_nograd + n_grad iterations (SJFB), or, when neither is given, the run's `eval_iters` (with gradients)."""
+        if n_nograd is None and n_grad is None:
+            n_nograd, n_grad = 0, self.eval_iters
+        n_nograd, n_grad = n_nograd or 0, n_grad or 0
         cond = self.conditioning(signal, z.shape[1])
         h = self.pre_stack(z, cond)
         stats = None

@@ -34,7 +34,7 @@ class AuxiliaryLoss:
         elif self.cfg.teacher == "ema":
             if ema is None:
                 raise CofreError("consistency.teacher 'ema' needs trainer.ema > 0")
-            self.frozen = Denoiser(model.cfg).to(device)  # a plain copy (not of a compiled model) with the EMA weights
+            self.frozen = Denoiser(model.cfg, model.eval_iters).to(device)  # a plain copy (not of a compiled model) with the EMA weights
             self.frozen.load_state_dict(ema.state_dict(model))
         if self.frozen is not None:
             self.frozen.to(device).eval().requires_grad_(False)

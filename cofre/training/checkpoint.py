@@ -175,7 +175,7 @@ def load_model(path: str | Path, ema: bool = True) -> tuple[Denoiser, Recipe]:
     """Build the denoiser from a checkpoint (or run) with one call: config.json + (EMA) safetensors."""
     folder = resolve_checkpoint(path)
     recipe = checkpoint_recipe(folder)
-    model = Denoiser(recipe.model)
+    model = Denoiser(recipe.model, recipe.solver.eval_iters)
     weights = folder / (EMA_FILE if ema and (folder / EMA_FILE).is_file() else MODEL_FILE)
     load_weights_into(model, weights)
     return model, recipe

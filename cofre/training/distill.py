@@ -26,7 +26,7 @@ class SelfDistillation:
         self.mask_id = recipe.model.mask_id
         device = next(student.parameters()).device  # the teacher follows the prepared student onto its device
         with torch.random.fork_rng(devices=[]):  # building the teacher must not move the restored RNG (exact resume)
-            self.teacher = Denoiser(student.cfg).to(device)
+            self.teacher = Denoiser(student.cfg, student.eval_iters).to(device)
         if recipe.trainer.compile:
             self.teacher.compile_blocks()
         self.teacher.eval().requires_grad_(False)

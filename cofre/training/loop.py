@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from contextlib import nullcontext
@@ -22,7 +23,7 @@ from cofre.models import Denoiser
 from cofre.runs import RunDir, TrainClock, flatten, time_before
 from cofre.tasks import Task, build_task
 from cofre.tasks.consistency import consistency_weight, correlated_pair
-from cofre.training.batches import BlockOrder
+from cofre.training.batches import BatchLayout, BlockOrder, batch_layout
 from cofre.training.data import TrainingData, load_training_data
 from cofre.training.checkpoint import (
     EMA_FILE,
@@ -60,6 +61,7 @@ class TrainResult:
     selected_step: int | None = None  # consistency stages: the checkpoint the App. F.7 rule selected
     peak_memory_gib: float | None = None  # peak over the calls that trained: CUDA max allocated per GPU, else max RSS
     peak_memory_of: str = ""
+    batch_layout: dict[str, int] = field(default_factory=dict)  # this call's processes x accumulation x micro-batch
 
 
 def peak_memory(device: torch.device) -> tuple[float, str]:
@@ -110,14 +112,9 @@ def sjfb_iterations(recipe: Recipe, step: int) -> tuple[int, int]:
     return n_ng, n_g
 
 
-def accumulation_steps(recipe: Recipe, world: int) -> int:
-    t = recipe.trainer
-    if t.global_batch_size % (world * t.micro_batch_size):
-        raise CofreError(
-            f"trainer.global_batch_size {t.global_batch_size} is not a multiple of "
-            f"micro_batch_size {t.micro_batch_size} x {world} processes"
-        )
-    return t.global_batch_size // (world * t.micro_batch_size)
+def recipe_layout(recipe: Recipe, processes: int) -> BatchLayout:
+    """The recipe's batch over `processes`: its global batch, micro-batches of at most its micro_batch_size."""
+    return batch_layout(recipe.trainer.global_batch_size, recipe.trainer.micro_batch_size, processes)
 
 
 def validate(model: Denoiser, task: Task, data: TrainingData, recipe: Recipe, accelerator: Accelerator) -> dict[str, float]:
@@ -142,7 +139,8 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=mixed_precision(recipe.trainer.precision),
                                        log_with=tracker(recipe.trainer.log_with), project_dir=str(self.run.path))
         acc = self.accelerator
-        self.accum = accumulation_steps(recipe, acc.num_processes)
+        self.layout = recipe_layout(recipe, acc.num_processes)
+        self.accum = self.layout.accumulation
         resuming = self.run.check(recipe)
         if resuming and acc.is_main_process:
             self.run.lock()  # a second writer of an existing run is refused before it reads anything
@@ -158,7 +156,7 @@ class Trainer:
         with acc.main_process_first():
             self.corpus: TrainingData = load_training_data(recipe)
         torch.manual_seed(recipe.trainer.seed)  # identical initial weights on every process
-        model = Denoiser(recipe.model)
+        model = Denoiser(recipe.model, recipe.solver.eval_iters)
         if recipe.trainer.compile:
             model.compile_blocks()
         optimizer = build_optimizer(model, recipe.optim)
@@ -304,9 +302,9 @@ class Trainer:
 
     # -- one optimiser step ----------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        acc, t = self.accelerator, self.recipe.trainer
+        acc = self.accelerator
         n_ng, n_g = sjfb_iterations(self.recipe, self.step)
-        micro_batches = self.order.micro_batches(self.step, acc.process_index, acc.num_processes, t.micro_batch_size)
+        micro_batches = self.order.micro_batches(self.step, acc.process_index, self.layout)
         total = torch.zeros((), device=acc.device)
         aux_total = torch.zeros((), device=acc.device)
         lam = consistency_weight(self.recipe.consistency, self.step)
@@ -370,12 +368,15 @@ class Trainer:
         start, self.clock = self.step, TrainClock(self.clock.before)  # timed from here
         tokens_per_step = t.global_batch_size * self.corpus.train.shape[1]
         result = TrainResult(run_dir=str(self.run.path), start_step=start, final_step=start, elapsed_s=0.0,
-                             train_time_s=self.clock.total(trained=False), train_time_complete=self.clock.complete)
+                             train_time_s=self.clock.total(trained=False), train_time_complete=self.clock.complete,
+                             batch_layout=dataclasses.asdict(self.layout))
         progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             disable=not acc.is_main_process,
         )
+        if acc.is_main_process:
+            progress.console.print(f"{self.recipe.name}: {self.layout.describe()}")
         with progress:
             bar = progress.add_task("train", total=t.max_steps, completed=self.step, status="")
             if self.aux is not None and self.pre_ppl is None:  # the reference of the App. F.7 selection rule

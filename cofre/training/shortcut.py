@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from cofre.config import OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, read_yaml, recipe_to_dict
+from cofre.config import ModelConfig, OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, read_yaml, recipe_to_dict
 from cofre.errors import CofreError
 from cofre.models import Denoiser
 from cofre.runs import RunDir, TrainClock, atomic_write_text, time_before
@@ -35,7 +35,8 @@ from cofre.sampling.budget import BudgetPlan
 from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, full_steps,
                                      parameter_fraction, predict_features, shortcut_plan)
 from cofre.training.checkpoint import (EMA_FILE, MODEL_FILE, kind_config, load_train_state, load_weights_into,
-                                       publish_checkpoint, resolve_checkpoint, staging_dir, write_checkpoint_files)
+                                       publish_checkpoint, resolve_checkpoint, run_root, staging_dir,
+                                       write_checkpoint_files)
 from cofre.training.ema import EMA
 from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
 
@@ -108,13 +109,19 @@ def shortcut_recipe(base: Path, stage: Path | None, overrides: list[str]) -> Sho
 
     folder = resolve_checkpoint(base)
     model = checkpoint_recipe(folder).model
+    return shortcut_values(model, str(folder), checkpoint_identity(folder, ema=True)["sha256"], stage, overrides)
+
+
+def shortcut_values(model: ModelConfig, base_run: str, base_sha256: str, stage: Path | None,
+                    overrides: list[str]) -> ShortcutRecipe:
+    """The stage recipe and overrides over a base model: its checkpoint, weights' sha256, width and modality set."""
     values = read_yaml(stage) if stage is not None else {}
     if values.get("kind", SHORTCUT_KIND) != SHORTCUT_KIND:
         raise CofreError(f"{stage}: not a shortcut recipe (kind: {values.get('kind')})")
     values = apply_overrides(values, overrides)
-    values["name"] = values.get("name") or (stage.stem if stage is not None else f"{folder.parent.parent.name}-shortcut")
-    values["base_run"] = str(folder)
-    values["base_sha256"] = checkpoint_identity(folder, ema=True)["sha256"]
+    values["name"] = values.get("name") or (stage.stem if stage is not None else f"{run_root(Path(base_run)).name}-shortcut")
+    values["base_run"] = base_run
+    values["base_sha256"] = base_sha256
     values["shortcut"] = {**values.get("shortcut", {}), "hidden": model.hidden, "modality": model.modality}
     try:
         recipe = config_from_dict(ShortcutRecipe, values)

@@ -8,6 +8,7 @@ from cofre.models import Denoiser
 from cofre.models.blocks import DiTBlock
 
 SMALL = dict(vocab_size=50, hidden=32, heads=4, cond_dim=16, dropout=0.0, max_seq_len=16)
+FP_CFG = ModelConfig(**SMALL, K_pre=1, K_fp=1, K_post=1)
 
 
 def block_params(d: int, c: int, r: int = 4) -> int:
@@ -183,3 +184,26 @@ def test_mix_precision_under_bf16_autocast(mlp: str) -> None:
         else:
             assert not torch.equal(outputs[precision], exact)
             torch.testing.assert_close(outputs[precision], exact, rtol=0.05, atol=0.05)
+
+
+def test_a_call_that_names_no_iterations_runs_the_runs_eval_iters() -> None:
+    """model(z, sigma) in a notebook solves the fixed point with the run's solver.eval_iters, not zero iterations."""
+    model = randomize(Denoiser(FP_CFG, eval_iters=5)).eval()
+    z, sigma = torch.randint(0, FP_CFG.vocab_size - 1, (2, 8)), torch.zeros(2)
+    with torch.no_grad():
+        default, five, none = model(z, sigma), model(z, sigma, n_nograd=5), model(z, sigma, n_nograd=0)
+    assert default.stats is not None and default.stats.iterations == 5
+    assert torch.allclose(default.logits, five.logits)
+    assert not torch.allclose(default.logits, none.logits)  # zero iterations only when asked
+
+
+def test_loaded_model_takes_eval_iters_from_its_recipe(tmp_path) -> None:
+    from cofre.config import DataConfig, Recipe, SolverConfig
+    from cofre.training.checkpoint import load_model, publish_checkpoint, staging_dir, write_checkpoint_files
+
+    recipe = Recipe(name="r", model=FP_CFG, solver=SolverConfig(eval_iters=3), data=DataConfig(seq_len=16))
+    staging = staging_dir(tmp_path / "checkpoints", 1)
+    write_checkpoint_files(staging, Denoiser(FP_CFG), None, recipe, {})
+    publish_checkpoint(tmp_path / "checkpoints", 1, keep_last=1)
+    model, _ = load_model(tmp_path)
+    assert model.eval_iters == 3
