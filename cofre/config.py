@@ -131,6 +131,9 @@ class DataConfig:
 
     corpus: str = "wiki-sample"  # "wiki-sample", "openwebtext", or a path: .txt, .jsonl, or a directory of them
     seq_len: int = 1024  # tokens per packed block
+    # text: "gpt2" (the paper's GPT-2 BPE, 50257 ids), or "bpe-N": a byte-level BPE of N ids trained on this corpus's
+    # training documents (cached beside the packed corpus), for small models that cannot afford a 50k-way head
+    text_tokenizer: str = "gpt2"
     packing: Literal["wrap", "concat"] = "wrap"  # wrap: MDLM's [BOS] + seq_len-2 tokens + [EOS]; concat: plain cuts
     val_docs: int = 100_000  # the last N documents are held out for validation
     text_field: str = "text"  # JSONL key holding the document text
@@ -147,6 +150,9 @@ class DataConfig:
         _at_least(where, self, 0, "train_images", "val_images")
         for name in ("corpus", "text_field", "cache_dir", "fashion_mnist_dir"):
             _rule(getattr(self, name).strip() != "", f"{where}.{name} must not be empty")
+        from cofre.data.tokenizer import check_tokenizer_name
+
+        check_tokenizer_name(self.text_tokenizer)
 
 
 @dataclass
@@ -288,8 +294,14 @@ class Recipe:
             if dataclasses.is_dataclass(value):
                 value.validate(section.name)
         if self.model.modality == "text":
+            from cofre.data.tokenizer import tokenizer_vocab
+
             _rule(self.data.seq_len <= self.model.max_seq_len,
                   f"data.seq_len ({self.data.seq_len}) must be <= model.max_seq_len ({self.model.max_seq_len})")
+            ids = tokenizer_vocab(self.data.text_tokenizer)
+            _rule(self.model.vocab_size == ids + 1,
+                  f"model.vocab_size ({self.model.vocab_size}) must be the tokenizer's {ids} ids + [mask] = {ids + 1} "
+                  f"(data.text_tokenizer '{self.data.text_tokenizer}')")
         _rule((self.task.name == "maskgit") == (self.model.modality == "image"),
               f"task.name '{self.task.name}' does not fit model.modality '{self.model.modality}' (text: mdlm, image: maskgit)")
         _rule(not (self.consistency.enabled and self.consistency.teacher == "ema" and self.trainer.ema == 0),

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WHOLE = """\
 name: {name}
-model: {{hidden: 32, heads: 4, cond_dim: 16, dropout: 0.0, max_seq_len: 32, K_pre: 1, K_fp: 1, K_post: 1, vocab_size: 60}}
+model: {{hidden: 32, heads: 4, cond_dim: 16, dropout: 0.0, max_seq_len: 32, K_pre: 1, K_fp: 1, K_post: 1}}
 data: {{corpus: wiki-sample, seq_len: 32}}
 trainer: {{global_batch_size: {batch}, micro_batch_size: 4}}
 """

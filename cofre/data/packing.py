@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from cofre.data.corpora import corpus_identity, iter_documents
-from cofre.data.tokenizer import BOS_ID, EOS_ID, gpt2_tokenizer
+from cofre.data.tokenizer import TextTokenizer, text_tokenizer, tokenizer_identity
 from cofre.errors import CofreError
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def cache_key(cfg: DataConfig) -> str:
     identity = {
         "format": FORMAT_VERSION,
         "corpus": corpus_identity(cfg),
-        "tokenizer": gpt2_tokenizer().name,
+        "tokenizer": tokenizer_identity(cfg),
         "seq_len": cfg.seq_len,
         "packing": cfg.packing,
         "val_docs": cfg.val_docs,
@@ -107,7 +107,7 @@ def _build(cfg: DataConfig, root: Path, final: Path) -> None:
         _log.info("tokenising corpus %r into %s", cfg.corpus, final)
         meta = _pack(cfg, tmp)
         meta["source"] = (
-            f"{cfg.corpus} | gpt2 BPE | seq_len {cfg.seq_len}, {cfg.packing} packing | "
+            f"{cfg.corpus} | {cfg.text_tokenizer} BPE | seq_len {cfg.seq_len}, {cfg.packing} packing | "
             f"{meta['train_docs']} train + {meta['val_docs']} val docs | "
             f"{meta['train_tokens']} train + {meta['val_tokens']} val tokens | "
             f"{meta['train_blocks']} + {meta['val_blocks']} blocks"
@@ -122,8 +122,9 @@ def _pack(cfg: DataConfig, out: Path) -> dict[str, object]:
     held: collections.deque[np.ndarray] = collections.deque()  # the latest val_docs documents seen
     n_docs = 0
     wrap = cfg.packing == "wrap"
-    with _BlockWriter(out / "train.npy", cfg.seq_len, wrap) as train:
-        for doc in _tokenised(iter_documents(cfg)):
+    tokenizer = text_tokenizer(cfg)
+    with _BlockWriter(out / "train.npy", cfg.seq_len, wrap, tokenizer.eos_id) as train:
+        for doc in _tokenised(iter_documents(cfg), tokenizer):
             n_docs += 1
             held.append(doc)
             if len(held) > cfg.val_docs:
@@ -133,7 +134,7 @@ def _pack(cfg: DataConfig, out: Path) -> dict[str, object]:
                 f"corpus '{cfg.corpus}' has {n_docs} documents, but data.val_docs={cfg.val_docs} are held out "
                 f"for validation; set data.val_docs below {n_docs}"
             )
-        with _BlockWriter(out / "val.npy", cfg.seq_len, wrap) as val:
+        with _BlockWriter(out / "val.npy", cfg.seq_len, wrap, tokenizer.eos_id) as val:
             for doc in held:
                 val.add(doc)
     for name, split in (("train", train), ("val", val)):
@@ -156,23 +157,22 @@ def _pack(cfg: DataConfig, out: Path) -> dict[str, object]:
     }
 
 
-def _tokenised(docs: Iterable[str]) -> Iterator[np.ndarray]:
-    """Each document's GPT-2 ids followed by EOS, as int32, encoded in multithreaded batches."""
-    enc = gpt2_tokenizer()
-    threads = min(32, os.cpu_count() or 1)
+def _tokenised(docs: Iterable[str], tokenizer: TextTokenizer) -> Iterator[np.ndarray]:
+    """Each document's ids followed by EOS, as int32, encoded in batches."""
     it = iter(docs)
     while batch := list(islice(it, _BATCH_DOCS)):
-        for ids in enc.encode_ordinary_batch(batch, num_threads=threads):
-            yield np.array([*ids, EOS_ID], dtype=np.int32)
+        for ids in tokenizer.encode_batch(batch):
+            yield np.array([*ids, tokenizer.eos_id], dtype=np.int32)
 
 
 class _BlockWriter:
     """Streams tokens into an .npy file of int32 [n, seq_len] blocks, dropping a final partial block.
 
-    With `wrap`, each block holds seq_len - 2 stream tokens between [BOS] and [EOS] (MDLM's wrap)."""
+    With `wrap`, each block holds seq_len - 2 stream tokens between [BOS] and [EOS] (MDLM's wrap; one id serves both)."""
 
-    def __init__(self, path: Path, seq_len: int, wrap: bool) -> None:
+    def __init__(self, path: Path, seq_len: int, wrap: bool, eos_id: int) -> None:
         self.seq_len, self.tokens, self.blocks = seq_len, 0, 0
+        self.eos_id = eos_id
         self.wrap = wrap
         self.piece = seq_len - 2 if wrap else seq_len  # stream tokens per block
         self._pending: list[np.ndarray] = []
@@ -196,7 +196,7 @@ class _BlockWriter:
             blocks = flat[:n_full].reshape(-1, self.piece)
             if self.wrap:  # [BOS] + piece + [EOS]
                 ends = np.ones((len(blocks), 1), dtype=blocks.dtype)
-                blocks = np.concatenate([ends * BOS_ID, blocks, ends * EOS_ID], axis=1)
+                blocks = np.concatenate([ends * self.eos_id, blocks, ends * self.eos_id], axis=1)
             blocks.astype("<i4", copy=False).tofile(self._file)
             self.blocks += len(blocks)
             self._pending, self._n_pending = [flat[n_full:]], len(flat) - n_full

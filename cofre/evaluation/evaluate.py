@@ -22,7 +22,7 @@ from rich.console import Console
 
 from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_SEED, check_range
 from cofre.data.packing import load_corpus
-from cofre.data.tokenizer import gpt2_tokenizer
+from cofre.data.tokenizer import text_tokenizer
 from cofre.errors import CofreError
 from cofre.evaluation.latency import measure_latency
 from cofre.evaluation.valppl import validation_perplexity
@@ -232,7 +232,7 @@ def reference_texts(ckpt: LoadedCheckpoint, count: int, length: int) -> list[str
     val = load_corpus(ckpt.recipe.data).val
     if val.shape[0] < count:
         raise CofreError(f"the validation split has {val.shape[0]} blocks, fewer than the {count} MAUVE references needed")
-    tokenizer = gpt2_tokenizer()
+    tokenizer = text_tokenizer(ckpt.recipe.data)
     return [tokenizer.decode(row[:length].tolist()) for row in val[:count]]
 
 
@@ -249,7 +249,7 @@ def score_cell(ckpt: LoadedCheckpoint, sample_settings: SampleSettings, texts: l
     if "entropy" in settings.metrics:
         from cofre.evaluation.entropy import unigram_entropy
 
-        metrics["entropy"] = {"value": unigram_entropy(ids), "unit": "nats", "over": "generated token ids (GPT-2 BPE)"}
+        metrics["entropy"] = {"value": unigram_entropy(ids), "unit": "nats", "over": f"generated token ids ({ckpt.recipe.data.text_tokenizer} BPE)"}
     if "mauve" in settings.metrics and reference_features is not None:
         from cofre.evaluation.mauve import features, mauve_from_features
 

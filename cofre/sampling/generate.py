@@ -14,7 +14,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_SEED, check_range
-from cofre.data.tokenizer import gpt2_tokenizer
+from cofre.data.tokenizer import text_tokenizer
 from cofre.errors import CofreError
 from cofre.sampling.budget import BudgetPlan, plan_budget
 from cofre.sampling.mdlm import MDLMSampler, SamplerConfig, StepRecord
@@ -279,7 +279,7 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     for path in (out, trace):
         if path is not None and path.exists() and if_exists != "overwrite":
             raise CofreError(f"{path} exists; pass --overwrite to replace it")
-    tokenizer = gpt2_tokenizer()
+    tokenizer = text_tokenizer(ckpt.recipe.data)
     generator = torch.Generator(ckpt.device).manual_seed(settings.seed)
     batches = [min(settings.batch_size, settings.num_samples - i) for i in range(0, settings.num_samples, settings.batch_size)]
     records: list[dict[str, Any]] = []

@@ -146,3 +146,16 @@ def test_packing_mode_is_part_of_the_cache_key(tmp_path: Path, data_cfg: Cfg) ->
     assert len(list(Path(tmp_path / "cache").glob("c.jsonl-L4-concat-*"))) == 1
     with pytest.raises(CofreError, match="needs data.seq_len >= 3"):
         load_corpus(data_cfg(corpus=path, seq_len=2, val_docs=2, packing="wrap"))
+
+
+def test_a_corpus_bpe_packs_with_its_own_eos(corpus_file: Path) -> None:
+    from cofre.data.tokenizer import text_tokenizer
+
+    cfg = DataConfig(corpus=str(corpus_file), seq_len=32, val_docs=10, text_tokenizer="bpe-300")
+    corpus = load_corpus(cfg)
+    eos = text_tokenizer(cfg).eos_id
+    assert eos == 299 and int(corpus.train.max()) <= eos
+    assert bool((corpus.train[:, 0] == eos).all() and (corpus.train[:, -1] == eos).all())  # [BOS] + piece + [EOS]
+    assert "bpe-300" in corpus.source
+    gpt2 = load_corpus(DataConfig(corpus=str(corpus_file), seq_len=32, val_docs=10))
+    assert int(gpt2.train[0, 0]) == 50256  # another tokenizer, another cache
