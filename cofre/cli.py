@@ -350,6 +350,46 @@ def _inspect_tokenizer(path: Path, as_json: bool) -> None:
 
 
 @app.command()
+def probe(
+    run: Annotated[Path, typer.Argument(help="Run directory (its selected or latest checkpoint) or checkpoint folder.")],
+    batches: Annotated[int, typer.Option(help="Held-out batches probed.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Held-out sequences per batch.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the masks drawn.")] = 7,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Probe the EMA weights when the run has them.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: PrecisionOption = "auto",
+) -> None:
+    """Has the run learned? Context use (KL between its predictions given z_t and given an all-masked input, at
+    t = 0.25, 0.5, 0.75), the fixed point's residual after its eval iterations (FP models, App. F.12), and val PPL
+    beside the corpus's unigram PPL, each against its threshold; writes <run>/eval/probe-<step>-<weights>.json."""
+    from cofre.evaluation.probe import probe as run_probe
+    from cofre.precision import resolve_precision
+    from cofre.sampling.generate import open_checkpoint
+    from cofre.training.data import load_training_data
+
+    check_range("--batches", batches, 1, 10_000)
+    check_range("--batch-size", batch_size, 1, 100_000)
+    check_range("--seed", seed, 0, MAX_SEED)
+    ckpt = open_checkpoint(run, ema=ema, device=device)
+    data = load_training_data(ckpt.recipe)
+    result = run_probe(ckpt, data, batches, batch_size, resolve_precision(precision, ckpt.device), seed)
+    path = ckpt.run_root / "eval" / f"probe-{ckpt.identity['step']}-{ckpt.identity['weights'].split('.')[0]}.json"
+    atomic_write_text(path, json.dumps({**dataclasses.asdict(result), "learned": result.learned}, indent=2))
+    table = Table(title=f"cofre probe: {ckpt.run_root.name} (step {ckpt.identity['step']}, {result.blocks} held-out "
+                        f"sequences, {ckpt.identity['weights']})")
+    for column in ("check", "value", "threshold", "verdict"):
+        table.add_column(column, justify="left" if column == "check" else "right")
+    for check in result.checks:
+        table.add_row(check.name, f"{check.value:.4g}", check.threshold, "ok" if check.passed else "NOT MET")
+    console.print(table)
+    console.print("context use (nats): " + ", ".join(f"t = {t}: {v:.3f}" for t, v in result.context_kl.items()))
+    console.print(f"val PPL {result.val_ppl:.2f} vs unigram PPL {result.unigram_ppl:.2f} (training-split frequencies)")
+    if result.residuals:
+        console.print("median relative residual by iteration: " + ", ".join(f"{r:.3g}" for r in result.residuals))
+    console.print(f"{'learned' if result.learned else 'not yet learned'}; written to {path}")
+
+
+@app.command()
 def sample(
     checkpoint: Annotated[Path, typer.Argument(help="Run directory (its latest checkpoint) or checkpoint folder.")],
     budget: Annotated[int | None, typer.Option("--budget", "-b", help="Total transformer-block forward passes per sample "
