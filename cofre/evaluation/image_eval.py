@@ -101,7 +101,8 @@ class ImageCells:
         if "latency" in s.metrics:
             from cofre.data.image_tokenizers import load_tokenizer
 
-            grid = load_tokenizer(ckpt.recipe.data.tokenizer, ckpt.device).grid
+            data = ckpt.recipe.data
+            grid = load_tokenizer(data.tokenizer, ckpt.device, image_size=data.image_size).grid
             sampler = build_image_sampler(ckpt, settings, grid)
             generator = torch.Generator(ckpt.device).manual_seed(s.seed)
             labels = torch.randint(0, ckpt.recipe.model.num_classes, (s.batch_size,), generator=torch.Generator()
