@@ -67,10 +67,9 @@ def image_title(summary: EvalSummary) -> str:
         return "Evaluation"
     how = scored[0].get("fid") or scored[0]["isc"]
     isc = [m["isc"] for m in scored if "isc" in m]
-    shown = [name for name, present in (("FID ↓", "fid" in scored[0]), ("IS ↑", any(v["value"] is not None for v in isc)))
-             if present]
-    head = " / ".join(shown)
-    if not any(v["value"] is not None for v in isc):
+    has_isc = any(v["value"] is not None for v in isc)
+    head = " / ".join(name for name, shown in (("FID ↓", "fid" in scored[0]), ("IS ↑", has_isc)) if shown)
+    if not has_isc:  # say why: not asked, or weights without Inception's classification layer
         head += f", without IS ({isc[0]['unavailable'].split(':')[0]})" if isc else ", without IS (not asked)"
     tokenizers = ", ".join(dict.fromkeys((m.get("fid") or m["isc"])["tokenizer"] for m in scored))
     weights = " and ".join(dict.fromkeys("EMA" if c.checkpoint.get("ema") else "raw" for c in summary.cells))
