@@ -22,8 +22,8 @@ TABLE13_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --j
 SCHEDULING_TINY_EVAL := --judge smollm2-135m --num-samples 8 --batch-size 8 --report-dir runs/reports/scheduling-tiny
 SCHEDULING_EVAL := --judge gpt2-large --batch-size 32 --report-dir runs/reports/scheduling
 
-.PHONY: setup tiny test check-launches bench-train bench-sample tiny-images tiny-images-eval imagenette-runs table2-images table15 table16 \
-	table19 table7 table7-tiny table9 table13 table13-tiny scheduling scheduling-tiny shortcut shortcut-tiny adapt-tiny \
+.PHONY: setup tiny test check-launches bench-train bench-sample tiny-images tiny-images-eval imagenette-runs inception-is table2-images \
+	table15 table16 table19 table7 table7-tiny table9 table13 table13-tiny scheduling scheduling-tiny shortcut shortcut-tiny adapt-tiny \
 	adapt cka-tiny gpu-wheels gpu-check clean-runs
 
 $(VENV)/.installed: pyproject.toml
@@ -62,22 +62,28 @@ tiny-images: setup  ## images offline on a CPU: VQ tokenizer, tiny MaskGIT and F
 	$(BIN)/cofre sample runs/tiny-fp-maskgit --budget 64 $(IMAGE_SAMPLE) --out runs/reports/tiny-images/fp-maskgit-b64
 
 # The image tables (Tables 2 right, 15, 16, 19): FID and IS by budget x reuse, through torch-fidelity.
+# Guidance: the paper uses CFG without giving w, and FID depends strongly on it, so each model is first sampled at one
+# budget with every w of GUIDANCE (its first reuse policy) and its table row uses the w of lowest FID (the w column;
+# cfg-sweep-*.json and .png in the report folder). A sweep already drawn with identical settings is read back.
+GUIDANCE := --cfg 0,0.5,1,1.5
 # Tiny (Fashion-MNIST, this CPU): budgets are the paper's 48-480 for 24 layers scaled to tiny-maskgit's 4 blocks
-# (2 steps = 8 ... 20 steps = 80). FID and IS with the classifier on 150 generated vs the 10,000 test images;
-# Inception FID on the same 150 generated images vs 150 test images at budget 64. No guidance (w = 0). Sized from
-# CPU seconds measured on a loaded machine to fit about 30 minutes on a quiet 2-core CPU (README).
-# Table 16's cells of the plain models and of FP-MaskGIT without reuse are Table 15's, read back.
-TINY_EVAL_COMMON := --cfg 0 --num-samples 150 --batch-size 50
-TINY_CLASSIFIER := --judge runs/fmnist-classifier $(TINY_EVAL_COMMON)
+# (2 steps = 8 ... 20 steps = 80), w chosen at budget 16. FID and IS with the classifier on 150 generated vs the
+# 10,000 test images; Inception FID on the same 150 generated images vs 150 test images at budget 64, at w = 0 (a
+# guidance sweep through Inception would cost about 15 CPU minutes more). Sized from CPU seconds measured on a
+# loaded machine to fit about 30 minutes on a quiet 2-core CPU (README).
+# Table 16's cells of the plain models and of FP-MaskGIT without reuse, and their sweeps, are Table 15's, read back.
+TINY_EVAL_COMMON := --num-samples 150 --batch-size 50
+TINY_CLASSIFIER := --judge runs/fmnist-classifier $(GUIDANCE) --cfg-select 16 $(TINY_EVAL_COMMON)
 TINY_TABLE15 := runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit --budget 8,16,32,40,64,80 --reuse none \
 	--metrics fid,isc,latency --latency-warmup 1 --latency-repeats 1
 TINY_TABLE16 := runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit runs/tiny-cofre-images --budget 8,16,32,64 \
 	--reuse none,full,3sr --metrics fid,isc
 # Full scale (GPUs; ImageNette at data.corpus and the VQ checkpoint at data.tokenizer, see the imagenette recipes):
-# 10,000 generated images per cell against the val split (App. E.3), Inception FID and IS (torch-fidelity's weights
-# file from its hub cache, or INCEPTION_WEIGHTS=<file>).
-IMAGENETTE_EVAL := --cfg 1 --num-samples 10000 --batch-size 250 --judge inception \
-	$(if $(INCEPTION_WEIGHTS),--inception-weights $(INCEPTION_WEIGHTS))
+# 10,000 generated images per cell against the val split (App. E.3), w chosen at budget 192, Inception FID and IS.
+# IS needs torch-fidelity's Inception weights (its hub cache file, or INCEPTION_WEIGHTS=<file>): fid-helper's
+# offline file has no classification layer, so `inception-is` stops the targets before any training or sampling.
+IMAGENETTE_EVAL := $(GUIDANCE) --cfg-select 192 --metrics fid,isc,latency --num-samples 10000 --batch-size 250 \
+	--judge inception $(if $(INCEPTION_WEIGHTS),--inception-weights $(INCEPTION_WEIGHTS))
 IMAGENETTE_RUNS := runs/imagenette-maskgit-large runs/imagenette-maskgit-12 runs/imagenette-fp-maskgit
 
 tiny-images-eval: setup  ## Tables 15/16 in miniature on this CPU: MaskGIT 4 vs 2 blocks vs FP-MaskGIT (none/full/3SR) vs CoFRe
@@ -90,7 +96,7 @@ tiny-images-eval: setup  ## Tables 15/16 in miniature on this CPU: MaskGIT 4 vs 
 	$(WIDE) evaluate $(TINY_TABLE15) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table15
 	$(WIDE) evaluate $(TINY_TABLE16) $(TINY_CLASSIFIER) --report-dir runs/reports/tiny-table16
 	$(WIDE) evaluate runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit runs/tiny-cofre-images --budget 64 \
-		--reuse 3sr --metrics fid --judge inception --reference-images 150 $(TINY_EVAL_COMMON) \
+		--reuse 3sr --metrics fid --judge inception --reference-images 150 --cfg 0 $(TINY_EVAL_COMMON) \
 		--report-dir runs/reports/tiny-inception
 
 imagenette-runs: setup  ## the three ImageNette models of Table 15 (GPUs; set NPROC)
@@ -98,11 +104,14 @@ imagenette-runs: setup  ## the three ImageNette models of Table 15 (GPUs; set NP
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train recipes/imagenette-maskgit-12.yaml
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train recipes/imagenette-fp-maskgit.yaml
 
-table15: imagenette-runs  ## Table 15 at full scale (GPUs): MaskGIT-Large vs MaskGIT-12 vs FP-MaskGIT, budgets 48-480
+inception-is: setup  ## check that IS can be computed (torch-fidelity's Inception weights) before the full-scale image tables
+	$(BIN)/python -m cofre.evaluation.fid check-isc $(INCEPTION_WEIGHTS)
+
+table15: inception-is imagenette-runs  ## Table 15 at full scale (GPUs): MaskGIT-Large vs MaskGIT-12 vs FP-MaskGIT, budgets 48-480
 	$(WIDE) evaluate $(IMAGENETTE_RUNS) --budget 48,96,192,240,384,480 --reuse none $(IMAGENETTE_EVAL) \
 		--report-dir runs/reports/table15
 
-table16: imagenette-runs  ## Tables 16 and 2 (right) at full scale (GPUs): FP-MaskGIT none/full/3SR and + CONS (CoFRe)
+table16: inception-is imagenette-runs  ## Tables 16 and 2 (right) at full scale (GPUs): FP-MaskGIT none/full/3SR and + CONS (CoFRe)
 	test -d runs/imagenette-cofre || $(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency \
 		runs/imagenette-fp-maskgit --recipe recipes/imagenette-cofre.yaml
 	$(WIDE) evaluate $(IMAGENETTE_RUNS) runs/imagenette-cofre --budget 48,96,192,384 --reuse none,full,3sr \
@@ -110,7 +119,7 @@ table16: imagenette-runs  ## Tables 16 and 2 (right) at full scale (GPUs): FP-Ma
 
 table2-images: table16  ## Table 2 (right): MaskGIT-Large, MaskGIT-12, FP-MaskGIT and CoFRe at budgets 48-384 (Table 16's cells)
 
-table19: setup  ## Table 19 at full scale (GPUs): FP-MaskGIT 1/1, 2/2, 3/3 beside 4/4 and the MaskGIT baselines
+table19: inception-is  ## Table 19 at full scale (GPUs): FP-MaskGIT 1/1, 2/2, 3/3 beside 4/4 and the MaskGIT baselines
 	for k in 1 2 3; do $(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train \
 		recipes/imagenette-fp-maskgit.yaml model.K_pre=$$k model.K_post=$$k name=imagenette-fp-maskgit-$$k-$$k || exit 1; done
 	$(WIDE) evaluate $(IMAGENETTE_RUNS) runs/imagenette-fp-maskgit-1-1 runs/imagenette-fp-maskgit-2-2 \

@@ -630,7 +630,11 @@ def evaluate(
     lm_eval_draws: Annotated[int, typer.Option(help="Monte Carlo draws of t per lm-eval choice.")] = 32,
     lm_eval_limit: Annotated[int | None, typer.Option(help="Documents per lm-eval task (default all).")] = None,
     lm_eval_include: Annotated[Path | None, typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
-    cfg: Annotated[float, typer.Option(help="Images: classifier-free guidance weight w.")] = 0.0,
+    cfg: Annotated[str, typer.Option(help="Images: classifier-free guidance weight w; several, comma-separated (e.g. "
+                                          "0,0.5,1,1.5), with --cfg-select.")] = "0",
+    cfg_select: Annotated[int | None, typer.Option(help="Images: first sample each run at this budget with every --cfg "
+                                                        "value (its first --reuse policy), then evaluate it at the w of "
+                                                        "lowest FID; writes cfg-sweep-*.json and .png.")] = None,
     reference_split: Annotated[str, typer.Option(help="Images: FID's reference split, train or val.")] = "val",
     reference_images: Annotated[int, typer.Option(help="Images: reference images (a fixed subset); 0: the split.")] = 0,
     inception_weights: Annotated[
@@ -673,7 +677,8 @@ def evaluate(
         raise CofreError("--budget does not apply with --model-schedule: each cell's budget is derived from its schedule")
     settings = EvalSettings(
         budgets=[] if model_schedule else _int_list(budget or "96,192,384,768", "--budget"), reuse=_name_list(reuse),
-        metrics=None if metrics is None else _name_list(metrics), judge=judge, cfg=cfg, reference_split=reference_split,
+        metrics=None if metrics is None else _name_list(metrics), judge=judge, cfg=_float_list(cfg, "--cfg"),
+        cfg_select=cfg_select, reference_split=reference_split,
         reference_images=reference_images, inception_weights=inception_weights,
         genppl_mode=genppl_mode,
         num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=_float_list(top_p, "--top-p"),
@@ -696,6 +701,8 @@ def evaluate(
         raise CofreError("--lm-eval scores each run's selected or latest checkpoint; give it without --checkpoints")
     summary = evaluate_runs(runs, settings, report_dir, console)
     console.print(results_table(summary))
+    if summary.cfg_sweep_path:
+        console.print(f"guidance sweep: {summary.cfg_sweep_path} (and .png)")
     if summary.plot_path:
         console.print(f"plot: {summary.plot_path}")
     console.print(f"summary: {summary.summary_path}; per-cell JSON in <run>/eval/")

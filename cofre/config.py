@@ -136,7 +136,13 @@ class DataConfig:
     text_tokenizer: str = "gpt2"
     packing: Literal["wrap", "concat"] = "wrap"  # wrap: MDLM's [BOS] + seq_len-2 tokens + [EOS]; concat: plain cuts
     val_docs: int = 100_000  # the last N documents are held out for validation
-    text_field: str = "text"  # JSONL key holding the document text
+    text_field: str = "text"  # JSONL key (or hub dataset column) holding the document text
+    # corpus "openwebtext" (data/corpora.py): a Hugging Face dataset, by default OpenWebText's
+    hub_id: str = "Skylion007/openwebtext"
+    hub_revision: str = ""  # "": main, or its Parquet export (refs/convert/parquet) when main holds a loading script
+    hub_config: str = "plain_text"  # the Parquet export's config folder (the loading script's config name)
+    hub_split: str = "train"  # the split read (the export's split folder); validation is held out of it (val_docs)
+    streaming: bool = False  # read the hub's files while tokenising, without downloading the dataset first
     cache_dir: str = "~/.cache/cofre"  # tokenised corpora are cached here (COFRE_CACHE overrides)
     # images (cofre/data/images.py): corpus "fashion-mnist", or a folder with train/<class>/*.JPEG and val/<class>/
     image_size: int = 256  # side after center crop + resize (ImageNette 256; Fashion-MNIST's own size is 28)
@@ -148,11 +154,15 @@ class DataConfig:
     def validate(self, where: str = "data") -> None:
         _at_least(where, self, 1, "seq_len", "val_docs", "image_size")
         _at_least(where, self, 0, "train_images", "val_images")
-        for name in ("corpus", "text_field", "cache_dir", "fashion_mnist_dir"):
+        for name in ("corpus", "text_field", "cache_dir", "fashion_mnist_dir", "hub_id", "hub_config", "hub_split"):
             _rule(getattr(self, name).strip() != "", f"{where}.{name} must not be empty")
         from cofre.data.tokenizer import check_tokenizer_name
 
         check_tokenizer_name(self.text_tokenizer)
+        hub_fields = ("hub_id", "hub_revision", "hub_config", "hub_split", "streaming")
+        changed = [f"{where}.{name}" for name in hub_fields if getattr(self, name) != getattr(DataConfig, name)]
+        _rule(self.corpus == "openwebtext" or not changed,
+              f"{', '.join(changed)}: hub settings, for corpus 'openwebtext' only; corpus is '{self.corpus}'")
 
 
 @dataclass

@@ -61,6 +61,34 @@ def test_paper_recipes_match_the_paper() -> None:
     assert all(stage.consistency.continue_optimizer for stage in stages)
 
 
+IMAGE_STAGES = [("imagenette-fp-maskgit", "imagenette-cofre"), ("tiny-fp-maskgit", "tiny-cofre-images")]
+
+
+@pytest.mark.parametrize("parent_name, stage_name", IMAGE_STAGES)
+def test_image_consistency_stages_continue_at_the_parents_final_lr_for_fixed_steps(parent_name: str,
+                                                                                     stage_name: str) -> None:
+    """The image stage (Tables 16/20: "+10k") neither warms up again nor restarts the cosine: every step runs at the
+    rate the parent ended at; and it runs all its steps (App. F.7's +15% early stop is the text stage's)."""
+    from cofre.config import deep_merge, read_yaml, recipe_from_dict, recipe_to_dict
+    from cofre.training.optim import lr_factor
+
+    root = Path(__file__).parents[1] / "recipes"
+    parent = load_recipe(root / f"{parent_name}.yaml")
+    final_lr = parent.optim.lr * lr_factor(parent.trainer.max_steps, parent.optim, parent.trainer.max_steps)  # the end
+    stage = recipe_from_dict(deep_merge(recipe_to_dict(parent), read_yaml(root / f"{stage_name}.yaml")))  # as stages.py
+    rates = [stage.optim.lr * lr_factor(step, stage.optim, stage.trainer.max_steps)
+             for step in range(stage.trainer.max_steps)]
+    assert rates == pytest.approx([final_lr] * stage.trainer.max_steps, rel=1e-6)
+    assert stage.consistency.select_ppl_increase == 0 and stage.consistency.enabled
+
+
+def test_image_recipes_train_without_ema() -> None:
+    """Halton-MaskGIT keeps no EMA and the paper names none for images: image runs sample their raw weights (the
+    stages inherit their parent's setting)."""
+    images = {p.stem: load_recipe(p).trainer.ema for p in RECIPES if load_recipe(p).model.modality == "image"}
+    assert len(images) >= 6 and images == dict.fromkeys(images, 0.0)
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "r.yaml"
     path.write_text(text)

@@ -1,5 +1,11 @@
 """Document streams: the packaged Wikipedia sample, OpenWebText from the hub, or local .txt/.jsonl files.
 
+OpenWebText (`corpus: openwebtext`) is the Hugging Face dataset `data.hub_id`, read with `datasets`. Its main
+revision still ships a loading script (openwebtext.py), which `datasets` >= 4 refuses to run; a repository whose
+main revision holds one is read from the hub's Parquet export instead (branch refs/convert/parquet, files
+`<hub_config>/<hub_split>/NNNN.parquet`: `plain_text/train/` for OpenWebText), in the order of its files and rows.
+`data.streaming` reads those files as the documents are tokenised, without downloading the dataset first.
+
 Local formats: a `.txt` file holds documents separated by lines containing only `<|endoftext|>`
 (without such a line the whole file is one document; each piece is stripped of surrounding
 whitespace); a `.jsonl` file holds one JSON object per line with the text under `cfg.text_field`
@@ -14,9 +20,11 @@ import hashlib
 import html
 import importlib.util
 import json
+import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,11 +34,15 @@ if TYPE_CHECKING:
     from cofre.config import DataConfig
 
 KNOWN_CORPORA = ("wiki-sample", "openwebtext")
-OPENWEBTEXT_HUB_ID = "Skylion007/openwebtext"
+PARQUET_EXPORT = "refs/convert/parquet"  # the hub's Parquet conversion of every dataset, loading scripts included
 WIKI_SAMPLE_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 # Any edit to this module (the wiki cleaner lives here) rebuilds cached wiki-sample packs: they take seconds.
 _CLEANER_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 _DOC_SEPARATOR = re.compile(r"^[ \t]*<\|endoftext\|>[ \t]*\r?$", re.MULTILINE)
+_log = logging.getLogger(__name__)
+# Failed connections, by class name so that no HTTP client need be imported: the builtins (datasets' "Couldn't
+# reach", huggingface_hub's offline mode), socket's DNS error, httpx (and huggingface_hub's httpx2), requests, aiohttp.
+_NETWORK_ERRORS = {"ConnectionError", "TimeoutError", "gaierror", "TransportError", "Timeout", "ClientConnectionError"}
 
 
 def iter_documents(cfg: DataConfig) -> Iterator[str]:
@@ -38,7 +50,7 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
     if cfg.corpus == "wiki-sample":
         docs: Iterator[str] = _iter_wiki_sample()
     elif cfg.corpus == "openwebtext":
-        docs = _iter_openwebtext()
+        docs = hub_documents(cfg)
     else:
         docs = (doc for path in local_files(cfg.corpus) for doc in _iter_file(path, cfg.text_field))
     return (doc for doc in docs if doc.strip())
@@ -46,8 +58,9 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
 
 def corpus_identity(cfg: DataConfig) -> dict[str, object]:
     """What the packed cache depends on: the corpus and, for files, their resolved paths, sizes and mtimes."""
-    if cfg.corpus == "openwebtext":
-        return {"corpus": "openwebtext", "hub_id": OPENWEBTEXT_HUB_ID, "split": "train"}
+    if cfg.corpus == "openwebtext":  # streaming reads the same documents in the same order: not part of it
+        return {"corpus": "openwebtext", "hub_id": cfg.hub_id, "hub_revision": cfg.hub_revision,
+                "hub_config": cfg.hub_config, "hub_split": cfg.hub_split}
     if cfg.corpus == "wiki-sample":
         files = [wiki_sample_path()]
     else:
@@ -114,19 +127,84 @@ def _jsonl_text(line: str, text_field: str, where: str) -> str:
     return text
 
 
-def _iter_openwebtext() -> Iterator[str]:
-    """OpenWebText's train split from the Hugging Face hub (needs network or a warm HF cache)."""
+@dataclass(frozen=True)
+class HubSource:
+    """Where `load_dataset` reads a hub corpus: a revision, and for the Parquet export the files of one split."""
+
+    revision: str | None  # None: the main revision
+    data_files: dict[str, str] | None  # the export's files of the split; None: the dataset's own configuration
+
+
+def hub_source(cfg: DataConfig) -> HubSource:
+    """The revision and files to read: `data.hub_revision` when set, else main, or main's Parquet export when main
+    holds a loading script (which `datasets` >= 4 no longer runs)."""
+    revision = cfg.hub_revision or (PARQUET_EXPORT if main_has_loading_script(cfg.hub_id) else None)
+    if revision != PARQUET_EXPORT:
+        return HubSource(revision, None)
+    return HubSource(revision, {cfg.hub_split: f"{cfg.hub_config}/{cfg.hub_split}/*.parquet"})
+
+
+def main_has_loading_script(hub_id: str) -> bool:
+    """Whether the dataset's main revision holds `<name>.py`, the file `datasets` takes for a loading script."""
+    import datasets
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi(endpoint=datasets.config.HF_ENDPOINT).file_exists(
+            hub_id, f"{hub_id.rstrip('/').rsplit('/', 1)[-1]}.py", repo_type="dataset")
+    except Exception as e:  # one line for the user, whatever the hub client raised
+        raise _hub_error(f"'{hub_id}'", e) from e
+
+
+def hub_documents(cfg: DataConfig) -> Iterator[str]:
+    """The `cfg.text_field` column of the hub dataset `cfg.hub_id` (needs the network, or a warm HF cache for a
+    dataset loaded before). Streamed or downloaded, the documents come in the same order."""
     try:
         import datasets  # lazy: heavy, and only this online path needs it
     except ImportError as e:
         raise CofreError("corpus 'openwebtext' needs the datasets package: pip install datasets") from e
+    source = hub_source(cfg)
+    where = f"'{cfg.hub_id}'" + (f" at {source.revision}" if source.revision else "")
+    _log.info("reading %s (split %s%s)", where, cfg.hub_split, ", streamed" if cfg.streaming else "")
     try:
-        ds = datasets.load_dataset(OPENWEBTEXT_HUB_ID, split="train")
-    except Exception as e:  # hub/network failures come in many types; the user needs one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CofreError(f"could not load '{OPENWEBTEXT_HUB_ID}' ({first}); offline, name a local corpus path") from e
-    for batch in ds.iter(batch_size=1000):
-        yield from batch["text"]
+        ds = datasets.load_dataset(cfg.hub_id, revision=source.revision, data_files=source.data_files,
+                                   split=cfg.hub_split, streaming=cfg.streaming)
+        if ds.column_names is not None and cfg.text_field not in ds.column_names:
+            raise CofreError(f"{where} has no column '{cfg.text_field}' (columns: {', '.join(ds.column_names)}); "
+                             "set data.text_field")
+        for batch in ds.iter(batch_size=1000):
+            yield from batch[cfg.text_field]
+    except CofreError:
+        raise
+    except Exception as e:  # hub, network and file failures come in many types; the user needs one line
+        if source.data_files is not None and isinstance(e, FileNotFoundError) and not _is_network_error(e):
+            folder = f"{cfg.hub_config}/{cfg.hub_split}/"
+            raise CofreError(
+                f"no Parquet files under {folder} of {where}: set data.hub_config / data.hub_split to the export's "
+                f"folders (the export of a dataset over 5 GB may hold only its first 5 GB, under "
+                f"{cfg.hub_config}/partial-{cfg.hub_split}/)") from e
+        raise _hub_error(where, e) from e
+
+
+def _is_network_error(err: BaseException) -> bool:
+    """Whether `err`, or an exception it was raised from, is a failed connection: DNS, refused, timed out, offline."""
+    seen: BaseException | None = err
+    for _ in range(10):  # the chain of __cause__ / __context__, a few links deep
+        if seen is None:
+            return False
+        if {base.__name__ for base in type(seen).__mro__} & _NETWORK_ERRORS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _hub_error(where: str, err: BaseException) -> CofreError:
+    """One line: a network failure said as such, anything else with the library's first line."""
+    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    if _is_network_error(err):
+        return CofreError(f"network failure: could not reach the Hugging Face hub for {where} ({first}); check the "
+                          f"connection (HF_ENDPOINT, HF_HUB_OFFLINE), or set data.corpus to a local copy")
+    return CofreError(f"could not load {where} from the Hugging Face hub ({type(err).__name__}: {first})")
 
 
 def _iter_wiki_sample() -> Iterator[str]:

@@ -262,14 +262,11 @@ def _encode_to_cache(cfg: DataConfig, spec: str, identity: dict[str, object], ro
 
     from cofre.data.image_tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(spec, device)
+    tokenizer = load_tokenizer(spec, device, image_size=cfg.image_size)
     names = class_names(cfg)
     channels = image_channels(cfg)
     if tokenizer.channels != channels:
         raise CofreError(f"tokenizer '{spec}' takes {tokenizer.channels}-channel images, corpus '{cfg.corpus}' has {channels}")
-    if tokenizer.image_size != cfg.image_size:
-        raise CofreError(f"tokenizer '{spec}' takes {tokenizer.image_size} x {tokenizer.image_size} images, "
-                         f"data.image_size is {cfg.image_size}; set data.image_size={tokenizer.image_size}")
     batch = max(8, min(512, (1 << 22) // cfg.image_size**2))
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))

@@ -6,7 +6,9 @@ stream is cut into pieces of `seq_len - 2` tokens and each block is [BOS] + piec
 one special token <|endoftext|> serves as both. `packing: concat` cuts the stream into blocks of
 `seq_len` as they come. Either way the last partial block is dropped (MDLM drops a remainder per
 `datasets.map` batch of documents; here only the stream's end). The last `val_docs` documents form the
-validation split, so no document straddles the two splits.
+validation split, so no document straddles the two splits. The documents are read once, in order, holding only
+the last `val_docs` in memory: a streamed hub corpus (`data.streaming`) is split exactly as a downloaded one, and
+training starts once the whole stream is packed (it samples blocks from all of it).
 """
 
 from __future__ import annotations

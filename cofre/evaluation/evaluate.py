@@ -86,7 +86,8 @@ class EvalSettings:
     latency_repeats: int = 20
     precision: str = "auto"  # the network's: bf16 autocast on CUDA, fp32 on CPU; val PPL's loss stays fp32
     compile: bool = False  # torch.compile the transformer blocks
-    cfg: float = 0.0  # images: classifier-free guidance weight w
+    cfg: list[float] = field(default_factory=lambda: [0.0])  # images: guidance weight w; several: chosen per run
+    cfg_select: int | None = None  # images: the budget at which each run's w is the one of lowest FID (cfg_sweep.py)
     reference_split: str = "val"  # images: FID's reference images
     reference_images: int = 0  # images: how many of them (a fixed subset); 0: the whole split
     inception_weights: str | None = None  # images: torch-fidelity's Inception weights file (FID and IS)
@@ -118,6 +119,7 @@ class Cell:
     path: str
     top_p: float = 1.0
     checkpoint: dict[str, Any] = field(default_factory=dict)  # path, step, weights file, sha256 of the weights
+    cfg: float | None = None  # images: the guidance weight w of the cell
 
 
 @dataclass
@@ -131,6 +133,8 @@ class EvalSummary:
     plot_path: str = ""
     modality: str = "text"
     training: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> training time and peak memory
+    cfg_sweep: list[dict[str, Any]] = field(default_factory=list)  # images, --cfg-select: each run's sweep and chosen w
+    cfg_sweep_path: str = ""
 
 
 def run_modality(runs: list[Path]) -> str:
@@ -155,6 +159,8 @@ def for_modality(settings: EvalSettings, modality: str) -> EvalSettings:
         raise CofreError("--top-p: text sampling option; image runs sample with --temperature (cofre sample)")
     if modality == "image" and settings.light is not None:
         raise CofreError("--light / --model-schedule: model scheduling is for text runs")
+    if modality == "text" and (settings.cfg != [0.0] or settings.cfg_select is not None):
+        raise CofreError("--cfg / --cfg-select: classifier-free guidance is for image runs")
     judge = settings.judge or (IMAGE_JUDGE if modality == "image" else "gpt2-large")
     return dataclasses.replace(settings, metrics=metrics, judge=judge)
 
@@ -293,6 +299,7 @@ def text_cell(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: 
 
 def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, console: Console | None = None) -> EvalSummary:
     """Evaluate every (run, reuse, budget) cell; write per-cell JSON, a summary JSON and the plot."""
+    from cofre.evaluation.cfg_sweep import CfgChoice, choose_cfg, selection_record, write_cfg_sweep
     from cofre.evaluation.image_eval import ImageCells, training_cost
     from cofre.evaluation.checkpoints import expand_checkpoints, run_name
     from cofre.evaluation.report import plot_budget_curves
@@ -300,6 +307,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     check_settings(settings)
     runs = expand_checkpoints(runs, settings.checkpoints)  # run directories -> the named checkpoints (Table 24)
     modality = run_modality(runs)  # every run is readable before anything is sampled or written
+    isc_asked = settings.metrics is not None and "isc" in settings.metrics  # named: no null IS after hours of sampling
     settings = for_modality(settings, modality)
     assert settings.metrics is not None
     console = console or Console()
@@ -308,7 +316,8 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
         from cofre.evaluation.judge import load_judge
 
         judge = load_judge(settings.judge, resolve_device(settings.device))
-    images = ImageCells(settings) if modality == "image" else None
+    images = ImageCells(settings, checkpoint_recipe(runs[0]).data, isc_asked) if modality == "image" else None
+    choices: list[CfgChoice] = []  # images, --cfg-select: each run's guidance sweep
     code = code_version()
     cells: list[Cell] = []
     valppl: dict[str, dict[str, float]] = {}
@@ -332,6 +341,13 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
         policies = settings.reuse if fixed_point else ["none"]  # reuse needs a fixed-point solve
         if not SAMPLE_METRICS & set(settings.metrics):
             policies = []  # nothing to score on samples (e.g. --metrics valppl with --lm-eval)
+        choice = None  # images, --cfg-select: this run's guidance sweep at one budget, with its first reuse policy
+        if images is not None and settings.cfg_select is not None and policies:
+            console.print(f"[bold]{name}[/] guidance sweep: w {', '.join(f'{w:g}' for w in settings.cfg)} at budget "
+                          f"{settings.cfg_select} ({policies[0]})")
+            choice = choose_cfg(images, ckpt, name, settings.cfg, settings.cfg_select, policies[0], precision)
+            choices.append(choice)
+        cfg = choice.chosen if choice is not None else settings.cfg[0]
         for top_p, reuse in product(settings.top_p, policies):
             for budget, model_schedule in sample_points(settings):
                 label = f"{name} {reuse}" if fixed_point else name
@@ -340,14 +356,15 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
                     label = schedule_label(label, model_schedule, light.run_root.name)
                 console.print(f"[bold]{label}[/] budget {budget or 'of the schedule'}: sampling {settings.num_samples}")
                 if images is not None:
-                    cell = images.score(ckpt, reuse, budget, precision)
+                    cell = images.score(ckpt, reuse, budget, precision, cfg)
                 else:
                     cell = text_cell(ckpt, light, settings, reuse, budget, model_schedule, top_p, precision, judge,
                                      references)
                 judged_by = (images.extractor.name if images is not None and images.extractor is not None
                              else settings.judge if judge is not None else None)
+                chosen = {"cfg_selection": selection_record(choice)} if choice is not None else {}
                 record = {
-                    "run": str(run), "label": label, "reuse": reuse, "budget": cell.budget, **cell.record,
+                    "run": str(run), "label": label, "reuse": reuse, "budget": cell.budget, **cell.record, **chosen,
                     "metrics": cell.metrics, "judge": judged_by, "precision": precision, "seed": settings.seed,
                     "samples": cell.out, "checkpoint": ckpt.identity, "code": code,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -355,12 +372,17 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
                 path = ckpt.run_root / "eval" / f"{cell.tag}.json"
                 atomic_write_text(path, json.dumps(record, indent=2))
                 cells.append(Cell(run=str(run), label=label, reuse=reuse, budget=cell.budget, metrics=cell.metrics,
-                                  samples=cell.out, path=str(path), top_p=top_p, checkpoint=ckpt.identity))
+                                  samples=cell.out, path=str(path), top_p=top_p, checkpoint=ckpt.identity,
+                                  cfg=cfg if images is not None else None))
     judge_name = images.extractor.name if images is not None and images.extractor is not None else settings.judge
     summary = EvalSummary(cells=cells, valppl=valppl, settings=dataclasses.asdict(settings), judge=str(judge_name),
-                          code=code, modality=modality, training=training)
+                          code=code, modality=modality, training=training,
+                          cfg_sweep=[dataclasses.asdict(c) for c in choices])
     key = hashlib.sha1(json.dumps([list(map(str, runs)), summary.settings], sort_keys=True).encode()).hexdigest()[:8]
     summary.summary_path = str(report_dir / f"summary-{key}.json")
+    if choices:
+        summary.cfg_sweep_path = str(report_dir / f"cfg-sweep-{key}.json")
+        write_cfg_sweep(choices, Path(summary.cfg_sweep_path), report_dir / f"cfg-sweep-{key}.png")
     curve = "fid" if modality == "image" else next((m for m in ("genppl", "mauve") if m in settings.metrics), "")
     if curve in settings.metrics:
         summary.plot_path = str(report_dir / f"{curve}-{key}.png")

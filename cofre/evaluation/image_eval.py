@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cofre.checks import MAX_BUDGET, check_range
 from cofre.data.images import SPLITS
 from cofre.errors import CofreError
 from cofre.evaluation.fid import Extractor, Reference, RGBImages, fidelity_metrics, read_png_folder, reference_images, \
-    resolve_extractor
+    require_isc, resolve_extractor
 from cofre.evaluation.latency import measure_latency
 from cofre.sampling.generate import LoadedCheckpoint
 from cofre.sampling.generate_images import BUDGET_DEFINITION, ImageSampleSettings, build_image_sampler, sample_images, \
@@ -25,6 +26,7 @@ from cofre.sampling.generate_images import BUDGET_DEFINITION, ImageSampleSetting
 from cofre.training.checkpoint import CONFIG_FILE, checkpoint_recipe, run_root
 
 if TYPE_CHECKING:
+    from cofre.config import DataConfig
     from cofre.evaluation.evaluate import CellSamples, EvalSettings
 
 IMAGE_METRICS = ("fid", "isc", "latency")
@@ -36,37 +38,52 @@ def check_image_settings(settings: EvalSettings) -> None:
         raise CofreError(f"--reference-split must be one of {', '.join(SPLITS)}, got '{settings.reference_split}'")
     if settings.reference_images < 0:
         raise CofreError(f"--reference-images must be >= 0 (0: the whole split), got {settings.reference_images}")
-    if not 0 <= settings.cfg <= 100:
-        raise CofreError(f"--cfg must be in [0, 100], got {settings.cfg}")
+    if not settings.cfg:
+        raise CofreError("give at least one --cfg value")
+    for w in settings.cfg:
+        if not 0 <= w <= 100:
+            raise CofreError(f"--cfg must be in [0, 100], got {w:g}")
+    if len(settings.cfg) > 1 and settings.cfg_select is None:
+        raise CofreError("several --cfg values need --cfg-select BUDGET: the budget at which each model's w is chosen")
+    if settings.cfg_select is not None and len(settings.cfg) < 2:
+        raise CofreError("--cfg-select chooses among several --cfg values (e.g. --cfg 0,0.5,1,1.5); give them")
+    check_range("--cfg-select", settings.cfg_select, 1, MAX_BUDGET)
 
 
 class ImageCells:
-    """Draws and scores image cells; the extractor and each reference set are resolved once per evaluation."""
+    """Draws and scores image cells. The extractor is resolved before anything is sampled (IS asked of weights that
+    cannot give it stops the evaluation there); each reference set once per evaluation."""
 
-    def __init__(self, settings: EvalSettings) -> None:
-        self.settings = settings
-        self.extractor: Extractor | None = None
-        self.references: dict[str, Reference] = {}
-
-    def _judge(self, ckpt: LoadedCheckpoint) -> tuple[Extractor, Reference, Path]:
-        from cofre.data.images import dataset_identity
+    def __init__(self, settings: EvalSettings, data: DataConfig, isc_asked: bool) -> None:
         from cofre.data.packing import cache_root
 
-        data = ckpt.recipe.data
-        cache = cache_root(data) / "fidelity"
-        if self.extractor is None:
-            self.extractor = resolve_extractor(self.settings.judge or IMAGE_JUDGE, cache, self.settings.inception_weights,
+        self.settings = settings
+        self.cache = cache_root(data) / "fidelity"
+        if isc_asked:
+            require_isc(settings.judge or IMAGE_JUDGE, settings.inception_weights)
+        self.extractor: Extractor | None = None
+        if {"fid", "isc"} & set(settings.metrics or []) or settings.cfg_select is not None:
+            self.extractor = resolve_extractor(settings.judge or IMAGE_JUDGE, self.cache, settings.inception_weights,
                                                data.image_size)
+        self.references: dict[str, Reference] = {}
+
+    @property
+    def judge_name(self) -> str:
+        return self.extractor.name if self.extractor is not None else str(self.settings.judge)
+
+    def _reference(self, data: DataConfig, extractor: Extractor) -> Reference:
+        from cofre.data.images import dataset_identity
+
         key = json.dumps(dataset_identity(data), sort_keys=True)
         if key not in self.references:
             self.references[key] = reference_images(data, self.settings.reference_split, self.settings.reference_images,
-                                                    self.extractor)
-        return self.extractor, self.references[key], cache
+                                                    extractor)
+        return self.references[key]
 
-    def sample_settings(self, reuse: str, budget: int, precision: str) -> ImageSampleSettings:
+    def sample_settings(self, reuse: str, budget: int, precision: str, cfg: float) -> ImageSampleSettings:
         s = self.settings
         return ImageSampleSettings(budget=budget, steps=s.steps, schedule=s.schedule, reuse=reuse,
-                                   num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, cfg=s.cfg, ema=s.ema,
+                                   num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, cfg=cfg, ema=s.ema,
                                    device=s.device, precision=precision, compile=s.compile)
 
     def draw(self, ckpt: LoadedCheckpoint, settings: ImageSampleSettings) -> tuple[Path, dict[str, Any]]:
@@ -81,40 +98,48 @@ class ImageCells:
         sample_images(ckpt, settings, out, overwrite=True)  # the tag names these settings: only a stale draw is replaced
         return out, json.loads(manifest.read_text())
 
-    def score(self, ckpt: LoadedCheckpoint, reuse: str, budget: int, precision: str) -> CellSamples:
+    def score(self, ckpt: LoadedCheckpoint, reuse: str, budget: int, precision: str, cfg: float,
+              metrics: list[str] | None = None) -> CellSamples:
+        """One cell at guidance weight `cfg`, scored with `metrics` (default: the evaluation's)."""
         from cofre.evaluation.evaluate import CellSamples
 
         s = self.settings
-        settings = self.sample_settings(reuse, budget, precision)
+        asked = s.metrics if metrics is None else metrics
+        settings = self.sample_settings(reuse, budget, precision, cfg)
         out, manifest = self.draw(ckpt, settings)
-        metrics: dict[str, Any] = {}
-        wanted = [m for m in ("fid", "isc") if m in s.metrics]
+        scored: dict[str, Any] = {}
+        wanted = [m for m in ("fid", "isc") if m in asked]
+        tokenizer = manifest["tokenizer"].get("label", manifest["tokenizer"]["name"])  # older manifests: the name
         if wanted:
-            extractor, reference, cache = self._judge(ckpt)
+            assert self.extractor is not None
+            reference = self._reference(ckpt.recipe.data, self.extractor)
             images = read_png_folder(out)
-            scores = fidelity_metrics(RGBImages(images), reference.images, extractor, wanted, cache, reference.cache_name,
-                                      batch_size=max(s.batch_size, 64), device=ckpt.device)
-            how = {**extractor.describe(), "generated_images": len(images), "reference_images": reference.count,
-                   "reference_split": reference.split, "cfg": s.cfg, "steps": manifest["plan"]["steps"],
-                   "seed": s.seed, "computed_by": "torch-fidelity"}
-            metrics = {name: {**value, **how} for name, value in scores.items()}
-        if "latency" in s.metrics:
+            scores = fidelity_metrics(RGBImages(images), reference.images, self.extractor, wanted, self.cache,
+                                      reference.cache_name, batch_size=max(s.batch_size, 64), device=ckpt.device)
+            how = {**self.extractor.describe(), "generated_images": len(images), "reference_images": reference.count,
+                   "reference_split": reference.split, "cfg": cfg, "steps": manifest["plan"]["steps"],
+                   "seed": s.seed, "tokenizer": tokenizer, "weights": "ema" if ckpt.identity["ema"] else "raw",
+                   "computed_by": "torch-fidelity"}
+            scored = {name: {**value, **how} for name, value in scores.items()}
+        if "latency" in asked:
             from cofre.data.image_tokenizers import load_tokenizer
 
-            grid = load_tokenizer(ckpt.recipe.data.tokenizer, ckpt.device).grid
+            data = ckpt.recipe.data
+            grid = load_tokenizer(data.tokenizer, ckpt.device, image_size=data.image_size).grid
             sampler = build_image_sampler(ckpt, settings, grid)
             generator = torch.Generator(ckpt.device).manual_seed(s.seed)
             labels = torch.randint(0, ckpt.recipe.model.num_classes, (s.batch_size,), generator=torch.Generator()
                                    .manual_seed(s.seed)).to(ckpt.device)
             latency = measure_latency(lambda: sampler.sample(labels, generator), s.batch_size, sampler.cells,
                                       ckpt.device, precision, s.latency_warmup, s.latency_repeats)
-            metrics["latency"] = {**dataclasses.asdict(latency), "images_per_s": s.batch_size / latency.mean_s,
-                                  "timed": "codes from fully masked to final (VQ decoding excluded)"}
+            scored["latency"] = {**dataclasses.asdict(latency), "images_per_s": s.batch_size / latency.mean_s,
+                                 "timed": "codes from fully masked to final (VQ decoding excluded)"}
         record = {"blocks_spent": manifest["blocks_spent_per_batch"], "steps": manifest["plan"]["steps"],
                   "iterations": manifest["plan"]["iterations"], "num_samples": len(manifest["samples"]),
-                  "sample_settings": manifest["settings"], "budget_definition": BUDGET_DEFINITION, "cfg": s.cfg}
+                  "sample_settings": manifest["settings"], "budget_definition": BUDGET_DEFINITION, "cfg": cfg,
+                  "tokenizer": manifest["tokenizer"]}
         judged = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.extractor.name) if wanted and self.extractor else ""
-        return CellSamples(metrics=metrics, out=str(out), tag=out.name + judged, budget=budget, record=record)  # one per judge
+        return CellSamples(metrics=scored, out=str(out), tag=out.name + judged, budget=budget, record=record)  # one per judge
 
 
 def training_cost(run: Path, init_from: str = "", seen: frozenset[Path] = frozenset()) -> dict[str, Any]:

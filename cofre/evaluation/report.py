@@ -60,12 +60,28 @@ def training_text(summary: EvalSummary, run: str) -> str:
 
 
 def image_title(summary: EvalSummary) -> str:
-    cell = next((c.metrics for c in summary.cells if "fid" in c.metrics or "isc" in c.metrics), None)
-    if cell is None:
+    """What an image table shows and how: the metrics (and why IS is missing when it is), the extractor and image
+    counts, the tokenizer, EMA or raw weights, and the guidance weight (or how each model's was chosen)."""
+    scored = [c.metrics for c in summary.cells if "fid" in c.metrics or "isc" in c.metrics]
+    if not scored:
         return "Evaluation"
-    how = cell.get("fid") or cell["isc"]
-    return (f"FID ↓ / IS ↑ by transformer-block budget; extractor {how['extractor']}, {how['generated_images']} "
-            f"generated vs {how['reference_images']} {how['reference_split']}-split images, CFG w {how['cfg']:g}")
+    how = scored[0].get("fid") or scored[0]["isc"]
+    isc = [m["isc"] for m in scored if "isc" in m]
+    has_isc = any(v["value"] is not None for v in isc)
+    head = " / ".join(name for name, shown in (("FID ↓", "fid" in scored[0]), ("IS ↑", has_isc)) if shown)
+    if not has_isc:  # say why: not asked, or weights without Inception's classification layer
+        head += f", without IS ({isc[0]['unavailable'].split(':')[0]})" if isc else ", without IS (not asked)"
+    tokenizers = ", ".join(dict.fromkeys((m.get("fid") or m["isc"])["tokenizer"] for m in scored))
+    weights = " and ".join(dict.fromkeys("EMA" if c.checkpoint.get("ema") else "raw" for c in summary.cells))
+    if summary.cfg_sweep:
+        sweep = summary.cfg_sweep[0]
+        candidates = ", ".join(f"{p['cfg']:g}" for p in sweep["points"])
+        guidance = f"CFG w per model (column w): lowest FID of w in {{{candidates}}} at budget {sweep['budget']}"
+    else:
+        guidance = f"CFG w {how['cfg']:g}"
+    return (f"{head} by transformer-block budget; extractor {how['extractor']}, {how['generated_images']} generated vs "
+            f"{how['reference_images']} {how['reference_split']}-split images; tokenizer {tokenizers}; {weights} "
+            f"weights; {guidance}")
 
 
 def text_title(summary: EvalSummary) -> str:
@@ -90,13 +106,15 @@ def results_table(summary: EvalSummary) -> Table:
         table = Table(title=image_title(summary))
         budgets = sorted({c.budget for c in summary.cells})
         table.add_column("model / reuse")
+        table.add_column("w", justify="right")
         table.add_column("train time, peak memory")
         for budget in budgets:
             table.add_column(str(budget), justify="right")
         for label in dict.fromkeys(c.label for c in summary.cells):
             row = {c.budget: c for c in summary.cells if c.label == label}
             run = next((name for name in summary.training if label == name or label.startswith(name + " ")), "")
-            table.add_row(label, training_text(summary, run),
+            w = ", ".join(dict.fromkeys(f"{c.cfg:g}" for c in row.values() if c.cfg is not None))
+            table.add_row(label, w, training_text(summary, run),
                           *[_cell_text(row[b].metrics) if b in row else "" for b in budgets])
         return table
     budgets = sorted({c.budget for c in summary.cells})
@@ -135,7 +153,8 @@ def plot_budget_curves(summary: EvalSummary, path: Path, metric: str = "genppl")
         linestyle, marker = styles.get(cells[0].reuse, ("-", "o"))
         color = colors[(labels.index(label) if scheduled else runs.index(cells[0].run)) % len(colors)]
         fill = "none" if cells[0].top_p == 1 else color  # nucleus rows (Table 12): filled markers
-        (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=label, markerfacecolor=fill)
+        shown = f"{label} (w {cells[0].cfg:g})" if summary.cfg_sweep and cells[0].cfg is not None else label
+        (line,) = ax.plot(x, y, linestyle=linestyle, marker=marker, color=color, label=shown, markerfacecolor=fill)
         for c, xi, yi in zip(cells, x, y):
             note = c.metrics.get({"genppl": "entropy", "fid": "isc"}.get(metric, ""), {}).get("value")
             if note is not None:

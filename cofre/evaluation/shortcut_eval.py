@@ -165,7 +165,8 @@ def _image_row(ckpt: LoadedCheckpoint, label: str, steps: int, full: int, path: 
                                           full_steps=full if path is not None else None)
     out = report_dir / label.replace(" ", "-").replace("/", "-").replace("=", "")
     result = sample_images(ckpt, sample_settings, out, overwrite=True)
-    grid = load_tokenizer(ckpt.recipe.data.tokenizer, ckpt.device).grid
+    data = ckpt.recipe.data
+    grid = load_tokenizer(data.tokenizer, ckpt.device, image_size=data.image_size).grid
     sampler = build_image_sampler(ckpt, sample_settings, grid)
     generator = torch.Generator(ckpt.device).manual_seed(settings.seed)
     labels = torch.arange(settings.batch_size, device=ckpt.device) % ckpt.recipe.model.num_classes

@@ -99,12 +99,13 @@ def sample_tag(settings: SampleSettings, checkpoint: dict[str, Any], shortcut_sh
 
 
 def checkpoint_identity(folder: Path, ema: bool) -> dict[str, Any]:
-    """Which weights produced the samples: folder, training step, weights file and its sha256, code version."""
+    """Which weights produced the samples: folder, training step, weights file and its sha256, whether those are the
+    EMA or the raw weights (`--ema` falls back to the raw ones of a run trained without EMA), code version."""
     weights = folder / (EMA_FILE if ema and (folder / EMA_FILE).is_file() else MODEL_FILE)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     progress = load_train_state(folder, "progress") if (folder / "train_state" / "progress.pt").is_file() else {}
-    return {"path": str(folder), "step": progress.get("step"), "weights": weights.name, "sha256": digest,
-            "code": code_version()}
+    return {"path": str(folder), "step": progress.get("step"), "weights": weights.name,
+            "ema": weights.name == EMA_FILE, "sha256": digest, "code": code_version()}
 
 
 @dataclass

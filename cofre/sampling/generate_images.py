@@ -198,14 +198,14 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
                   overwrite: bool = False, trace: Path | None = None) -> ImageSampleResult:
     """Sample `settings.num_samples` images into `out` (default `<run>/samples/<tag>/`): one PNG each, grid.png
     (one column per chosen class, when classes are chosen) and manifest.json."""
-    from cofre.data.image_tokenizers import load_tokenizer, tokenizer_identity
+    from cofre.data.image_tokenizers import load_tokenizer, tokenizer_identity, tokenizer_label
     from cofre.data.images import class_names
 
     check_image_checkpoint(ckpt)
     validate_image_settings(settings)
     settings = dataclasses.replace(settings, precision=resolve_precision(settings.precision, ckpt.device))
     recipe = ckpt.recipe
-    tokenizer = load_tokenizer(recipe.data.tokenizer, ckpt.device)
+    tokenizer = load_tokenizer(recipe.data.tokenizer, ckpt.device, image_size=recipe.data.image_size)
     sampler = build_image_sampler(ckpt, settings, tokenizer.grid, trace is not None)
     settings = dataclasses.replace(settings, budget=sampler.plan.budget)  # with a shortcut: the full steps' budget
     names = class_names(recipe.data)
@@ -250,7 +250,9 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
         "plan": {"steps": plan.steps, "iterations": plan.iterations, "blocks_per_step": plan.blocks_per_step,
                  "reveal_counts": sampler.counts},
         "blocks_spent_per_batch": spent, "wall_time_s": wall, "checkpoint": ckpt.identity,
-        "tokenizer": {"spec": recipe.data.tokenizer, "name": tokenizer.name, **tokenizer_identity(recipe.data.tokenizer)},
+        "tokenizer": {"spec": recipe.data.tokenizer, "name": tokenizer.name, "label": tokenizer_label(tokenizer),
+                      "codebook_size": tokenizer.codebook_size, "grid": list(tokenizer.grid),
+                      "image_size": tokenizer.image_size, **tokenizer_identity(recipe.data.tokenizer)},
         "grid": {"file": "grid.png", "columns": columns, "upscale": max(1, math.ceil(MIN_GRID_CELL / images.shape[1]))},
         "class_names": names, "samples": rows,
         **({"shortcut": mean_cost(costs)} if costs else {}),

@@ -189,7 +189,8 @@ def _base_sampler(ckpt: Any, recipe: ShortcutRecipe, budget: int, recorder: Traj
         from cofre.data.image_tokenizers import load_tokenizer
         from cofre.sampling.generate_images import build_image_sampler
 
-        grid = load_tokenizer(ckpt.recipe.data.tokenizer, ckpt.device).grid
+        data = ckpt.recipe.data
+        grid = load_tokenizer(data.tokenizer, ckpt.device, image_size=data.image_size).grid
         sampler = build_image_sampler(ckpt, settings, grid)
         sampler.hook = recorder
         classes = ckpt.recipe.model.num_classes

@@ -103,3 +103,95 @@ def test_wiki_sample_is_clean_prose(data_cfg: Cfg) -> None:
     assert docs[0].startswith("Anarchism is a political philosophy that advocates self-governed societies")
     for leftover in ("{{", "}}", "[[", "]]", "<ref", "'''", "{|", "|}", "&nbsp;"):
         assert not any(leftover in doc for doc in docs), leftover
+
+
+# -- OpenWebText from the hub: the Parquet export of a repository whose main revision holds a loading script --------
+EXPORT_DOCS = [f"Document {i}: " + " ".join(["word"] * (5 + i)) for i in range(12)] + ["   "]  # the blank one is skipped
+
+
+@pytest.fixture
+def parquet_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    """A folder laid out as the hub's Parquet export of a script dataset (plain_text/train/0000.parquet, ...), which
+    `datasets` reads as it reads the hub branch; the hub's answer "main holds a loading script" is the one thing
+    replaced. The HF datasets cache is a temporary folder."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import datasets
+
+    from cofre.data import corpora
+
+    export = tmp_path / "export"
+    (export / "plain_text" / "train").mkdir(parents=True)
+    (export / "plain_text" / "partial-validation").mkdir()  # another split's folder: not read
+    for i, start in enumerate(range(0, len(EXPORT_DOCS), 5)):
+        pq.write_table(pa.table({"text": EXPORT_DOCS[start:start + 5]}), export / "plain_text" / "train" / f"{i:04d}.parquet")
+    pq.write_table(pa.table({"text": ["not train"]}), export / "plain_text" / "partial-validation" / "0000.parquet")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    asked: list[str] = []
+    monkeypatch.setattr(corpora, "main_has_loading_script", lambda hub_id: asked.append(hub_id) or True)
+    return export, asked
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_openwebtext_reads_the_parquet_export_in_order(parquet_export: tuple[Path, list[str]], data_cfg: Cfg,
+                                                       streaming: bool) -> None:
+    from cofre.data.corpora import PARQUET_EXPORT, hub_source
+
+    export, asked = parquet_export
+    cfg = data_cfg(corpus="openwebtext", hub_id=str(export), streaming=streaming)
+    assert hub_source(cfg).revision == PARQUET_EXPORT
+    assert hub_source(cfg).data_files == {"train": "plain_text/train/*.parquet"}
+    assert list(iter_documents(cfg)) == EXPORT_DOCS[:-1]
+    assert asked and set(asked) == {str(export)}
+
+
+def test_streamed_and_downloaded_packs_hold_out_the_same_last_documents(parquet_export: tuple[Path, list[str]],
+                                                                        data_cfg: Cfg, tmp_path: Path) -> None:
+    """Streaming changes where the bytes come from, not the split: the last val_docs documents of the stream are
+    validation, as for the downloaded dataset and for a local file of the same documents."""
+    import numpy as np
+
+    from cofre.data.packing import load_corpus
+
+    export, _ = parquet_export
+    local = tmp_path / "same.jsonl"
+    local.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in EXPORT_DOCS))
+    packs = [load_corpus(data_cfg(corpus=corpus, seq_len=8, val_docs=3, cache_dir=str(tmp_path / name), **extra))
+             for name, corpus, extra in (("streamed", "openwebtext", {"hub_id": str(export), "streaming": True}),
+                                         ("downloaded", "openwebtext", {"hub_id": str(export)}),
+                                         ("local", str(local), {}))]
+    for pack in packs[1:]:
+        assert np.array_equal(pack.train.numpy(), packs[0].train.numpy())
+        assert np.array_equal(pack.val.numpy(), packs[0].val.numpy())
+    assert "train + 3 val docs" in packs[0].source
+
+
+def test_an_explicit_revision_is_read_without_asking_the_hub(parquet_export: tuple[Path, list[str]],
+                                                            data_cfg: Cfg) -> None:
+    export, asked = parquet_export
+    cfg = data_cfg(corpus="openwebtext", hub_id=str(export), hub_revision="refs/convert/parquet", streaming=True)
+    assert list(iter_documents(cfg))[:2] == EXPORT_DOCS[:2] and asked == []
+
+
+def test_a_missing_export_folder_names_the_folders(parquet_export: tuple[Path, list[str]], data_cfg: Cfg) -> None:
+    export, _ = parquet_export
+    with pytest.raises(CofreError, match=r"no Parquet files under plain_text/validation/ of .*under plain_text/partial-validation/"):
+        list(iter_documents(data_cfg(corpus="openwebtext", hub_id=str(export), hub_split="validation")))
+
+
+def test_a_network_failure_is_reported_as_one(monkeypatch: pytest.MonkeyPatch, data_cfg: Cfg) -> None:
+    """Nothing listens on the discard port: the hub is unreachable, and the error says so (not "offline" for
+    every failure, nor a library's traceback)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(CofreError) as err:
+        list(iter_documents(data_cfg(corpus="openwebtext")))
+    message = str(err.value)
+    assert message.startswith("network failure: could not reach the Hugging Face hub for 'Skylion007/openwebtext'")
+    assert "\n" not in message
+
+
+def test_hub_settings_belong_to_the_hub_corpus() -> None:
+    with pytest.raises(CofreError, match="data.streaming: hub settings, for corpus 'openwebtext' only"):
+        DataConfig(corpus="wiki-sample", streaming=True).validate("data")
+    DataConfig(corpus="openwebtext", streaming=True, hub_revision="main").validate("data")

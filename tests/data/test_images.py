@@ -130,7 +130,7 @@ def test_codes_are_cached_and_keyed_on_the_tokenizer(fashion_dir: Path, tiny_vq_
     monkeypatch.delenv("COFRE_CACHE")
     codes = load_image_codes(cfg)
     images, labels, _ = load_images(cfg, "train")
-    tokenizer = load_tokenizer(str(tiny_vq_run))
+    tokenizer = load_tokenizer(str(tiny_vq_run), image_size=28)
     assert codes.train.dtype == torch.int32 and codes.train.shape == (60, 7, 7) and codes.val.shape == (20, 7, 7)
     assert torch.equal(codes.train.long(), tokenizer.encode(images.float() / 255))  # the codes are the tokenizer's
     assert torch.equal(codes.train_labels, labels) and codes.class_names == FASHION_CLASSES

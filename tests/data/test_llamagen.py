@@ -1,7 +1,8 @@
-"""A checkpoint in LlamaGen's `vq_ds16_c2i.pt` layout loads strictly, encodes and decodes.
+"""A checkpoint in LlamaGen's `vq_ds16_c2i.pt` layout loads strictly, encodes and decodes, its sizes read from its
+shapes and its image size given by the recipe.
 
 The layout is written out below from LlamaGen's published VQ model (tokenizer/tokenizer_image/vq_model.py), name
-by name and shape by shape, independently of cofre's modules; the test builds a checkpoint of it with small
+by name and shape by shape, independently of cofre's modules; the tests build checkpoints of it with small
 widths (the same config fields) and random weights.
 """
 
@@ -100,8 +101,9 @@ def test_the_real_layout_has_vq16s_parameter_count() -> None:
 
 def test_a_llamagen_checkpoint_loads_encodes_and_decodes(tmp_path: Path, small_state: dict[str, torch.Tensor]) -> None:
     path = write_checkpoint(tmp_path / "vq_ds16_c2i.pt", small_state, steps=1000, args=argparse.Namespace(codebook_size=64))
-    tokenizer = load_llamagen(path, cfg=SMALL, image_size=32)
+    tokenizer = load_llamagen(path, image_size=32)
     assert (tokenizer.grid, tokenizer.codebook_size, tokenizer.channels) == ((2, 2), 64, 3)
+    assert tokenizer.model.cfg == SMALL and tokenizer.name == "llamagen-vq-ds16-64x8"
     images = torch.rand(3, 3, 32, 32)
     codes = tokenizer.encode(images)
     assert codes.shape == (3, 2, 2) and codes.dtype == torch.int64
@@ -121,26 +123,26 @@ def test_a_llamagen_checkpoint_loads_encodes_and_decodes(tmp_path: Path, small_s
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.pop("decoder.conv_out.bias"), "missing: decoder.conv_out.bias"),
     (lambda s: s.update({"encoder.extra.weight": torch.zeros(1)}), "unexpected: encoder.extra.weight"),
-    (lambda s: s.update({"quantize.embedding.weight": torch.zeros(64, 4)}), r"shape: quantize.embedding.weight \(64, 4\)"),
+    (lambda s: s.update({"quant_conv.weight": torch.zeros(4, 32, 1, 1)}), r"shape: quant_conv.weight \(4, 32, 1, 1\)"),
 ])
 def test_load_is_strict(tmp_path: Path, small_state: dict[str, torch.Tensor], change: object, message: str) -> None:
     state = dict(small_state)
     change(state)  # type: ignore[operator]
     path = write_checkpoint(tmp_path / "vq.pt", state)
     with pytest.raises(CofreError, match=message):
-        load_llamagen(path, cfg=SMALL, image_size=32)
+        load_llamagen(path, image_size=32)
 
 
 def test_unsafe_or_foreign_checkpoints_are_refused(tmp_path: Path, small_state: dict[str, torch.Tensor]) -> None:
     torch.save({"model": small_state, "payload": PurePosixPath("x")}, tmp_path / "pickled.pt")  # a class: not allowed
     with pytest.raises(CofreError, match="refused, it holds objects other than tensors"):
-        load_llamagen(tmp_path / "pickled.pt", cfg=SMALL, image_size=32)
+        load_llamagen(tmp_path / "pickled.pt", image_size=32)
     torch.save({"state_dict": small_state}, tmp_path / "other.pt")
     with pytest.raises(CofreError, match="no 'model' state dict"):
-        load_llamagen(tmp_path / "other.pt", cfg=SMALL, image_size=32)
+        load_llamagen(tmp_path / "other.pt", image_size=32)
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CofreError, match="not a readable torch checkpoint"):
-        load_llamagen(tmp_path / "junk.pt", cfg=SMALL, image_size=32)
+        load_llamagen(tmp_path / "junk.pt", image_size=32)
 
 
 def test_tokenizer_specs_that_are_not_tokenizers(tmp_path: Path, tiny_recipe: Path) -> None:
@@ -153,7 +155,37 @@ def test_tokenizer_specs_that_are_not_tokenizers(tmp_path: Path, tiny_recipe: Pa
              (str(tmp_path), "neither a checkpoint folder")]
     for spec, message in cases:
         with pytest.raises(CofreError, match=message):
-            load_tokenizer(spec)
+            load_tokenizer(spec, image_size=28)
     train(load_recipe(tiny_recipe, ["trainer.max_steps=1", "trainer.ckpt_every=1"]), tmp_path / "text-run")
     with pytest.raises(CofreError, match="is not a cofre VQ tokenizer"):
-        load_tokenizer(str(tmp_path / "text-run"))
+        load_tokenizer(str(tmp_path / "text-run"), image_size=28)
+
+
+# Other members of the family: VQ-8 (ds8, four levels), another codebook and code width, three ResNet blocks a level.
+OTHERS = [LlamaGenConfig(codebook_size=32, code_dim=4, ch=32, ch_mult=(1, 2, 2, 4), z_channels=32, num_res_blocks=2),
+          LlamaGenConfig(codebook_size=100, code_dim=16, ch=64, ch_mult=(1, 2, 2), z_channels=64, num_res_blocks=3)]
+
+
+@pytest.mark.parametrize("cfg", OTHERS, ids=["ds8-32x4", "ds4-100x16"])
+def test_sizes_are_read_from_the_state_dict_and_the_image_size_from_the_recipe(tmp_path: Path, cfg: LlamaGenConfig) -> None:
+    generator = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(shape, generator=generator) * 0.05 for k, shape in llamagen_layout(cfg).items()}
+    path = write_checkpoint(tmp_path / "vq.pt", state)
+    for image_size in (16, 24):  # the grid follows the recipe's data.image_size: side / down-sampling
+        tokenizer = load_tokenizer(f"llamagen:{path}", image_size=image_size)
+        side = image_size // cfg.downsample
+        assert tokenizer.model.cfg == cfg and (tokenizer.grid, tokenizer.codebook_size) == ((side, side), cfg.codebook_size)
+        codes = tokenizer.encode(torch.rand(2, 3, image_size, image_size))
+        assert codes.shape == (2, side, side) and int(codes.max()) < cfg.codebook_size
+        assert tokenizer.decode(codes).shape == (2, 3, image_size, image_size)
+    with pytest.raises(CofreError, match=f"image size 18 is not a multiple of the tokenizer's down-sampling {cfg.downsample}"):
+        load_tokenizer(f"llamagen:{path}", image_size=18)
+
+
+def test_a_state_dict_of_another_layout_is_named(tmp_path: Path, small_state: dict[str, torch.Tensor]) -> None:
+    state = {k: v for k, v in small_state.items() if not k.startswith("encoder.conv_blocks.2")}  # a level missing
+    with pytest.raises(CofreError, match=r"encoder levels \(encoder.conv_blocks.\*\) do not follow"):
+        load_llamagen(write_checkpoint(tmp_path / "gap.pt", state), image_size=32)
+    state = {k: v for k, v in small_state.items() if not k.startswith("quantize")}
+    with pytest.raises(CofreError, match="not a LlamaGen VQ checkpoint \\(no quantize.embedding.weight\\)"):
+        load_llamagen(write_checkpoint(tmp_path / "nobook.pt", state), image_size=32)

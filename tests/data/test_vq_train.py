@@ -41,7 +41,7 @@ def test_the_summary_psnr_is_the_tokenizer_round_trip(tiny_vq_run: Path, fashion
     from cofre.data.images import read_idx
 
     images = torch.from_numpy(read_idx(fashion_dir / "t10k-images-idx3-ubyte.gz").copy()).unsqueeze(1).float() / 255
-    tokenizer = load_tokenizer(str(tiny_vq_run))
+    tokenizer = load_tokenizer(str(tiny_vq_run), image_size=28)
     mse = (tokenizer.decode(tokenizer.encode(images)) - images).pow(2).flatten(1).mean(1)
     summary = json.loads((tiny_vq_run / "train_result.json").read_text())
     assert summary["psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), abs=1e-4)

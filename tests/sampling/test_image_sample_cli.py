@@ -32,6 +32,10 @@ def test_sample_writes_pngs_grid_and_manifest(runs: dict[str, Path], tmp_path: P
     assert [s["class"] for s in manifest["samples"]] == [0, 0, 9, 0]  # names and indices, cycled
     assert manifest["blocks_spent_per_batch"] == [12, 12] and "not counted twice" in manifest["budget_definition"]
     assert manifest["settings"]["cfg"] == 1.5 and len(manifest["checkpoint"]["sha256"]) == 64
+    # --ema is the default, but a run trained without EMA (the image recipes) has only raw weights: said so
+    assert manifest["settings"]["ema"] and manifest["checkpoint"]["ema"] is False
+    assert manifest["checkpoint"]["weights"] == "model.safetensors"
+    assert manifest["tokenizer"]["label"] == "cofre-vq-conv, 16 codes on a 4 x 4 grid at 8 px"
     assert sum(manifest["plan"]["reveal_counts"]) == GRID[0] * GRID[1]
     for sample in manifest["samples"]:
         assert len(sample["codes"]) == GRID[0] and Image.open(out / sample["file"]).size == (8, 8)

@@ -11,7 +11,7 @@ from cofre.errors import CofreError
 
 LLAMAGEN_PREFIX = "llamagen:"
 
-__all__ = ["ImageTokenizer", "load_tokenizer", "tokenizer_identity"]
+__all__ = ["ImageTokenizer", "load_tokenizer", "tokenizer_identity", "tokenizer_label"]
 
 
 def _weights_file(spec: str) -> tuple[str, Path]:
@@ -43,13 +43,26 @@ def tokenizer_identity(spec: str) -> dict[str, str]:
     return {"kind": kind, "sha256": file_sha256(path)}
 
 
-def load_tokenizer(spec: str, device: torch.device | str = "cpu") -> ImageTokenizer:
-    """`spec`: a cofre VQ run directory or checkpoint folder, or `llamagen:<path to vq_ds16_c2i.pt>`."""
+def load_tokenizer(spec: str, device: torch.device | str = "cpu", *, image_size: int) -> ImageTokenizer:
+    """`spec`: a cofre VQ run directory or checkpoint folder, or `llamagen:<path to vq_ds16_c2i.pt>`, for images of
+    `image_size` (the recipe's `data.image_size`): a LlamaGen VQ-GAN (convolutional) takes any multiple of its
+    down-sampling, a cofre VQ only the size it was trained at."""
     kind, path = _weights_file(spec)
     if kind == "llamagen":
         from cofre.data.image_tokenizers.llamagen import load_llamagen
 
-        return load_llamagen(path, device)
+        return load_llamagen(path, image_size, device)
     from cofre.data.image_tokenizers.vq import load_vq
 
-    return load_vq(path.parent, device)
+    tokenizer = load_vq(path.parent, device)
+    if tokenizer.image_size != image_size:
+        raise CofreError(f"tokenizer '{spec}' takes {tokenizer.image_size} x {tokenizer.image_size} images, "
+                         f"data.image_size is {image_size}; set data.image_size={tokenizer.image_size}")
+    return tokenizer
+
+
+def tokenizer_label(tokenizer: ImageTokenizer) -> str:
+    """How every image number names its tokenizer, e.g. "llamagen-vq-ds16-16384x8, 16384 codes on a 16 x 16 grid at
+    256 px" (the paper's tokenizer is XQGAN-4096: App. D.3)."""
+    h, w = tokenizer.grid
+    return f"{tokenizer.name}, {tokenizer.codebook_size} codes on a {h} x {w} grid at {tokenizer.image_size} px"

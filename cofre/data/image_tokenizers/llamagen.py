@@ -2,16 +2,20 @@
 
 The checkpoint is a dict whose "model" entry is the state dict of: `encoder` (conv_in, per-resolution levels
 `conv_blocks.{i}` of ResNet blocks, attention at the lowest resolution, stride-2 down-sampling, a
-ResNet-attention-ResNet middle, GroupNorm + swish + conv_out), `quant_conv` (z_channels -> 8), `quantize`
-(a 16384 x 8 codebook, looked up after l2-normalising both codes and encoder outputs), `post_quant_conv`
-(8 -> z_channels) and a mirrored `decoder` with nearest-neighbour up-sampling. Written from the published
-architecture; the module names match the state dict, which is loaded strictly. Images are [-1, 1] inside.
+ResNet-attention-ResNet middle, GroupNorm + swish + conv_out), `quant_conv` (z_channels -> code width), `quantize`
+(a codebook, 16384 x 8 for VQ-16, looked up after l2-normalising both codes and encoder outputs),
+`post_quant_conv` (code width -> z_channels) and a mirrored `decoder` with nearest-neighbour up-sampling. Written
+from the published architecture; the module names match the state dict, which is loaded strictly. The sizes
+(codebook, code width, widths, levels: the down-sampling) are read from the state dict's shapes, so any checkpoint
+of this layout loads (VQ-16, VQ-8, other codebooks); the image size is the recipe's `data.image_size`, which sets
+the grid. Images are [-1, 1] inside.
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,8 @@ USAGE_BUFFER = "quantize.codebook_used"
 
 @dataclass(frozen=True)
 class LlamaGenConfig:
-    """LlamaGen's VQ-16 (`VQ_16`): 16384 codes of width 8, ds16 (five resolutions), base width 128."""
+    """A LlamaGen VQ model's sizes; the defaults are VQ-16 (`VQ_16`): 16384 codes of width 8, ds16 (five
+    resolutions), base width 128."""
 
     codebook_size: int = 16384
     code_dim: int = 8
@@ -42,6 +47,30 @@ class LlamaGenConfig:
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], where: Path) -> LlamaGenConfig:
+        """The config whose modules have these shapes: codebook and code width from the codebook, image channels and
+        base width from encoder.conv_in, the width multiplier of each level and the ResNet blocks per level from
+        encoder.conv_blocks, z_channels from encoder.conv_out (the strict load then checks every other tensor)."""
+        needed = ("quantize.embedding.weight", "encoder.conv_in.weight", "encoder.conv_out.weight")
+        missing = [k for k in needed if k not in state or state[k].dim() < 2]
+        if missing:
+            raise CofreError(f"{where}: not a LlamaGen VQ checkpoint (no {', '.join(missing)})")
+        codebook_size, code_dim = state["quantize.embedding.weight"].shape
+        ch, channels = state["encoder.conv_in.weight"].shape[:2]
+        level_width = re.compile(r"encoder\.conv_blocks\.(\d+)\.res\.(\d+)\.conv1\.weight")
+        blocks: dict[int, dict[int, int]] = {}
+        for key, value in state.items():
+            if match := level_width.fullmatch(key):
+                blocks.setdefault(int(match[1]), {})[int(match[2])] = int(value.shape[0])
+        levels_ok = bool(blocks) and sorted(blocks) == list(range(len(blocks))) and all(0 in b for b in blocks.values())
+        if not levels_ok or ch % 32 or any(w % ch for b in blocks.values() for w in b.values()):  # GroupNorm: 32 groups
+            raise CofreError(f"{where}: the encoder levels (encoder.conv_blocks.*) do not follow the LlamaGen VQ layout")
+        return cls(codebook_size=int(codebook_size), code_dim=int(code_dim), ch=int(ch),
+                   ch_mult=tuple(blocks[i][0] // ch for i in range(len(blocks))),
+                   z_channels=int(state["encoder.conv_out.weight"].shape[0]), num_res_blocks=len(blocks[0]),
+                   channels=int(channels))
 
 
 def norm(width: int) -> nn.GroupNorm:
@@ -213,7 +242,7 @@ class LlamaGenTokenizer:
         if image_size % model.cfg.downsample:
             raise CofreError(f"image size {image_size} is not a multiple of the tokenizer's down-sampling {model.cfg.downsample}")
         self.model = model.to(device).eval()
-        self.name = f"llamagen-vq-ds{model.cfg.downsample}"
+        self.name = f"llamagen-vq-ds{model.cfg.downsample}-{model.cfg.codebook_size}x{model.cfg.code_dim}"
         self.sha256 = sha256
         self.codebook_size = model.cfg.codebook_size
         side = image_size // model.cfg.downsample
@@ -254,12 +283,12 @@ def read_llamagen_state(path: Path) -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if k != USAGE_BUFFER}
 
 
-def load_llamagen(path: str | Path, device: torch.device | str = "cpu", cfg: LlamaGenConfig = LlamaGenConfig(),
-                  image_size: int = 256) -> LlamaGenTokenizer:
-    """A LlamaGen VQ-GAN checkpoint (`vq_ds16_c2i.pt` by default), loaded strictly into `cfg`'s modules."""
+def load_llamagen(path: str | Path, image_size: int, device: torch.device | str = "cpu") -> LlamaGenTokenizer:
+    """A LlamaGen VQ-GAN checkpoint (e.g. `vq_ds16_c2i.pt`) for `image_size` images, its sizes read from its shapes
+    and its weights loaded strictly."""
     path = Path(path).expanduser()
     state = read_llamagen_state(path)
-    model = LlamaGenVQ(cfg)
+    model = LlamaGenVQ(LlamaGenConfig.from_state(state, path))
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
