@@ -10,7 +10,7 @@ zero-initialised, so S starts as "reuse the features" (f̂ = f_s). Token embeddi
 read from the base model at each call (S stores no copy). One module serves both modalities; what differs is how a
 committed token carries its position: images add the base model's learned position embedding, text rotates the
 attention's queries and keys by their rotary positions. With guidance, the sampler hands S the doubled batch, so the
-unconditional half gets features of its own. Full steps: step 0 and t_k = max(t_{k-1} + 1, round(N k / B)).
+unconditional half gets features of its own. Full steps: step 0 and t_k = max(t_{k-1} + 1, round(N (k / B))).
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ from cofre.sampling.budget import DEFAULT_MEAN_ITERS, BudgetPlan, plan_budget
 
 # -- which steps run the full model -----------------------------------------------------------------------------
 def full_steps(steps: int, full: int) -> list[int]:
-    """The B of N steps that run the full model: 0 and t_k = max(t_{k-1} + 1, round(N k / B)) for k = 1..B-1.
-    Python's round (half to even), as the authors' code; every (N, B) gives B distinct steps in 0..N-1."""
+    """The B of N steps that run the full model: 0 and t_k = max(t_{k-1} + 1, round(N * (k / B))) for k = 1..B-1,
+    the authors' expression to the float: k / B first, then Python's round (half to even) of the product, which
+    decides the ties (N = 45, B = 10 gives 31, not 32). Every (N, B) gives B distinct steps in 0..N-1."""
     if not 1 <= full <= steps:
         raise CofreError(f"--full-steps must be between 1 and --steps ({steps}), got {full}")
     chosen = [0]
     for k in range(1, full):
-        chosen.append(max(chosen[-1] + 1, round(steps * k / full)))
+        chosen.append(max(chosen[-1] + 1, round(steps * (k / full))))
     return chosen
 
 

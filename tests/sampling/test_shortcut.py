@@ -54,15 +54,26 @@ def test_full_step_sets_of_the_issue() -> None:
     assert full_steps(64, 11) == [0, 6, 12, 17, 23, 29, 35, 41, 47, 52, 58]
 
 
-def test_the_rule_uses_pythons_round_half_to_even() -> None:
-    """Both given sets come out the same under round-half-up (no N k / B there is an exact half); (5, 2) tells the
-    two apart: 5 x 1 / 2 = 2.5 rounds to 2 (Python, the authors' code), not 3."""
-    for n, b in ((32, 12), (64, 11)):
+def reference_full_steps(n: int, b: int) -> list[int]:
+    """The related paper's code, written out: t_k = max(t_{k-1} + 1, round(N * (k / B)))."""
+    chosen = [0]
+    for k in range(1, b):
+        chosen.append(max(chosen[-1] + 1, round(n * (k / b))))
+    return chosen
+
+
+def test_the_rule_matches_the_reference_expression_for_every_n_up_to_128() -> None:
+    """k / B is divided first, so the float product decides the .5 ties: (45, 10) gives 31 where round(N k / B)
+    gives 32 (68 of the 8128 pairs with N <= 128 differ between the two)."""
+    for n in range(1, 129):
+        for b in range(1, n + 1):
+            assert full_steps(n, b) == reference_full_steps(n, b), (n, b)
+    assert full_steps(45, 10)[7] == 31 and round(45 * 7 / 10) == 32
+    for n, b in ((32, 12), (64, 11)):  # no exact half there: round-half-up agrees
         chosen = [0]
         for k in range(1, b):
             chosen.append(max(chosen[-1] + 1, half_up(n * k / b)))
         assert chosen == full_steps(n, b)
-    assert full_steps(5, 2) == [0, 2]
 
 
 def test_every_full_step_set_is_b_distinct_steps_in_range() -> None:
