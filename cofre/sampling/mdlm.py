@@ -42,7 +42,7 @@ class SamplerConfig:
     reuse: ReuseConfig = field(default_factory=ReuseConfig)
     top_p: float = 1.0  # nucleus sampling; 1 keeps the whole distribution
     noise_removal: bool = False  # MDLM's final pass at t = 1e-5: argmax fill of what is still masked (the last step)
-    cache: bool = False  # skip the network when no token is revealed (spends less than the budget)
+    cache: bool = False  # skip the network when no token is revealed (spends less); a shortcut's full steps still run
     tol: float | None = None  # adaptive stopping: leave the solve once every residual is below tol
     trace: bool = False  # record residuals per iteration and solution shifts per transition type
     precision: str = "fp32"  # the network's: fp32, or bf16 autocast (logits are float64 before every draw)
@@ -208,7 +208,7 @@ class MDLMSampler:
                                 model=name)
             records.append(record)
             counts.append(revealed.sum())  # counts are read once after the loop (the cache needs them now)
-            if cfg.cache and int(counts[-1]) == 0:
+            if cfg.cache and int(counts[-1]) == 0 and not (self.hook is not None and self.hook.must_run(i)):
                 record.cached = True  # nothing changes: MDLM's cache shortcut, no network call, no blocks
                 continue
             with autocast(device, cfg.precision):

@@ -223,6 +223,10 @@ class ShortcutSteps:
     def start(self) -> None:
         self.previous, self.keys = None, []
 
+    def must_run(self, step: int) -> bool:
+        """A full step runs the network even when it reveals nothing: its features start the next shortcut chain."""
+        return step in self.full
+
     def predict(self, step: int, z: Tensor) -> Tensor | None:
         if step in self.full:
             return None
@@ -246,6 +250,9 @@ class TrajectoryRecorder:
 
     def start(self) -> None:
         self.tokens, self.features = [], []
+
+    def must_run(self, step: int) -> bool:
+        return True  # every step of a trajectory is recorded
 
     def predict(self, step: int, z: Tensor) -> Tensor | None:
         return None

@@ -191,6 +191,25 @@ def test_a_zero_initialised_shortcut_samples_with_the_previous_full_steps_featur
     assert not torch.equal(seen[0], seen[3])
 
 
+def test_cache_never_skips_a_full_step_so_every_shortcut_step_has_features() -> None:
+    """The review's reproducer: L = 8, 64 steps, 16 full, batch 1, MDLM's cache. Step 0 often reveals nothing; it
+    still runs the full model and hands S its features (before the fix: AssertionError on most seeds)."""
+    torch.manual_seed(0)
+    model = Denoiser(ModelConfig(vocab_size=101, hidden=32, heads=4, cond_dim=16, dropout=0.0, max_seq_len=8)).eval()
+    shortcut = Shortcut(ShortcutConfig(hidden=32, heads=4, modality="text"))
+    plan = shortcut_plan(model.cfg, 64, 16, None, "decreasing")
+    hook = ShortcutSteps(shortcut, model, 64, 16)
+    sampler = MDLMSampler(model, plan, SamplerConfig(length=8, cache=True), hook=hook)
+    skipped_full_step_zero = 0
+    for seed in range(8):
+        batch = sampler.sample(1, torch.Generator().manual_seed(seed))
+        assert not (batch.tokens == model.cfg.mask_id).any()
+        for r in batch.steps:
+            assert (r.step in hook.full) == (r.blocks > 0) and not (r.cached and r.step in hook.full)
+        skipped_full_step_zero += batch.steps[0].revealed == 0
+    assert skipped_full_step_zero > 0  # the case that crashed is exercised
+
+
 def test_plan_of_a_fixed_point_model_spends_the_budget_on_the_full_steps() -> None:
     model = text_model((1, 1, 1))
     plan = shortcut_plan(model.cfg, 8, 3, 3 * 2 + 9, "fixed")
