@@ -43,7 +43,8 @@ def main(
 
 PrecisionOption = Annotated[
     str, typer.Option(help="The network's precision: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. "
-                           "Logits are float64 before sampling either way.")
+                           "Logits are float64 before sampling either way. With --shortcut, auto is the precision its "
+                           "trajectories were collected at, and another is refused.")
 ]
 CompileOption = Annotated[
     bool, typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks (first batch compiles).")
@@ -214,17 +215,19 @@ def shortcut(
     ] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="New run directory; default runs/<stage name>.")] = None,
 ) -> None:
-    """MIGM-Shortcut: collect the run's own sampling trajectories and train the light shortcut step S on them."""
+    """MIGM-Shortcut: train the light shortcut step S on the run's own sampling trajectories, drawn as it trains."""
     from cofre.training.shortcut import shortcut_recipe, train_shortcut
 
     stage = shortcut_recipe(run, recipe, overrides or [])
     directory = run_dir or Path("runs") / stage.name
     result = train_shortcut(stage, directory, console)
-    console.print(f"trained the shortcut to step {result.final_step} in {result.elapsed_s:.0f}s on {result.train_pairs} "
-                  f"pairs; checkpoint {result.checkpoint}")
+    console.print(f"trained the shortcut to step {result.final_step} in {result.elapsed_s:.0f}s on {result.train_pairs:,} "
+                  f"pairs of {result.train_trajectories:,} trajectories collected at {result.precision} (each pair drawn "
+                  f"{result.pair_draws:.2f} times on average); checkpoint {result.checkpoint}")
     console.print(f"{result.parameters:,} parameters, {100 * result.parameter_fraction:.1f}% of the base model's; "
-                  f"held-out masked-position MSE {result.val_mse:.4g} vs {result.val_mse_reuse:.4g} for reusing the "
-                  f"previous step's features ({result.val_pairs} pairs)")
+                  f"masked-position MSE train {result.train_mse:.4g} / held-out {result.val_mse:.4g} vs "
+                  f"{result.train_mse_reuse:.4g} / {result.val_mse_reuse:.4g} for reusing the previous step's features "
+                  f"({result.val_pairs} held-out pairs of {result.val_trajectories} trajectories)")
     console.print(f"summary written to {directory / 'train_result.json'}; base run {result.base_run}")
 
 
@@ -350,12 +353,12 @@ def sample(
     shortcut: Annotated[Path | None, typer.Option(help="MIGM-Shortcut run (`cofre shortcut`): its light step S replaces "
                                                        "the full model on all but --full-steps of the --steps.")] = None,
     full_steps: Annotated[int | None, typer.Option(help="With --shortcut: B, the steps that run the full model (step 0 "
-                                                        "and t_k = max(t_k-1 + 1, round(N k / B))).")] = None,
+                                                        "and t_k = max(t_k-1 + 1, round(N * (k / B)))).")] = None,
 ) -> None:
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings. On an image run:
     PNGs, a grid and a manifest; the budget counts blocks per sample (the unconditional CFG pass is not counted twice)."""
     from cofre.sampling.budget import SCHEDULES
-    from cofre.precision import resolve_precision
+    from cofre.training.shortcut import sampling_precision
     from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint, validate_settings
     from cofre.sampling.reuse import REUSE_POLICIES
     if schedule not in SCHEDULES:
@@ -402,7 +405,7 @@ def sample(
         ("iterations per step", " ".join(map(str, result.iterations)) or "(plain model)"),
         ("blocks per step (mean)", " ".join(f"{b:g}" for b in result.blocks_per_step)),
         ("reuse / schedule", f"{reuse} / {schedule}"),
-        ("device / precision", f"{ckpt.device} / {resolve_precision(precision, ckpt.device)}"
+        ("device / precision", f"{ckpt.device} / {sampling_precision(precision, ckpt.device, settings.shortcut)}"
                                f"{' / compiled' if compile else ''}"),
         ("cached steps", str(result.cached_steps) if cache else "off"),
         ("time", f"{result.wall_time_s:.1f}s, {result.tokens_per_s:,.0f} tokens/s"),
@@ -455,7 +458,8 @@ def shortcut_rows(cost: dict[str, Any] | None) -> list[tuple[str, str]]:
     """The shortcut's cost per sample: full-model block forwards, plus S's FLOPs counted in base blocks."""
     if cost is None:
         return []
-    return [("shortcut", f"{cost['path']} (trained at N = {cost['trained_steps']})"),
+    return [("shortcut", f"{cost['path']} (trained at N = {cost['trained_steps']}, on trajectories collected at "
+                         f"{cost['collect_precision']}, which sampling follows)"),
             ("full steps", " ".join(map(str, cost["full_steps"]))),
             ("cost per sample", f"{cost['full_blocks']:g} full-model block forwards + {cost['shortcut_steps']:g} "
                                 f"shortcut steps = {cost['shortcut_blocks']:.2f} blocks of FLOPs "

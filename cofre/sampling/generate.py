@@ -133,8 +133,11 @@ def open_checkpoint(path: str | Path, ema: bool = True, device: str = "auto", co
 
 
 def resolved(settings: SampleSettings, device: torch.device) -> SampleSettings:
-    """`settings` with 'auto' precision made concrete for `device`, so files name what actually ran."""
-    return dataclasses.replace(settings, precision=resolve_precision(settings.precision, device))
+    """`settings` with 'auto' precision made concrete for `device` (with a shortcut: its collection precision), so
+    files name what actually ran."""
+    from cofre.training.shortcut import sampling_precision
+
+    return dataclasses.replace(settings, precision=sampling_precision(settings.precision, device, settings.shortcut))
 
 
 def validate_settings(settings: SampleSettings, max_len: int | None = None) -> None:
@@ -203,6 +206,8 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
         raise CofreError(f"{ckpt.folder} is an image model; the text sampler needs a text (MDLM) checkpoint "
                          "(`cofre sample` on an image run draws images)")
     validate_settings(settings, recipe.model.max_seq_len)
+    from cofre.training.shortcut import sampling_precision
+
     hook = None
     if settings.model_schedule is not None or light is not None:
         plan = scheduled_plan(ckpt, light, settings)
@@ -218,7 +223,7 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
                         settings.gamma_changed_max)
     config = SamplerConfig(length=settings.length or recipe.data.seq_len, reuse=reuse, top_p=settings.top_p,
                            noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace,
-                           precision=resolve_precision(settings.precision, ckpt.device))
+                           precision=sampling_precision(settings.precision, ckpt.device, settings.shortcut))
     return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps, light=light.model if light is not None else None,
                        hook=hook)
 

@@ -12,8 +12,8 @@ from cofre.models import Denoiser
 from cofre.sampling.budget import plan_budget
 from cofre.sampling.maskgit import ImageSamplerConfig, MaskGITSampler
 from cofre.sampling.mdlm import MDLMSampler, SamplerConfig
-from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, block_flops, committed_keys, full_steps,
-                                     predict_features, shortcut_cost, shortcut_plan)
+from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, block_flops,
+                                     committed_keys, full_steps, predict_features, shortcut_cost, shortcut_plan)
 
 GRID = (4, 4)
 
@@ -82,6 +82,36 @@ def test_every_full_step_set_is_b_distinct_steps_in_range() -> None:
             chosen = full_steps(n, b)
             assert len(chosen) == b and chosen[0] == 0 and chosen == sorted(set(chosen)) and chosen[-1] <= n - 1
     assert full_steps(7, 7) == list(range(7))
+
+
+@pytest.mark.parametrize("make", [text_model, image_model])
+def test_features_are_the_heads_normalised_input_and_the_rest_of_the_head_gives_the_logits(make) -> None:
+    """What S records and predicts is the tensor that feeds the logits (after the head's norm_final, before its adaLN
+    modulation and linear map, as the authors' code); the rest of the head maps it to the model's logits."""
+    model = make()
+    z = torch.randint(0, model.cfg.mask_id + 1, (2, 16))
+    cond = model.conditioning(torch.tensor([0, 1]) if model.cfg.modality == "image" else torch.rand(2), 16)
+    hidden = model.post_stack(model.pre_stack(z, cond), cond)
+    features = model.head_features(hidden)
+    assert torch.allclose(features, model.output_layer.norm_final(hidden))
+    if model.cfg.modality == "text":  # weight-only LayerNorm: zero mean per position before its weight
+        assert torch.allclose((features / model.output_layer.norm_final.weight).mean(-1), torch.zeros(2, 16), atol=1e-4)
+    positions = (torch.tensor([0, 1, 1]), torch.tensor([3, 0, 7]))
+    assert torch.allclose(model.head_logits(features, cond), model.head(hidden, cond), atol=1e-6)
+    assert torch.allclose(model.head_logits(features, cond, positions), model.head(hidden, cond, positions), atol=1e-6)
+
+
+def test_the_sampler_hands_the_hook_post_norm_features() -> None:
+    model = text_model()
+    recorder = TrajectoryRecorder()
+    plan = plan_budget(model.cfg, 4 * 2, None, "decreasing")
+    MDLMSampler(model, plan, SamplerConfig(length=16), hook=recorder).sample(2, torch.Generator().manual_seed(1))
+    assert len(recorder.features) == 4
+    with torch.no_grad():
+        for z, recorded in zip(recorder.tokens, recorder.features):
+            cond = model.conditioning(torch.zeros(2), 16)
+            expected = model.head_features(model.post_stack(model.pre_stack(z, cond), cond))
+            assert torch.allclose(recorded.float(), expected, atol=5e-3)  # stored in fp16
 
 
 def test_zero_initialised_last_projection_returns_the_features() -> None:
