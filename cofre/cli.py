@@ -523,6 +523,11 @@ def evaluate(
     steps: Annotated[int | None, typer.Option(help="Denoising steps for FP models; default rule otherwise.")] = None,
     schedule: Annotated[str, typer.Option(help="Iteration schedule of FP models.")] = "decreasing",
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    raw_weights: Annotated[
+        list[Path] | None, typer.Option(help="A RUN also evaluated with its raw (non-EMA) weights, in rows of its own; "
+                                             "its rows are then labelled (EMA) and (raw weights). Repeat for several "
+                                             "(e.g. an SDTT run, whose released students are raw weights).")
+    ] = None,
     val_batches: Annotated[int, typer.Option(help="Held-out micro-batches for validation perplexity.")] = 16,
     latency_warmup: Annotated[int, typer.Option(help="Untimed warm-up batches before latency is timed.")] = 2,
     latency_repeats: Annotated[int, typer.Option(help="Timed batches per cell for latency (App. F.11).")] = 20,
@@ -563,6 +568,8 @@ def evaluate(
     if shortcut is not None or full_steps is not None:
         if light is not None or model_schedule:
             raise CofreError("--shortcut and --light / --model-schedule each replace the model at some steps; use one")
+        if raw_weights:
+            raise CofreError("--raw-weights does not apply with --shortcut (a shortcut runs with its base's EMA weights)")
         _evaluate_shortcut(runs or [], shortcut, steps, full_steps, judge, genppl_mode, num_samples, batch_size, seed,
                            ema, device, precision, latency_warmup, latency_repeats, reference_split, reference_images,
                            report_dir)
@@ -583,7 +590,7 @@ def evaluate(
         checkpoints=_name_list(checkpoints or ""), steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
         precision=precision, compile=compile, light=str(light) if light is not None else None,
-        model_schedules=model_schedule or [],
+        model_schedules=model_schedule or [], raw_weights=[str(r) for r in raw_weights or []],
     )
     if not runs:
         runs = runs_with_checkpoints(Path("runs"))
