@@ -966,7 +966,8 @@ def schedule_search(
         table.add_row(str(i + 1), f"{a:.2f}-{b:.2f}", c.schedule, f"{c.genppl:.1f}", f"{c.increase:+.1f}", f"{c.entropy:.2f}")
     console.print(table)
     ranking = Table(title=f"ranking: {light_segments} light of {segments} segments over {steps} steps "
-                          f"(saving {100 * summary.ranking[0].saving:.1f}% of the heavy model's blocks)")
+                          f"(saving {100 * summary.ranking[0].saving:.1f}% of the heavy model's blocks, "
+                          f"{100 * summary.ranking[0].flop_saving:.1f}% of its FLOPs)")
     for column in ("rank", "light segments", "schedule", "Gen. PPL", "increase", "entropy"):
         ranking.add_column(column, justify="right")
     for rank, c in enumerate(summary.ranking, 1):

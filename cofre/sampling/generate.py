@@ -174,12 +174,12 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
 
 def scheduled_plan(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> BudgetPlan:
     """A model schedule's plan: the light model matched against the heavy one, the schedule parsed against --steps,
-    the budget derived (and checked against --budget when given)."""
+    FP models' iterations split by --schedule, the budget derived (and checked against --budget when given)."""
     if light is None or settings.model_schedule is None:
         raise CofreError("model scheduling needs both --light LIGHT_RUN and --model-schedule (e.g. L125,H750,L125)")
     check_compatible(ckpt.recipe, light.recipe, str(ckpt.folder), str(light.folder))
     segments = parse_model_schedule(settings.model_schedule, settings.steps)
-    return plan_schedule(segments, ckpt.recipe, light.recipe, settings.budget)
+    return plan_schedule(segments, ckpt.recipe, light.recipe, settings.schedule, settings.budget)
 
 
 def with_schedule(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> SampleSettings:
@@ -250,10 +250,12 @@ def _result(out: Path, records: list[dict[str, Any]], settings: SampleSettings, 
 
 
 def _schedule_record(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> dict[str, Any]:
-    """What a model schedule spends (written with each sample): blocks per model, the saving, the light model."""
+    """What a model schedule spends (written with each sample): blocks and FLOPs per model, the savings, the light
+    model."""
     if light is None or settings.model_schedule is None:
         return {}
-    cost = schedule_cost(parse_model_schedule(settings.model_schedule), ckpt.recipe, light.recipe)
+    cost = schedule_cost(parse_model_schedule(settings.model_schedule), ckpt.recipe, light.recipe,
+                         settings.length or ckpt.recipe.data.seq_len)
     return {"model_schedule": {**dataclasses.asdict(cost), "light": light.identity}}
 
 
