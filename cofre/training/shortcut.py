@@ -205,7 +205,9 @@ class TrajectorySource:
             self.sampler.sample(self.labels_of(size, generator), generator)
         else:
             self.sampler.sample(size, generator)
-        return torch.stack(self.recorder.tokens, 1), torch.stack(self.recorder.features, 1)  # [rows, N, L(, D)]
+        tokens, features = torch.stack(self.recorder.tokens, 1), torch.stack(self.recorder.features, 1)  # [rows, N, L(, D)]
+        self.recorder.start()  # the per-step copies go: a pool is held once
+        return tokens, features
 
     def pool(self, index: int) -> TrajectoryPool:
         """Training pool `index`: one sampler batch of collect.batch_size trajectories, seed (collect.seed, index)."""
@@ -334,6 +336,7 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, kept: list[dict[str, Any]], consol
     def use_pool(index: int, upto: int) -> None:
         """Pool `index` drawn, with the pairs training drew from it before step `upto` (a resume redraws both)."""
         nonlocal pool, pool_index, drawn, pairs, trajectories, counted
+        pool = None  # the last pool goes before the next is drawn
         pool, pool_index = source.pool(index), index
         drawn = {i for earlier in range(index * c.refresh_every, upto) for i in _picks(len(pool), earlier, t)}
         if index > counted:

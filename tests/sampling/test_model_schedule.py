@@ -133,7 +133,7 @@ def test_mixed_schedule_counts_each_steps_model_and_switches_from_h_pre() -> Non
     assert not torch.equal(draw(alone).tokens, out.tokens)
 
 
-def test_a_narrower_light_model_saves_blocks_but_fewer_flops() -> None:
+def test_a_narrower_light_model_saves_more_flops_than_its_block_count_says() -> None:
     """Blocks are FLOPs only at one width: a half-width 4-block light model reports the sandwich's 1/6 of blocks, but
     saves more FLOPs (its blocks cost about a quarter of the heavy ones'), counted from both models' shapes."""
     heavy, light = recipe(12), recipe(4, hidden=16, heads=2)
