@@ -32,6 +32,7 @@ from cofre.models import Denoiser
 from cofre.precision import resolve_device, resolve_precision
 from cofre.runs import code_version
 from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_train_state, resolve_checkpoint, run_root
+from cofre.training.shortcut import sampling_precision
 
 
 @dataclass
@@ -135,8 +136,6 @@ def open_checkpoint(path: str | Path, ema: bool = True, device: str = "auto", co
 def resolved(settings: SampleSettings, device: torch.device) -> SampleSettings:
     """`settings` with 'auto' precision made concrete for `device` (with a shortcut: its collection precision), so
     files name what actually ran."""
-    from cofre.training.shortcut import sampling_precision
-
     return dataclasses.replace(settings, precision=sampling_precision(settings.precision, device, settings.shortcut))
 
 
@@ -206,8 +205,6 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
         raise CofreError(f"{ckpt.folder} is an image model; the text sampler needs a text (MDLM) checkpoint "
                          "(`cofre sample` on an image run draws images)")
     validate_settings(settings, recipe.model.max_seq_len)
-    from cofre.training.shortcut import sampling_precision
-
     hook = None
     if settings.model_schedule is not None or light is not None:
         plan = scheduled_plan(ckpt, light, settings)
