@@ -182,19 +182,21 @@ cka-tiny: setup  ## App. C.3.1 in miniature: layer similarity of the tiny MDLM a
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml
 	$(BIN)/cofre cka runs/tiny-mdlm
 
-table13-tiny: setup  ## Table 13 in miniature: MDLM, MDLM + CONS, MDLM + SDTT, CoFRe (3SR) at budgets 96-768
+table13-tiny: setup  ## Table 13 in miniature: MDLM, MDLM + CONS, MDLM + SDTT (EMA and raw weights), CoFRe (3SR) at budgets 96-768
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml
 	$(BIN)/cofre train recipes/tiny-fp-mdlm.yaml
 	$(BIN)/cofre consistency runs/tiny-mdlm --recipe recipes/tiny-cofre.yaml name=tiny-mdlm-cons
 	$(BIN)/cofre distill runs/tiny-mdlm --recipe recipes/tiny-sdtt.yaml
 	$(BIN)/cofre consistency runs/tiny-fp-mdlm --recipe recipes/tiny-cofre.yaml
-	$(BIN)/cofre evaluate runs/tiny-mdlm runs/tiny-mdlm-cons runs/tiny-sdtt runs/tiny-cofre $(TABLE13_TINY_EVAL)
+	$(BIN)/cofre evaluate runs/tiny-mdlm runs/tiny-mdlm-cons runs/tiny-sdtt runs/tiny-cofre --raw-weights runs/tiny-sdtt \
+		$(TABLE13_TINY_EVAL)
 
-table13: setup  ## Table 13 at full scale (GPUs; set NPROC): MDLM + CONS and MDLM + SDTT on the 1M-step MDLM, and CoFRe
+table13: setup  ## Table 13 at full scale (GPUs; set NPROC): MDLM + CONS and MDLM + SDTT (EMA and raw weights) on the 1M-step MDLM, and CoFRe
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency runs/owt-mdlm --recipe recipes/owt-cofre.yaml name=owt-mdlm-cons
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre distill runs/owt-mdlm --recipe recipes/owt-sdtt.yaml
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre consistency runs/owt-fp-mdlm --recipe recipes/owt-cofre.yaml
-	$(BIN)/cofre evaluate runs/owt-mdlm runs/owt-mdlm-cons runs/owt-sdtt runs/owt-cofre $(TABLE13_EVAL)
+	$(BIN)/cofre evaluate runs/owt-mdlm runs/owt-mdlm-cons runs/owt-sdtt runs/owt-cofre --raw-weights runs/owt-sdtt \
+		$(TABLE13_EVAL)
 
 scheduling-tiny: setup  ## model scheduling in miniature: a 1-block light MDLM beside the 4-block tiny MDLM; step importance, segment search, sandwich vs light in the middle
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml

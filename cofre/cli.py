@@ -44,7 +44,8 @@ def main(
 
 PrecisionOption = Annotated[
     str, typer.Option(help="The network's precision: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. "
-                           "Logits are float64 before sampling either way.")
+                           "Logits are float64 before sampling either way. With --shortcut, auto is the precision its "
+                           "trajectories were collected at, and another is refused.")
 ]
 CompileOption = Annotated[
     bool, typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks (first batch compiles).")
@@ -269,7 +270,7 @@ def shortcut(
     dry_run: DryRunOption = False,
     num_processes: ProcessesOption = None,
 ) -> None:
-    """MIGM-Shortcut: collect the run's own sampling trajectories and train the light shortcut step S on them."""
+    """MIGM-Shortcut: train the light shortcut step S on the run's own sampling trajectories, drawn as it trains."""
     from cofre.launch import check_one_process, planned_recipes, shortcut_plan
     from cofre.training.shortcut import shortcut_recipe, train_shortcut
 
@@ -281,11 +282,13 @@ def shortcut(
     stage = shortcut_recipe(run, recipe, overrides or [])
     directory = run_dir or Path("runs") / stage.name
     result = train_shortcut(stage, directory, console)
-    console.print(f"trained the shortcut to step {result.final_step} in {result.elapsed_s:.0f}s on {result.train_pairs} "
-                  f"pairs; checkpoint {result.checkpoint}")
+    console.print(f"trained the shortcut to step {result.final_step} in {result.elapsed_s:.0f}s on {result.train_pairs:,} "
+                  f"pairs of {result.train_trajectories:,} trajectories collected at {result.precision} (each pair drawn "
+                  f"{result.pair_draws:.2f} times on average); checkpoint {result.checkpoint}")
     console.print(f"{result.parameters:,} parameters, {100 * result.parameter_fraction:.1f}% of the base model's; "
-                  f"held-out masked-position MSE {result.val_mse:.4g} vs {result.val_mse_reuse:.4g} for reusing the "
-                  f"previous step's features ({result.val_pairs} pairs)")
+                  f"masked-position MSE train {result.train_mse:.4g} / held-out {result.val_mse:.4g} vs "
+                  f"{result.train_mse_reuse:.4g} / {result.val_mse_reuse:.4g} for reusing the previous step's features "
+                  f"({result.val_pairs} held-out pairs of {result.val_trajectories} trajectories)")
     console.print(f"summary written to {directory / 'train_result.json'}; base run {result.base_run}")
 
 
@@ -451,12 +454,12 @@ def sample(
     shortcut: Annotated[Path | None, typer.Option(help="MIGM-Shortcut run (`cofre shortcut`): its light step S replaces "
                                                        "the full model on all but --full-steps of the --steps.")] = None,
     full_steps: Annotated[int | None, typer.Option(help="With --shortcut: B, the steps that run the full model (step 0 "
-                                                        "and t_k = max(t_k-1 + 1, round(N k / B))).")] = None,
+                                                        "and t_k = max(t_k-1 + 1, round(N * (k / B)))).")] = None,
 ) -> None:
     """Generate samples under a transformer-block budget (Alg. 1) and write them with their settings. On an image run:
     PNGs, a grid and a manifest; the budget counts blocks per sample (the unconditional CFG pass is not counted twice)."""
     from cofre.sampling.budget import SCHEDULES
-    from cofre.precision import resolve_precision
+    from cofre.training.shortcut import sampling_precision
     from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint, validate_settings
     from cofre.sampling.reuse import REUSE_POLICIES
     if schedule not in SCHEDULES:
@@ -503,7 +506,7 @@ def sample(
         ("iterations per step", " ".join(map(str, result.iterations)) or "(plain model)"),
         ("blocks per step (mean)", " ".join(f"{b:g}" for b in result.blocks_per_step)),
         ("reuse / schedule", f"{reuse} / {schedule}"),
-        ("device / precision", f"{ckpt.device} / {resolve_precision(precision, ckpt.device)}"
+        ("device / precision", f"{ckpt.device} / {sampling_precision(precision, ckpt.device, settings.shortcut)}"
                                f"{' / compiled' if compile else ''}"),
         ("cached steps", str(result.cached_steps) if cache else "off"),
         ("time", f"{result.wall_time_s:.1f}s, {result.tokens_per_s:,.0f} tokens/s"),
@@ -556,7 +559,8 @@ def shortcut_rows(cost: dict[str, Any] | None) -> list[tuple[str, str]]:
     """The shortcut's cost per sample: full-model block forwards, plus S's FLOPs counted in base blocks."""
     if cost is None:
         return []
-    return [("shortcut", f"{cost['path']} (trained at N = {cost['trained_steps']})"),
+    return [("shortcut", f"{cost['path']} (trained at N = {cost['trained_steps']}, on trajectories collected at "
+                         f"{cost['collect_precision']}, which sampling follows)"),
             ("full steps", " ".join(map(str, cost["full_steps"]))),
             ("cost per sample", f"{cost['full_blocks']:g} full-model block forwards + {cost['shortcut_steps']:g} "
                                 f"shortcut steps = {cost['shortcut_blocks']:.2f} blocks of FLOPs "
@@ -620,6 +624,11 @@ def evaluate(
     steps: Annotated[int | None, typer.Option(help="Denoising steps for FP models; default rule otherwise.")] = None,
     schedule: Annotated[str, typer.Option(help="Iteration schedule of FP models.")] = "decreasing",
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
+    raw_weights: Annotated[
+        list[Path] | None, typer.Option(help="A RUN also evaluated with its raw (non-EMA) weights, in rows of its own; "
+                                             "its rows are then labelled (EMA) and (raw weights). Repeat for several "
+                                             "(e.g. an SDTT run, whose released students are raw weights).")
+    ] = None,
     val_batches: Annotated[int, typer.Option(help="Held-out micro-batches for validation perplexity.")] = 16,
     latency_warmup: Annotated[int, typer.Option(help="Untimed warm-up batches before latency is timed.")] = 2,
     latency_repeats: Annotated[int, typer.Option(help="Timed batches per cell for latency (App. F.11).")] = 20,
@@ -664,6 +673,8 @@ def evaluate(
     if shortcut is not None or full_steps is not None:
         if light is not None or model_schedule:
             raise CofreError("--shortcut and --light / --model-schedule each replace the model at some steps; use one")
+        if raw_weights:
+            raise CofreError("--raw-weights does not apply with --shortcut (a shortcut runs with its base's EMA weights)")
         _evaluate_shortcut(runs or [], shortcut, steps, full_steps, judge, genppl_mode, num_samples, batch_size, seed,
                            ema, device, precision, latency_warmup, latency_repeats, reference_split, reference_images,
                            report_dir)
@@ -685,7 +696,7 @@ def evaluate(
         checkpoints=_name_list(checkpoints or ""), steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
         precision=precision, compile=compile, light=str(light) if light is not None else None,
-        model_schedules=model_schedule or [],
+        model_schedules=model_schedule or [], raw_weights=[str(r) for r in raw_weights or []],
     )
     if not runs:
         runs = runs_with_checkpoints(Path("runs"))
@@ -1063,7 +1074,8 @@ def schedule_search(
         table.add_row(str(i + 1), f"{a:.2f}-{b:.2f}", c.schedule, f"{c.genppl:.1f}", f"{c.increase:+.1f}", f"{c.entropy:.2f}")
     console.print(table)
     ranking = Table(title=f"ranking: {light_segments} light of {segments} segments over {steps} steps "
-                          f"(saving {100 * summary.ranking[0].saving:.1f}% of the heavy model's blocks)")
+                          f"(saving {100 * summary.ranking[0].saving:.1f}% of the heavy model's blocks, "
+                          f"{100 * summary.ranking[0].flop_saving:.1f}% of its FLOPs)")
     for column in ("rank", "light segments", "schedule", "Gen. PPL", "increase", "entropy"):
         ranking.add_column(column, justify="right")
     for rank, c in enumerate(summary.ranking, 1):

@@ -263,6 +263,9 @@ class DistillConfig:
     round_steps: int = 10_000  # optimiser steps per round; rounds = trainer.max_steps / round_steps
     teacher_iters: int = 8  # fixed-point iterations of an FP teacher per ancestral step (a plain teacher ignores it)
     init_weights: Literal["ema", "raw"] = "ema"  # which parent weights start student and teacher (the EMA restarts from them)
+    # the teacher's step times: paper, t -> t - dt -> ... (SDTT's paper); reference, SDTT's code's interpolated
+    # t_i = t linspace(1, 0, k)_i + (1 - t)(t - k dt), clamped at 1e-5 (its released students were trained so)
+    teacher_grid: Literal["paper", "reference"] = "paper"
 
     def validate(self, where: str = "distill") -> None:
         _at_least(where, self, 2, "k")

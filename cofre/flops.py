@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+from cofre.config import ModelConfig
 from cofre.models import Denoiser
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' datasheets; the first name contained in
@@ -49,6 +51,18 @@ class FlopCounts:
         return FlopCounts(block=2 * per_token + 4 * seq_len * cfg.hidden, mix=2 * mix, injection=2 * injection,
                           head=2 * model.output_layer.linear.weight.numel())
 
+    @staticmethod
+    def of_config(cfg: ModelConfig, seq_len: int) -> FlopCounts:
+        """The counts of the model `cfg` builds, from its shapes alone (built on PyTorch's meta device: no weights)."""
+        with torch.device("meta"):
+            return FlopCounts.of(Denoiser(cfg), seq_len)
+
+    def step(self, cfg: ModelConfig, iterations: int) -> float:
+        """Forward FLOPs per token of one denoising step's network pass, the head aside: P and H, and for an FP
+        model G once and `iterations` x (K_fp blocks + F's input mix)."""
+        explicit = (cfg.K_pre + cfg.K_post) * self.block
+        return explicit + (self.injection + iterations * (cfg.K_fp * self.block + self.mix) if cfg.is_fixed_point else 0.0)
+
 
 def train_flops_per_token(model: Denoiser, seq_len: int, n_nograd: int, n_grad: int, head_fraction: float) -> float:
     """Model FLOPs of one training step per token: P, G, H and N_g iterations at 3x, N_ng iterations at 1x,
@@ -63,10 +77,8 @@ def sampling_flops_per_token(model: Denoiser, seq_len: int, iterations: list[int
     """Forward FLOPs per generated token of a whole sampling run, one entry of `iterations` per denoising step
     (0 for a plain model): every step runs the stack over all positions, and each token meets the head once,
     at the step that reveals it."""
-    f, cfg = FlopCounts.of(model, seq_len), model.cfg
-    per_step = [(cfg.K_pre + cfg.K_post) * f.block + (n * (cfg.K_fp * f.block + f.mix) + f.injection
-                                                     if cfg.is_fixed_point else 0.0) for n in iterations]
-    return sum(per_step) + f.head
+    f = FlopCounts.of(model, seq_len)
+    return sum(f.step(model.cfg, n) for n in iterations) + f.head
 
 
 def peak_flops(device_name: str, precision: str, override_tflops: float | None = None) -> float | None:

@@ -296,5 +296,6 @@ def shortcut_plan(base: Path, stage: Path | None, overrides: list[str], run_dir:
     return LaunchPlan(command="shortcut", name=recipe.name,
                       kind=f"MIGM-Shortcut step on the {model_kind(base_recipe)}", run_dir=str(directory),
                       status=_kind_status(directory), parameters=sum(p.numel() for p in model.parameters()),
-                      data=f"the base run's own trajectories: {c.trajectories} x {c.steps} steps (+{c.val_trajectories} held out)",
+                      data=f"the base run's own {c.steps}-step trajectories, pools of {c.batch_size} drawn every "
+                           f"{c.refresh_every} steps (+{c.val_trajectories} held out), at {c.precision}",
                       layout=None, parent=resolved)

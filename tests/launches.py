@@ -54,6 +54,8 @@ def dry_run(argv: list[str], processes: int) -> str:
         return _message(err)
     except SystemExit as err:
         return f"exit {err.code}: {out.getvalue().strip()[-300:]}" if err.code else ""
+    except Exception as err:  # a crash is a launch that fails too, reported with the rest
+        return f"crashed: {type(err).__name__}: {err}"
     return ""
 
 

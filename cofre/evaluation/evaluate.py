@@ -41,7 +41,7 @@ from cofre.sampling.generate import (
     with_schedule,
 )
 from cofre.tasks.mdlm import MDLMTask
-from cofre.training.checkpoint import checkpoint_recipe
+from cofre.training.checkpoint import checkpoint_recipe, resolve_checkpoint
 
 TEXT_METRICS = ("genppl", "entropy", "mauve", "valppl", "latency")
 METRICS = (*TEXT_METRICS, "fid", "isc")
@@ -93,6 +93,7 @@ class EvalSettings:
     inception_weights: str | None = None  # images: torch-fidelity's Inception weights file (FID and IS)
     light: str | None = None  # model scheduling: the light model; cells are then the schedules, not the budgets
     model_schedules: list[str] = field(default_factory=list)  # e.g. ["L125,H750,L125"]; heavy and light alone are added
+    raw_weights: list[str] = field(default_factory=list)  # of the runs: also evaluated with raw weights, rows of their own
 
 
 @dataclass
@@ -157,6 +158,9 @@ def for_modality(settings: EvalSettings, modality: str) -> EvalSettings:
         raise CofreError(f"--metrics {', '.join(wrong)}: not for {modality} runs; choose from {', '.join(allowed)}")
     if modality == "image" and settings.top_p != [1.0]:
         raise CofreError("--top-p: text sampling option; image runs sample with --temperature (cofre sample)")
+    if modality == "image" and settings.raw_weights:
+        raise CofreError("--raw-weights: for text runs (Table 13's SDTT row); evaluate an image run's raw weights with "
+                         "--no-ema")
     if modality == "image" and settings.light is not None:
         raise CofreError("--light / --model-schedule: model scheduling is for text runs")
     if modality == "text" and (settings.cfg != [0.0] or settings.cfg_select is not None):
@@ -178,6 +182,8 @@ def check_settings(settings: EvalSettings) -> None:
         raise CofreError("give at least one --budget")
     if settings.model_schedules or settings.light is not None:
         sample_points(settings)  # schedules parse and share one step count before anything loads
+    if settings.raw_weights and not settings.ema:
+        raise CofreError("--raw-weights adds raw-weight rows beside the EMA rows; with --no-ema every row is raw already")
     bad_reuse = [r for r in settings.reuse if r not in REUSE_POLICIES]
     if bad_reuse:
         raise CofreError(f"unknown reuse policy {', '.join(bad_reuse)}; choose from {', '.join(REUSE_POLICIES)}")
@@ -224,6 +230,28 @@ def sample_points(settings: EvalSettings) -> list[tuple[int | None, str | None]]
     total = steps.pop()
     texts = [f"H{total}", f"L{total}", *(schedule_text(segments) for segments in parsed)]
     return [(None, text) for text in dict.fromkeys(texts)]
+
+
+def weight_rows(runs: list[Path], settings: EvalSettings) -> list[tuple[Path, bool]]:
+    """(checkpoint, EMA?) of every row group: each run's checkpoints (--checkpoints) with the EMA weights when
+    present (`settings.ema`), and with their raw weights too for the runs named in `settings.raw_weights`."""
+    from cofre.evaluation.checkpoints import expand_checkpoints
+    from cofre.training.checkpoint import EMA_FILE
+
+    raw = [Path(r) for r in settings.raw_weights]
+    unknown = [str(r) for r in raw if r not in runs]
+    if unknown:
+        raise CofreError(f"--raw-weights {', '.join(unknown)}: not among the runs evaluated; name each run too")
+    rows = []
+    for run in runs:
+        for folder in expand_checkpoints([run], settings.checkpoints):
+            rows.append((folder, settings.ema))
+            if run in raw:
+                if not (resolve_checkpoint(folder) / EMA_FILE).is_file():
+                    raise CofreError(f"--raw-weights {run}: {resolve_checkpoint(folder)} has no EMA weights, so its "
+                                     "rows already are its raw weights")
+                rows.append((folder, False))
+    return rows
 
 
 def schedule_label(name: str, schedule: str, light: str) -> str:
@@ -305,6 +333,7 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     from cofre.evaluation.report import plot_budget_curves
 
     check_settings(settings)
+    rows = weight_rows(runs, settings)  # (checkpoint, EMA?): each run's named checkpoints (Table 24), raw too if asked
     runs = expand_checkpoints(runs, settings.checkpoints)  # run directories -> the named checkpoints (Table 24)
     modality = run_modality(runs)  # every run is readable before anything is sampled or written
     isc_asked = settings.metrics is not None and "isc" in settings.metrics  # named: no null IS after hours of sampling
@@ -326,9 +355,12 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     light = None  # model scheduling: the light model, opened once for every run
     if settings.light is not None:
         light = open_checkpoint(settings.light, ema=settings.ema, device=settings.device, compile=settings.compile)
-    for run in runs:
-        ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device, compile=settings.compile)
+    twins = {run for run, ema in rows if not ema} if settings.ema else set()  # evaluated with both weights
+    for run, ema in rows:
+        ckpt = open_checkpoint(run, ema=ema, device=settings.device, compile=settings.compile)
         name = run_name(run, ckpt.folder, ckpt.identity)  # two runs of one recipe, two checkpoints: two rows
+        if run in twins:
+            name += " (EMA)" if ema else " (raw weights)"
         training[name] = training_cost(ckpt.run_root, ckpt.recipe.init_from)
         precision = resolve_precision(settings.precision, ckpt.device)
         if "valppl" in settings.metrics:
@@ -358,8 +390,8 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
                 if images is not None:
                     cell = images.score(ckpt, reuse, budget, precision, cfg)
                 else:
-                    cell = text_cell(ckpt, light, settings, reuse, budget, model_schedule, top_p, precision, judge,
-                                     references)
+                    cell = text_cell(ckpt, light, dataclasses.replace(settings, ema=ema), reuse, budget, model_schedule,
+                                     top_p, precision, judge, references)
                 judged_by = (images.extractor.name if images is not None and images.extractor is not None
                              else settings.judge if judge is not None else None)
                 chosen = {"cfg_selection": selection_record(choice)} if choice is not None else {}

@@ -38,7 +38,8 @@ from cofre.sampling.generate import (
     scheduled_identity,
     with_schedule,
 )
-from cofre.sampling.model_schedule import HEAVY, LIGHT, Segment, check_compatible, schedule_text
+from cofre.sampling.model_schedule import (HEAVY, LIGHT, Segment, check_compatible, parse_model_schedule, schedule_cost,
+                                           schedule_text)
 
 SEARCH_METRICS = ["genppl", "entropy"]
 MAX_PLACEMENTS = 1000  # a typo (--segments 40 --light-segments 20) should not start a week of sampling
@@ -59,7 +60,8 @@ class SearchCell:
     schedule: str
     light_segments: list[int]  # 1-based segments run by the light model
     budget: int
-    saving: float  # against the heavy model over every step
+    saving: float  # of blocks, against the heavy model over every step
+    flop_saving: float  # of forward FLOPs (both models' shapes, the FP mix included), against the same
     genppl: float
     entropy: float
     increase: float  # Gen. PPL minus the heavy model's alone
@@ -176,7 +178,7 @@ def run_search(heavy_run: Path, light_run: Path, settings: SearchSettings, repor
     def cell(light_set: tuple[int, ...]) -> SearchCell:
         c = scored[light_set]
         return SearchCell(schedule=schedules[light_set], light_segments=[i + 1 for i in light_set], budget=c["budget"],
-                          saving=c["saving"], genppl=c["genppl"], entropy=c["entropy"], increase=c["genppl"] - base,
+                          saving=c["saving"], flop_saving=c["flop_saving"], genppl=c["genppl"], entropy=c["entropy"], increase=c["genppl"] - base,
                           path=c["path"], drawn=c["drawn"], scored=c["scored"])
 
     ranking = sorted((cell(p) for p in placements), key=lambda c: (c.genppl, c.light_segments))
@@ -223,7 +225,8 @@ def _cell(heavy: LoadedCheckpoint, light: LoadedCheckpoint, schedule: str, setti
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }, indent=2))
     record = json.loads(path.read_text())
-    return {"budget": record["budget"], "saving": record["model_schedule"]["saving"],
+    cost = schedule_cost(parse_model_schedule(schedule), heavy.recipe, light.recipe, heavy.recipe.data.seq_len)
+    return {"budget": record["budget"], "saving": cost.saving, "flop_saving": cost.flop_saving,
             "genppl": metrics["genppl"]["value"], "entropy": metrics["entropy"]["value"], "path": str(path),
             "drawn": drawn, "scored": scored}
 
@@ -254,7 +257,8 @@ def plot_search(summary: SearchSummary, path: Path, heavy: str, light: str) -> N
     right.set_xlim(low - 0.1 * (high - low + 1), high + 0.05 * (high - low + 1))
     right.set_xlabel(f"Gen. PPL ({summary.judge}), lower is better")
     right.set_title(f"{s['light_segments']} light of {s['segments']} segments, ranked "
-                    f"(saving {100 * ranked[0].saving:.1f}%)", fontsize=9)
+                    f"(saving {100 * ranked[0].saving:.1f}% of blocks, {100 * ranked[0].flop_saving:.1f}% of FLOPs)",
+                    fontsize=9)
     right.legend(fontsize=7)
     for ax in (left, right):
         ax.grid(True, axis="y" if ax is left else "x", alpha=0.3)

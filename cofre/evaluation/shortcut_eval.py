@@ -28,7 +28,7 @@ from cofre.precision import resolve_device
 from cofre.runs import atomic_write_text, code_version
 from cofre.sampling.generate import LoadedCheckpoint, open_checkpoint
 from cofre.sampling.shortcut import full_steps, shortcut_plan
-from cofre.training.shortcut import read_shortcut_recipe
+from cofre.training.shortcut import read_shortcut_recipe, sampling_precision
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ShortcutEvalSettings:
     seed: int = 1
     ema: bool = True
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "auto"  # auto: the shortcut's collection precision, for every row (another is refused)
     latency_warmup: int = 2
     latency_repeats: int = 20
     reference_split: str = "val"  # images: FID's reference images
@@ -82,7 +82,9 @@ def evaluate_shortcut(run: Path, shortcut: Path, settings: ShortcutEvalSettings,
     full_steps(settings.steps, settings.full_steps)  # a bad (N, B) fails before anything loads
     if settings.full_steps == settings.steps:
         raise CofreError("--full-steps equals --steps: the shortcut would never run; give B < N")
-    resolve_device(settings.device)
+    # every row at the precision S's trajectories were collected at ('auto' follows it), recorded in the settings
+    settings = dataclasses.replace(settings, precision=sampling_precision(settings.precision,
+                                                                          resolve_device(settings.device), str(shortcut)))
     ckpt = open_checkpoint(run, ema=settings.ema, device=settings.device)
     rows_spec = [(f"vanilla N={settings.steps}", settings.steps, settings.steps, None),
                  (f"vanilla N={settings.full_steps}", settings.full_steps, settings.full_steps, None),
@@ -200,7 +202,8 @@ def _fid(ckpt: LoadedCheckpoint, out: Path, settings: ShortcutEvalSettings, cfg:
 def shortcut_table(summary: ShortcutEvalSummary) -> Table:
     """Quality and latency of vanilla N, vanilla B and the shortcut N/B."""
     text = summary.modality == "text"
-    table = Table(title=f"MIGM-Shortcut on {Path(summary.run).name}: quality ({summary.quality_how}) and latency")
+    table = Table(title=f"MIGM-Shortcut on {Path(summary.run).name}: quality ({summary.quality_how}) and latency, "
+                        f"every row at {summary.settings['precision']} (the shortcut's collection precision)")
     columns = ["sampler", "full-model blocks", "shortcut (blocks of FLOPs)", "total blocks", "latency s/batch"]
     for column in columns + (["Gen. PPL", "entropy"] if text else ["FID", "sample grid"]):
         table.add_column(column, justify="left" if column in ("sampler", "sample grid") else "right")

@@ -109,5 +109,9 @@ class FinalLayer(nn.Module):
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
         """`h` is [..., hidden] and `c` broadcasts to [..., cond_dim]."""
+        return self.logits(self.norm_final(h), c)
+
+    def logits(self, features: Tensor, c: Tensor) -> Tensor:
+        """The head after its norm: the adaLN modulation and the linear map, on norm_final's output."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(h), shift, scale))
+        return self.linear(modulate(features, shift, scale))

@@ -190,13 +190,26 @@ class Denoiser(nn.Module):
 
     def head(self, hidden: Tensor, cond: Conditioning, positions: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Logits everywhere, or only at (batch_idx, seq_idx) positions (training: the masked ones)."""
+        if positions is not None:  # the norm is per position: only the positions asked for are normalised
+            return self._logits(self.head_features(hidden[positions]), cond.c[positions[0]])
+        return self._logits(self.head_features(hidden), cond.c[:, None])
+
+    # -- the head in two parts, for MIGM-Shortcut: S predicts the first part's output; the second maps it to logits --
+    def head_features(self, hidden: Tensor) -> Tensor:
+        """The normalised tensor that feeds the logits: the head's norm_final of the final hidden state, before its
+        adaLN modulation and linear map (the features MIGM-Shortcut's S records and predicts)."""
+        return self.output_layer.norm_final(hidden)
+
+    def head_logits(self, features: Tensor, cond: Conditioning, positions: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The rest of the head on `head_features`' output [B, L, D]: logits everywhere, or at (batch_idx, seq_idx)."""
         if positions is not None:
-            hidden, c = hidden[positions], cond.c[positions[0]]
-        else:
-            c = cond.c[:, None]
+            return self._logits(features[positions], cond.c[positions[0]])
+        return self._logits(features, cond.c[:, None])
+
+    def _logits(self, features: Tensor, c: Tensor) -> Tensor:
         if self.cfg.modality == "image":  # the head is tied to the token embedding
-            return self.output_layer(hidden, c, self.vocab_embed.weight)
-        return self.output_layer(hidden, c)
+            return self.output_layer.logits(features, c, self.vocab_embed.weight)
+        return self.output_layer.logits(features, c)
 
     # -- the whole denoiser --------------------------------------------------------------------------
     def forward(

@@ -96,5 +96,9 @@ class TiedHead(nn.Module):
 
     def forward(self, h: Tensor, c: Tensor, token_embedding: Tensor) -> Tensor:
         """`h` is [..., hidden], `c` broadcasts to [..., cond_dim], `token_embedding` is [vocab, hidden]."""
+        return self.logits(self.norm_final(h), c, token_embedding)
+
+    def logits(self, features: Tensor, c: Tensor, token_embedding: Tensor) -> Tensor:
+        """The head after its norm: the adaLN modulation and the tied linear map, on norm_final's output."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return F.linear(modulate(self.norm_final(h), shift, scale), token_embedding, self.bias)
+        return F.linear(modulate(features, shift, scale), token_embedding, self.bias)

@@ -34,9 +34,14 @@ def schedule_weights(schedule: str, steps: int) -> list[float]:
 def allocate_iterations(total: int, steps: int, schedule: str) -> list[int]:
     """Per-step iterations N_i >= 1 that sum exactly to `total`: one each, the rest split by the schedule's
     weights with the largest-remainder rule (ties go to the earlier step)."""
+    return allocate_by_weights(total, schedule_weights(schedule, steps))
+
+
+def allocate_by_weights(total: int, weights: list[float]) -> list[int]:
+    """`allocate_iterations` for explicit per-step weights (e.g. a schedule's weights at some of its steps)."""
+    steps = len(weights)
     if steps < 1 or total < steps:
         raise CofreError(f"{total} fixed-point iterations cannot give each of {steps} steps at least one")
-    weights = schedule_weights(schedule, steps)
     extra = total - steps
     shares = [extra * w / sum(weights) for w in weights]
     counts = [math.floor(s) for s in shares]

@@ -32,6 +32,7 @@ from cofre.models import Denoiser
 from cofre.precision import resolve_device, resolve_precision
 from cofre.runs import code_version
 from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_train_state, resolve_checkpoint, run_root
+from cofre.training.shortcut import sampling_precision
 
 
 @dataclass
@@ -134,8 +135,9 @@ def open_checkpoint(path: str | Path, ema: bool = True, device: str = "auto", co
 
 
 def resolved(settings: SampleSettings, device: torch.device) -> SampleSettings:
-    """`settings` with 'auto' precision made concrete for `device`, so files name what actually ran."""
-    return dataclasses.replace(settings, precision=resolve_precision(settings.precision, device))
+    """`settings` with 'auto' precision made concrete for `device` (with a shortcut: its collection precision), so
+    files name what actually ran."""
+    return dataclasses.replace(settings, precision=sampling_precision(settings.precision, device, settings.shortcut))
 
 
 def validate_settings(settings: SampleSettings, max_len: int | None = None) -> None:
@@ -172,12 +174,12 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
 
 def scheduled_plan(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> BudgetPlan:
     """A model schedule's plan: the light model matched against the heavy one, the schedule parsed against --steps,
-    the budget derived (and checked against --budget when given)."""
+    FP models' iterations split by --schedule, the budget derived (and checked against --budget when given)."""
     if light is None or settings.model_schedule is None:
         raise CofreError("model scheduling needs both --light LIGHT_RUN and --model-schedule (e.g. L125,H750,L125)")
     check_compatible(ckpt.recipe, light.recipe, str(ckpt.folder), str(light.folder))
     segments = parse_model_schedule(settings.model_schedule, settings.steps)
-    return plan_schedule(segments, ckpt.recipe, light.recipe, settings.budget)
+    return plan_schedule(segments, ckpt.recipe, light.recipe, settings.schedule, settings.budget)
 
 
 def with_schedule(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> SampleSettings:
@@ -219,7 +221,7 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
                         settings.gamma_changed_max)
     config = SamplerConfig(length=settings.length or recipe.data.seq_len, reuse=reuse, top_p=settings.top_p,
                            noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace,
-                           precision=resolve_precision(settings.precision, ckpt.device))
+                           precision=sampling_precision(settings.precision, ckpt.device, settings.shortcut))
     return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps, light=light.model if light is not None else None,
                        hook=hook)
 
@@ -246,10 +248,12 @@ def _result(out: Path, records: list[dict[str, Any]], settings: SampleSettings, 
 
 
 def _schedule_record(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> dict[str, Any]:
-    """What a model schedule spends (written with each sample): blocks per model, the saving, the light model."""
+    """What a model schedule spends (written with each sample): blocks and FLOPs per model, the savings, the light
+    model."""
     if light is None or settings.model_schedule is None:
         return {}
-    cost = schedule_cost(parse_model_schedule(settings.model_schedule), ckpt.recipe, light.recipe)
+    cost = schedule_cost(parse_model_schedule(settings.model_schedule), ckpt.recipe, light.recipe,
+                         settings.length or ckpt.recipe.data.seq_len)
     return {"model_schedule": {**dataclasses.asdict(cost), "light": light.identity}}
 
 

@@ -30,6 +30,7 @@ from cofre.sampling.generate import LoadedCheckpoint, mean_cost
 from cofre.sampling.maskgit import CFG_SCHEDULES, ORDERS, ImageSamplerConfig, MaskGITSampler, reveal_counts
 from cofre.sampling.reuse import ReuseConfig
 from cofre.sampling.shortcut import check_shortcut_options, shortcut_cost
+from cofre.training.shortcut import sampling_precision
 
 BUDGET_DEFINITION = ("transformer-block forward passes per sample: K_pre + N_i K_fp + K_post per step (a plain model: "
                      "its depth); the unconditional pass of classifier-free guidance runs on the same batch and is not "
@@ -158,7 +159,7 @@ def build_image_sampler(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, g
                                 temperature_end=settings.temperature_end, cfg=settings.cfg,
                                 cfg_schedule=settings.cfg_schedule, confidence_noise=settings.confidence_noise,
                                 reuse=reuse, tol=settings.tol, trace=trace,
-                                precision=resolve_precision(settings.precision, ckpt.device))
+                                precision=sampling_precision(settings.precision, ckpt.device, settings.shortcut))
     return MaskGITSampler(ckpt.model, plan, grid, config, hook=hook)
 
 
@@ -203,7 +204,8 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
 
     check_image_checkpoint(ckpt)
     validate_image_settings(settings)
-    settings = dataclasses.replace(settings, precision=resolve_precision(settings.precision, ckpt.device))
+    settings = dataclasses.replace(settings, precision=sampling_precision(settings.precision, ckpt.device,
+                                                                          settings.shortcut))
     recipe = ckpt.recipe
     tokenizer = load_tokenizer(recipe.data.tokenizer, ckpt.device, image_size=recipe.data.image_size)
     sampler = build_image_sampler(ckpt, settings, tokenizer.grid, trace is not None)

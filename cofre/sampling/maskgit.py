@@ -168,8 +168,8 @@ class MaskGITSampler:
                 record.blocks = 0 if record.shortcut else model.blocks_per_step(record.iterations)
                 spent += record.blocks
                 if self.hook is not None:
-                    self.hook.observe(i, zz, step.hidden)
-                logits = model.head(step.hidden, cond)
+                    self.hook.observe(i, zz, step.features)
+                logits = model.head_logits(step.features, cond)
             logits = logits.double()  # App. D.4: float64 before sampling
             if guided:
                 w = schedule_value(0.0 if cfg.cfg_schedule == "linear" else cfg.cfg, cfg.cfg, i, plan.steps)

@@ -42,7 +42,7 @@ class SamplerConfig:
     reuse: ReuseConfig = field(default_factory=ReuseConfig)
     top_p: float = 1.0  # nucleus sampling; 1 keeps the whole distribution
     noise_removal: bool = False  # MDLM's final pass at t = 1e-5: argmax fill of what is still masked (the last step)
-    cache: bool = False  # skip the network when no token is revealed (spends less than the budget)
+    cache: bool = False  # skip the network when no token is revealed (spends less); a shortcut's full steps still run
     tol: float | None = None  # adaptive stopping: leave the solve once every residual is below tol
     trace: bool = False  # record residuals per iteration and solution shifts per transition type
     precision: str = "fp32"  # the network's: fp32, or bf16 autocast (logits are float64 before every draw)
@@ -130,34 +130,35 @@ def _solution_shift(h_star: Tensor, h_prev: Tensor, kinds: Tensor) -> dict[str, 
 
 @dataclass
 class NetworkStep:
-    """One denoising step's pass through the network: the pre-logit hidden state and, for an FP model, the
-    solution h* (the next step's warm-start source) and what the solve did."""
+    """One denoising step's pass through the network: the head's normalised input (`Denoiser.head_features`, what
+    MIGM-Shortcut records and predicts) and, for an FP model, the solution h* (the next step's warm-start source)
+    and what the solve did."""
 
-    hidden: Tensor
+    features: Tensor
     h_star: Tensor | None
     stats: SolveStats | None
 
 
 def network_step(model: Denoiser, z: Tensor, cond: Conditioning, h_prev: Tensor | None, z_prev: Tensor | None,
                  iters: int, reuse: ReuseConfig, tol: float | None, trace: bool) -> NetworkStep:
-    """P, then (FP models) G and the solve from the warm start of Alg. 1 for up to `iters` iterations, then H;
-    shared by the text and image samplers."""
+    """P, then (FP models) G and the solve from the warm start of Alg. 1 for up to `iters` iterations, then H and
+    the head's norm; shared by the text and image samplers."""
     h = model.pre_stack(z, cond)  # h_pre (the whole network for a plain model)
     if model.fixed_point is None:
-        return NetworkStep(model.post_stack(h, cond), None, None)
+        return NetworkStep(model.head_features(model.post_stack(h, cond)), None, None)
     injected = model.inject(h)
     h0 = warm_start(h, h_prev, z, z_prev, model.cfg.mask_id, reuse)
     h, stats = solve(lambda x: model.fp_step(x, injected, cond), h0, iters, tol, trace)
-    return NetworkStep(model.post_stack(h, cond), h, stats)
+    return NetworkStep(model.head_features(model.post_stack(h, cond)), h, stats)
 
 
 def hooked_step(hook: StepHook | None, i: int, record: StepRecord, z: Tensor) -> NetworkStep | None:
     """The shortcut's features in place of the network's pass at step i, or None when the network runs."""
-    hidden = hook.predict(i, z) if hook is not None else None
-    if hidden is None:
+    features = hook.predict(i, z) if hook is not None else None
+    if features is None:
         return None
     record.shortcut = True
-    return NetworkStep(hidden, None, None)
+    return NetworkStep(features, None, None)
 
 
 def record_solve(record: StepRecord, step: NetworkStep, h_prev: Tensor | None, z: Tensor, z_prev: Tensor | None,
@@ -208,7 +209,7 @@ class MDLMSampler:
                                 model=name)
             records.append(record)
             counts.append(revealed.sum())  # counts are read once after the loop (the cache needs them now)
-            if cfg.cache and int(counts[-1]) == 0:
+            if cfg.cache and int(counts[-1]) == 0 and not (self.hook is not None and self.hook.must_run(i)):
                 record.cached = True  # nothing changes: MDLM's cache shortcut, no network call, no blocks
                 continue
             with autocast(device, cfg.precision):
@@ -222,8 +223,8 @@ class MDLMSampler:
                 record.blocks = 0 if record.shortcut else model.blocks_per_step(record.iterations)
                 spent += record.blocks
                 if self.hook is not None:
-                    self.hook.observe(i, z, step.hidden)
-                logits = model.head(step.hidden, cond, revealed.nonzero(as_tuple=True))
+                    self.hook.observe(i, z, step.features)
+                logits = model.head_logits(step.features, cond, revealed.nonzero(as_tuple=True))
             greedy = cfg.noise_removal and i == plan.steps - 1  # MDLM's noise removal: argmax of the final pass
             z = fill_revealed(z, revealed, logits, self.mask_id, cfg.top_p, greedy, generator)
         for record, count in zip(records, torch.stack(counts).tolist()):

@@ -1,5 +1,7 @@
 """MIGM-Shortcut (the related paper in ../shared/paper/related-migm-shortcut.txt): a small learned step S that predicts
-the denoiser's next final pre-head features, so that only B of N sampling steps run the full model.
+the denoiser's next features, so that only B of N sampling steps run the full model. The features are the normalised
+tensor that feeds the logits, as in the authors' code: the head's norm_final output, before its adaLN modulation and
+linear map (`Denoiser.head_features`); at a shortcut step the rest of the head (`Denoiser.head_logits`) maps f̂ to logits.
 
   f̂_{s+1} = f_s + S(f_s, e(tokens committed at step s), r_{s+1})   (S regresses the features' change between steps)
 
@@ -10,7 +12,7 @@ zero-initialised, so S starts as "reuse the features" (f̂ = f_s). Token embeddi
 read from the base model at each call (S stores no copy). One module serves both modalities; what differs is how a
 committed token carries its position: images add the base model's learned position embedding, text rotates the
 attention's queries and keys by their rotary positions. With guidance, the sampler hands S the doubled batch, so the
-unconditional half gets features of its own. Full steps: step 0 and t_k = max(t_{k-1} + 1, round(N k / B)).
+unconditional half gets features of its own. Full steps: step 0 and t_k = max(t_{k-1} + 1, round(N (k / B))).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from cofre.sampling.budget import DEFAULT_MEAN_ITERS, BudgetPlan, plan_budget
 
 # -- which steps run the full model -----------------------------------------------------------------------------
 def full_steps(steps: int, full: int) -> list[int]:
-    """The B of N steps that run the full model: 0 and t_k = max(t_{k-1} + 1, round(N k / B)) for k = 1..B-1.
-    Python's round (half to even), as the authors' code; every (N, B) gives B distinct steps in 0..N-1."""
+    """The B of N steps that run the full model: 0 and t_k = max(t_{k-1} + 1, round(N * (k / B))) for k = 1..B-1,
+    the authors' expression to the float: k / B first, then Python's round (half to even) of the product, which
+    decides the ties (N = 45, B = 10 gives 31, not 32). Every (N, B) gives B distinct steps in 0..N-1."""
     if not 1 <= full <= steps:
         raise CofreError(f"--full-steps must be between 1 and --steps ({steps}), got {full}")
     chosen = [0]
     for k in range(1, full):
-        chosen.append(max(chosen[-1] + 1, round(steps * k / full)))
+        chosen.append(max(chosen[-1] + 1, round(steps * (k / full))))
     return chosen
 
 
@@ -60,6 +63,9 @@ def shortcut_plan(cfg: ModelConfig, steps: int, full: int, budget: int | None, s
 
 
 # -- the shortcut model S ----------------------------------------------------------------------------------------
+FEATURES = "post_norm"  # S's features: the head's normalised input (Denoiser.head_features)
+
+
 @dataclass
 class ShortcutConfig:
     """S's shape; `hidden` is the base model's width (set from the base run)."""
@@ -70,6 +76,7 @@ class ShortcutConfig:
     mlp_ratio: int = 4
     frequency_dim: int = 64  # sinusoidal features of 1000 r (DiT's timestep embedding)
     modality: str = "image"  # image: learned positions added to the keys; text: rotary positions in attention
+    features: str = FEATURES  # what S regresses; a checkpoint without this field regressed pre-norm ones (refused)
 
     @property
     def width(self) -> int:
@@ -81,6 +88,8 @@ class ShortcutConfig:
         _rule(self.width % self.heads == 0 and (self.width // self.heads) % 2 == 0,
               f"{where}: width {self.width} (hidden x width_ratio) must split into {self.heads} heads of even size")
         _rule(self.modality in ("image", "text"), f"{where}.modality must be image or text, got '{self.modality}'")
+        _rule(self.features == FEATURES, f"{where}.features must be {FEATURES} (the head's normalised input), got "
+                                         f"'{self.features}'")
 
 
 class Attention(nn.Module):
@@ -222,6 +231,10 @@ class ShortcutSteps:
     def start(self) -> None:
         self.previous, self.keys = None, []
 
+    def must_run(self, step: int) -> bool:
+        """A full step runs the network even when it reveals nothing: its features start the next shortcut chain."""
+        return step in self.full
+
     def predict(self, step: int, z: Tensor) -> Tensor | None:
         if step in self.full:
             return None
@@ -232,12 +245,13 @@ class ShortcutSteps:
             self.keys.append(float(counts.max()))  # every row attends over the padded keys: the work done
         return predict_features(self.shortcut, self.model, f_s, z_s, z)
 
-    def observe(self, step: int, z: Tensor, hidden: Tensor) -> None:
-        self.previous = (hidden, z)
+    def observe(self, step: int, z: Tensor, features: Tensor) -> None:
+        self.previous = (features, z)
 
 
 class TrajectoryRecorder:
-    """Hooked into a sampler with every step full: keeps each step's input tokens and final pre-head features."""
+    """Hooked into a sampler with every step full: keeps each step's input tokens and features (the head's
+    normalised input)."""
 
     def __init__(self) -> None:
         self.tokens: list[Tensor] = []
@@ -246,12 +260,15 @@ class TrajectoryRecorder:
     def start(self) -> None:
         self.tokens, self.features = [], []
 
+    def must_run(self, step: int) -> bool:
+        return True  # every step of a trajectory is recorded
+
     def predict(self, step: int, z: Tensor) -> Tensor | None:
         return None
 
-    def observe(self, step: int, z: Tensor, hidden: Tensor) -> None:
-        self.tokens.append(z.cpu())
-        self.features.append(hidden.detach().to(torch.float16).cpu())  # stored in fp16 (the issue's trajectories)
+    def observe(self, step: int, z: Tensor, features: Tensor) -> None:
+        self.tokens.append(z)  # kept on the sampler's device: the trainer draws its pairs there
+        self.features.append(features.detach().to(torch.float16))  # fp16: half the memory of a pool
 
 
 StepHook = ShortcutSteps | TrajectoryRecorder

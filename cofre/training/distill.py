@@ -57,7 +57,8 @@ class SelfDistillation:
 
     def __call__(self, student_logits: Tensor, batch: MDLMBatch, generator: torch.Generator) -> Tensor:
         """The divergence between the student's predictions (at `batch.masked`, in order) and the teacher's targets."""
-        targets = teacher_targets(self._teacher_logits, batch.z, batch.t, self.dt, self.cfg.k, self.mask_id, generator)
+        targets = teacher_targets(self._teacher_logits, batch.z, batch.t, self.dt, self.cfg.k, self.mask_id, generator,
+                                  self.cfg.teacher_grid)
         if targets.log_probs.shape[0] == 0:
             return student_logits.sum() * 0
         return divergence(student_logits, targets.log_probs, self.cfg.loss, self.mask_id)

@@ -1,13 +1,17 @@
-"""`cofre shortcut RUN --recipe STAGE.yaml`: collect the base run's own sampling trajectories, then train the shortcut
-S of MIGM-Shortcut on them (cofre.sampling.shortcut), in a new run directory that records its base run.
+"""`cofre shortcut RUN --recipe STAGE.yaml`: train the shortcut S of MIGM-Shortcut (cofre.sampling.shortcut) on the base
+run's own sampling trajectories, drawn while it trains, in a new run directory that records its base run.
 
-Trajectories: the base model's sampler with every step full (N = collect.steps, guidance collect.cfg for images) keeps
-each step's input tokens z_s and final pre-head features f_s; each sampler batch is one shard on disk
-(`trajectories/shard-*.safetensors`, features in fp16), written atomically, so an interrupted collection resumes.
-Training pairs are teacher-forced, one step: (f_s, tokens committed between z_s and z_{s+1}, r_{s+1}) -> f_{s+1}, read
-from the shards pair by pair (streamed: only the pairs of a batch are in memory). Loss: MSE on the positions still
-masked in z_{s+1} (only those feed the head at step s+1); AdamW, EMA of S's weights. A pair whose step commits
-nothing is left out (the sampler reuses the features there).
+Trajectories: the base model's sampler with every step full (N = collect.steps, guidance collect.cfg for images, at
+collect.precision) keeps each step's input tokens z_s and features f_s (the head's normalised input). Training pairs
+are teacher-forced, one step: (f_s, tokens committed between z_s and z_{s+1}, r_{s+1}) -> f_{s+1}. Nothing is stored
+on disk (one text trajectory's features are ~100 MB at 1024 tokens): every `collect.refresh_every` training steps a
+fresh sampler batch of `collect.batch_size` trajectories, the pool, replaces the last on the training device, and
+each training batch draws its pairs from it. A run thus learns from ceil(max_steps / refresh_every) pools, the
+related paper's ~1.4M pairs in the full-scale recipes. Pool p is drawn with seed (collect.seed, p), so a resumed
+run draws again the pool it stopped in. Held-out pairs come from `collect.val_trajectories` trajectories of seeds
+of their own. Loss: MSE on the positions still masked in z_{s+1} (only those feed the head at step s+1); AdamW,
+EMA of S's weights. A pair whose step commits nothing is left out (the sampler reuses the features there), as is
+one after which nothing is masked. Train MSE (pairs the training batches drew) and held-out MSE are both reported.
 """
 
 from __future__ import annotations
@@ -16,23 +20,21 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from rich.console import Console
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from cofre.config import ModelConfig, OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, read_yaml, recipe_to_dict
 from cofre.errors import CofreError
 from cofre.models import Denoiser
+from cofre.precision import PRECISIONS, resolve_device, resolve_precision
 from cofre.runs import RunDir, TrainClock, atomic_write_text, time_before
 from cofre.sampling.budget import BudgetPlan
-from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, full_steps,
+from cofre.sampling.shortcut import (FEATURES, Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, full_steps,
                                      parameter_fraction, predict_features, shortcut_plan)
 from cofre.training.checkpoint import (EMA_FILE, MODEL_FILE, kind_config, load_train_state, load_weights_into,
                                        publish_checkpoint, resolve_checkpoint, run_root, staging_dir,
@@ -42,26 +44,26 @@ from cofre.training.optim import build_optimizer, build_scheduler, optimizer_ste
 
 SHORTCUT_KIND = "shortcut"
 RESUMABLE = {"trainer.max_steps"}
-TRAJECTORIES = "trajectories"
 
 
 @dataclass
 class CollectConfig:
-    """Which trajectories of the base run's own sampler S learns from."""
+    """Which trajectories of the base run's own sampler S learns from; they are drawn while S trains."""
 
-    trajectories: int = 256  # sampled sequences (with guidance each also gives an unconditional trajectory)
-    val_trajectories: int = 32  # of those, held out for validation (the last shards)
+    batch_size: int = 32  # trajectories per sampler batch: one pool (with guidance each also gives an unconditional one)
+    refresh_every: int = 50  # training steps on one pool before a fresh one replaces it
+    val_trajectories: int = 32  # held out for validation, drawn once per call with seeds of their own
     steps: int = 16  # N: every one a full step; use the N you will sample with
-    batch_size: int = 32  # trajectories per sampler batch = per shard
     cfg: float = 0.0  # images: guidance weight w of the sampler (0: no unconditional pass)
+    precision: str = "auto"  # the base sampler's: auto is bf16 on CUDA, fp32 on CPU, resolved at the start and recorded
     seed: int = 1
 
     def validate(self, where: str = "collect") -> None:
-        _at_least(where, self, 1, "trajectories", "steps", "batch_size")
-        _at_least(where, self, 0, "val_trajectories", "cfg", "seed")
+        _at_least(where, self, 1, "batch_size", "refresh_every", "val_trajectories", "steps")
+        _at_least(where, self, 0, "cfg", "seed")
         _rule(self.steps >= 2, f"{where}.steps must be >= 2 (a pair needs two steps), got {self.steps}")
-        _rule(0 < self.val_trajectories < self.trajectories,
-              f"{where}.val_trajectories must be between 1 and trajectories - 1, got {self.val_trajectories}")
+        _rule(self.precision in PRECISIONS, f"{where}.precision must be one of {', '.join(PRECISIONS)}, "
+                                            f"got '{self.precision}'")
 
 
 @dataclass
@@ -72,7 +74,7 @@ class ShortcutTrainerConfig:
     seed: int = 1
     log_every: int = 50
     val_every: int = 250
-    val_pairs: int = 256  # held-out pairs scored at each validation
+    val_pairs: int = 256  # pairs scored at each validation: held-out ones, and as many the training batches drew
     ckpt_every: int = 500
     keep_last: int = 2
 
@@ -89,7 +91,7 @@ class ShortcutRecipe:
     kind: Literal["shortcut"] = "shortcut"
     name: str = "shortcut"
     base_run: str = ""  # the base checkpoint folder (set by `cofre shortcut` from RUN)
-    base_sha256: str = ""  # of the base weights the trajectories came from (EMA when present)
+    base_sha256: str = ""  # of the base weights the trajectories come from (EMA when present)
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)  # hidden and modality: from the base run
     collect: CollectConfig = field(default_factory=CollectConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.01, warmup_steps=50))
@@ -103,7 +105,8 @@ class ShortcutRecipe:
 
 
 def shortcut_recipe(base: Path, stage: Path | None, overrides: list[str]) -> ShortcutRecipe:
-    """The stage recipe (partial YAML) and overrides, with the base run's checkpoint, width and modality set."""
+    """The stage recipe (partial YAML) and overrides, with the base run's checkpoint, width and modality set, and
+    collect.precision made concrete for this machine's device."""
     from cofre.sampling.generate import checkpoint_identity
     from cofre.training.checkpoint import checkpoint_recipe
 
@@ -128,6 +131,7 @@ def shortcut_values(model: ModelConfig, base_run: str, base_sha256: str, stage: 
         recipe.validate()
     except CofreError as err:
         raise CofreError(f"{stage or 'shortcut recipe'}: {err}") from None
+    recipe.collect.precision = resolve_precision(recipe.collect.precision, resolve_device("auto"))
     return recipe
 
 
@@ -140,46 +144,9 @@ def _collect_settings(recipe: ShortcutRecipe, budget: int) -> Any:
     c = recipe.collect
     if recipe.shortcut.modality == "image":
         return ImageSampleSettings(budget=budget, steps=c.steps, num_samples=c.batch_size, batch_size=c.batch_size,
-                                   seed=c.seed, cfg=c.cfg, precision="fp32")
+                                   seed=c.seed, cfg=c.cfg, precision=c.precision)
     return SampleSettings(budget=budget, steps=c.steps, num_samples=c.batch_size, batch_size=c.batch_size, seed=c.seed,
-                          precision="fp32")
-
-
-def collect_trajectories(recipe: ShortcutRecipe, folder: Path, console: Console) -> list[Path]:
-    """Shards of (tokens [b, N, L], features [b, N, L, D] fp16) from the base sampler; shards already written are
-    kept (an interrupted collection resumes; each shard's seed is (seed, shard index))."""
-    from cofre.sampling.generate import open_checkpoint
-
-    c = recipe.collect
-    ckpt = open_checkpoint(recipe.base_run, ema=True, device="auto")
-    if ckpt.identity["sha256"] != recipe.base_sha256:
-        raise CofreError(f"the weights of {recipe.base_run} changed since this shortcut run started; start a new run")
-    budget = shortcut_plan(ckpt.recipe.model, c.steps, c.steps, None, "decreasing").budget  # all N steps full
-    recorder = TrajectoryRecorder()
-    sampler, labels_of, length = _base_sampler(ckpt, recipe, budget, recorder)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "meta.json", json.dumps({"collect": dataclasses.asdict(c), "base_run": recipe.base_run,
-                                                        "base_sha256": recipe.base_sha256, "length": length}, indent=1))
-    shards = []
-    sizes = [min(c.batch_size, c.trajectories - i) for i in range(0, c.trajectories, c.batch_size)]
-    started = time.perf_counter()
-    for index, size in enumerate(sizes):
-        path = folder / f"shard-{index:05d}.safetensors"
-        shards.append(path)
-        if path.is_file():
-            continue
-        generator = torch.Generator(ckpt.device).manual_seed(c.seed * 1_000_003 + index)
-        if labels_of is not None:
-            sampler.sample(labels_of(size, generator), generator)
-        else:
-            sampler.sample(size, generator)
-        tokens, features = torch.stack(recorder.tokens, 1), torch.stack(recorder.features, 1)  # [rows, N, L(, D)]
-        tmp = folder / f".{path.name}.tmp"
-        save_file({"tokens": tokens.to(torch.int32).contiguous(), "features": features.contiguous()}, str(tmp))
-        tmp.replace(path)
-        console.print(f"trajectories: shard {index + 1}/{len(sizes)} ({size} samples, {tokens.shape[0]} trajectories, "
-                      f"{time.perf_counter() - started:.0f}s)")
-    return shards
+                          precision=c.precision)
 
 
 def _base_sampler(ckpt: Any, recipe: ShortcutRecipe, budget: int, recorder: TrajectoryRecorder) -> tuple[Any, Any, int]:
@@ -206,37 +173,66 @@ def _base_sampler(ckpt: Any, recipe: ShortcutRecipe, budget: int, recorder: Traj
     return sampler, None, sampler.cfg.length
 
 
-class TrajectoryPairs:
-    """Training pairs (trajectory row, step s) of a set of shards: tokens in memory, features read pair by pair."""
+class TrajectoryPool:
+    """The training pairs (trajectory row, step s) of a set of trajectories held on the device: tokens [rows, N, L]
+    and features [rows, N, L, D] (fp16)."""
 
-    def __init__(self, shards: list[Path], mask_id: int) -> None:
-        self.files = [safe_open(str(p), framework="pt") for p in shards]
-        self.tokens = [f.get_tensor("tokens").long() for f in self.files]
-        index = []
-        for k, tokens in enumerate(self.tokens):
-            masked = tokens == mask_id  # [rows, N, L]
-            committed = (masked[:, :-1] & ~masked[:, 1:]).any(-1)  # step s commits something
-            still = masked[:, 1:].any(-1)  # something is left for the head at s + 1
-            for row, step in (committed & still).nonzero().tolist():
-                index.append((k, row, step))
-        if not index:
-            raise CofreError("the trajectories hold no step that commits a token; collect more (collect.trajectories)")
-        self.index = index
+    def __init__(self, tokens: Tensor, features: Tensor, mask_id: int) -> None:
+        masked = tokens == mask_id
+        committed = (masked[:, :-1] & ~masked[:, 1:]).any(-1)  # step s commits something
+        still = masked[:, 1:].any(-1)  # something is left for the head at s + 1
+        self.index = (committed & still).nonzero()  # [pairs, 2]: (row, s)
+        if len(self.index) == 0:
+            raise CofreError("the base sampler's trajectories hold no step that commits a token; raise collect.steps "
+                             "or collect.batch_size")
+        self.tokens, self.features = tokens, features
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def batch(self, picks: list[int], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def batch(self, picks: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """f_s, z_s, z_{s+1}, f_{s+1} of the chosen pairs (features as float32)."""
-        f_s, f_next, z_s, z_next = [], [], [], []
-        for i in picks:
-            k, row, step = self.index[i]
-            pair = self.files[k].get_slice("features")[row, step:step + 2]  # f_{s+1} is the step after f_s
-            f_s.append(pair[0])
-            f_next.append(pair[1])
-            z_s.append(self.tokens[k][row, step])
-            z_next.append(self.tokens[k][row, step + 1])
-        return tuple(torch.stack(x).to(device) for x in (f_s, z_s, z_next, f_next))  # type: ignore[return-value]
+        rows, s = self.index[picks].unbind(1)
+        return (self.features[rows, s].float(), self.tokens[rows, s], self.tokens[rows, s + 1],
+                self.features[rows, s + 1].float())
+
+
+class TrajectorySource:
+    """The base run's sampler with every step full, drawing pools of its own trajectories on its device."""
+
+    def __init__(self, ckpt: Any, recipe: ShortcutRecipe) -> None:
+        c = recipe.collect
+        self.collect, self.device, self.mask_id = c, ckpt.device, ckpt.model.cfg.mask_id
+        budget = shortcut_plan(ckpt.recipe.model, c.steps, c.steps, None, "decreasing").budget  # all N steps full
+        self.recorder = TrajectoryRecorder()
+        self.sampler, self.labels_of, self.length = _base_sampler(ckpt, recipe, budget, self.recorder)
+
+    def _draw(self, size: int, seed: int) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator(self.device).manual_seed(seed)
+        if self.labels_of is not None:
+            self.sampler.sample(self.labels_of(size, generator), generator)
+        else:
+            self.sampler.sample(size, generator)
+        tokens, features = torch.stack(self.recorder.tokens, 1), torch.stack(self.recorder.features, 1)  # [rows, N, L(, D)]
+        self.recorder.start()  # the per-step copies go: a pool is held once
+        return tokens, features
+
+    def pool(self, index: int) -> TrajectoryPool:
+        """Training pool `index`: one sampler batch of collect.batch_size trajectories, seed (collect.seed, index)."""
+        return TrajectoryPool(*self._draw(self.collect.batch_size, _seed(self.collect.seed, index, held_out=False)),
+                              self.mask_id)
+
+    def held_out(self) -> TrajectoryPool:
+        """collect.val_trajectories trajectories, in sampler batches of collect.batch_size, with seeds of their own."""
+        c = self.collect
+        drawn = [self._draw(min(c.batch_size, c.val_trajectories - i), _seed(c.seed, i, held_out=True))
+                 for i in range(0, c.val_trajectories, c.batch_size)]
+        return TrajectoryPool(torch.cat([t for t, _ in drawn]), torch.cat([f for _, f in drawn]), self.mask_id)
+
+
+def _seed(seed: int, index: int, held_out: bool) -> int:
+    """Distinct generator seeds for every training pool and held-out batch of a collection seed."""
+    return seed * 2**40 + 2 * index + held_out
 
 
 def masked_mse(predicted: Tensor, target: Tensor, z_next: Tensor, mask_id: int) -> Tensor:
@@ -256,13 +252,20 @@ class ShortcutTrainResult:
     train_time_s: float  # the run's training time over every call that trained it (runs.TrainClock)
     train_time_complete: bool  # False: a lower bound (resumed from a checkpoint that did not record time)
     checkpoint: str
-    train_pairs: int
-    val_pairs: int
+    precision: str  # the base sampler's while collecting (collect.precision); sampling with S follows it
+    train_trajectories: int  # drawn over the whole run: pools x collect.batch_size (x 2 with guidance)
+    train_pairs: int  # the training pairs those trajectories hold
+    pair_draws: float  # training batches' draws per pair (above 1: pairs are seen again)
+    val_trajectories: int
+    val_pairs: int  # held-out pairs scored
     parameters: int
     parameter_fraction: float  # of the base model's
-    val_mse: float  # S's prediction (EMA weights) on held-out pairs, masked positions
-    val_mse_reuse: float  # feature reuse (f̂ = f_s) on the same pairs: what S has to beat
-    how: str = ("MSE over the feature entries of positions still masked at s + 1, held-out trajectories; "
+    train_mse: float  # S's prediction (EMA weights) on pairs the training batches drew from the last pool
+    train_mse_reuse: float  # feature reuse (f̂ = f_s) on the same pairs
+    val_mse: float  # S's prediction (EMA weights) on held-out pairs
+    val_mse_reuse: float  # feature reuse on the same pairs: what S has to beat
+    how: str = ("MSE over the feature entries (the head's normalised input) of positions still masked at s + 1; "
+                "train: pairs of the last pool that training drew, held-out: trajectories of their own seeds; "
                 "reuse = the previous step's features unchanged")
 
 
@@ -275,7 +278,7 @@ def _check_run(run: RunDir, recipe: ShortcutRecipe) -> bool:
 
 
 def train_shortcut(recipe: ShortcutRecipe, run_dir: Path, console: Console | None = None) -> ShortcutTrainResult:
-    """Collect trajectories (or reuse those already collected) and train S to `trainer.max_steps` (or resume)."""
+    """Train S to `trainer.max_steps` (or resume) on trajectories the base sampler draws meanwhile."""
     console = console or Console()
     run = RunDir(run_dir)
     new = not _check_run(run, recipe)
@@ -286,8 +289,7 @@ def train_shortcut(recipe: ShortcutRecipe, run_dir: Path, console: Console | Non
         kept = run.read_metrics()
         atomic_write_text(run.recipe_path, _dump(recipe))
         run.clean_temporary_files()
-        shards = collect_trajectories(recipe, run.path / TRAJECTORIES, console)
-        return _fit(run, recipe, shards, kept, console)
+        return _fit(run, recipe, kept, console)
     finally:
         run.unlock()
 
@@ -298,17 +300,21 @@ def _dump(recipe: ShortcutRecipe) -> str:
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)  # type: ignore[arg-type]
 
 
-def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dict[str, Any]],
-         console: Console) -> ShortcutTrainResult:
-    from cofre.training.checkpoint import load_model
+def _picks(size: int, step: int, t: ShortcutTrainerConfig) -> list[int]:
+    """The pairs (indices into the step's pool) of training step `step`: a function of the step, so a resume
+    draws the same batches."""
+    return torch.randint(size, (t.batch_size,), generator=torch.Generator().manual_seed(t.seed * 1_000_003 + step)).tolist()
 
-    t = recipe.trainer
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base, _ = load_model(recipe.base_run, ema=True)
-    base = base.to(device).eval().requires_grad_(False)
-    mask_id = base.cfg.mask_id
-    per_shard = math.ceil(recipe.collect.val_trajectories / recipe.collect.batch_size)
-    train, val = TrajectoryPairs(shards[:-per_shard], mask_id), TrajectoryPairs(shards[-per_shard:], mask_id)
+
+def _fit(run: RunDir, recipe: ShortcutRecipe, kept: list[dict[str, Any]], console: Console) -> ShortcutTrainResult:
+    from cofre.sampling.generate import open_checkpoint
+
+    t, c = recipe.trainer, recipe.collect
+    ckpt = open_checkpoint(recipe.base_run, ema=True, device="auto")
+    if ckpt.identity["sha256"] != recipe.base_sha256:
+        raise CofreError(f"the weights of {recipe.base_run} changed since this shortcut run started; start a new run")
+    base, device, mask_id = ckpt.model.requires_grad_(False), ckpt.device, ckpt.model.cfg.mask_id
+    source = TrajectorySource(ckpt, recipe)
     torch.manual_seed(t.seed)
     model = Shortcut(recipe.shortcut).to(device)
     optimizer = build_optimizer(model, recipe.optim)
@@ -326,37 +332,67 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
         resumed = load_train_state(latest, "progress")
         step = int(resumed["step"])
     run.truncate_metrics(step if latest is not None else None, kept)
+    val = source.held_out()
     val_picks = torch.randperm(len(val), generator=torch.Generator().manual_seed(t.seed))[:t.val_pairs].tolist()
     start, checkpoint = step, latest
     clock = TrainClock(time_before(resumed, run.path, start))
+    pool: TrajectoryPool | None = None
+    pool_index, drawn = -1, set()  # the pool in use and the pairs of it that training batches drew
+    pairs, trajectories = int(resumed.get("train_pairs", 0)), int(resumed.get("train_trajectories", 0))
+    counted = (step - 1) // c.refresh_every  # the pools up to this one are in `pairs` already
 
-    def validate() -> tuple[float, float]:
+    def use_pool(index: int, upto: int) -> None:
+        """Pool `index` drawn, with the pairs training drew from it before step `upto` (a resume redraws both)."""
+        nonlocal pool, pool_index, drawn, pairs, trajectories, counted
+        pool = None  # the last pool goes before the next is drawn
+        pool, pool_index = source.pool(index), index
+        drawn = {i for earlier in range(index * c.refresh_every, upto) for i in _picks(len(pool), earlier, t)}
+        if index > counted:
+            pairs, trajectories, counted = pairs + len(pool), trajectories + pool.tokens.shape[0], index
+        console.print(f"pool {index} of the base sampler's trajectories: {pool.tokens.shape[0]} trajectories, "
+                      f"{len(pool)} pairs")
+
+    def score(scored: TrajectoryPool, picks: list[int]) -> tuple[float, float]:
+        """The EMA weights' masked MSE on `picks` of `scored`, and feature reuse's on the same pairs."""
         averaged = Shortcut(recipe.shortcut).to(device)
         averaged.load_state_dict(ema.state_dict(model))
         averaged.eval()
         total, reuse = 0.0, 0.0
         with torch.no_grad():
-            for i in range(0, len(val_picks), t.batch_size):
-                f_s, z_s, z_next, f_next = val.batch(val_picks[i:i + t.batch_size], device)
-                n = len(val_picks[i:i + t.batch_size])
-                total += n * float(masked_mse(predict_features(averaged, base, f_s.float(), z_s, z_next), f_next, z_next, mask_id))
+            for i in range(0, len(picks), t.batch_size):
+                f_s, z_s, z_next, f_next = scored.batch(picks[i:i + t.batch_size])
+                n = len(picks[i:i + t.batch_size])
+                total += n * float(masked_mse(predict_features(averaged, base, f_s, z_s, z_next), f_next, z_next, mask_id))
                 reuse += n * float(masked_mse(f_s, f_next, z_next, mask_id))
-        return total / len(val_picks), reuse / len(val_picks)
+        return total / len(picks), reuse / len(picks)
+
+    def validate() -> dict[str, float]:
+        train_picks = sorted(drawn)
+        chosen = torch.randperm(len(train_picks), generator=torch.Generator().manual_seed(t.seed))[:t.val_pairs]
+        assert pool is not None
+        train_mse, train_reuse = score(pool, [train_picks[i] for i in chosen.tolist()])
+        val_mse, val_reuse = score(val, val_picks)
+        return {"train_mse": train_mse, "train_mse_reuse": train_reuse, "val_mse": val_mse, "val_mse_reuse": val_reuse}
 
     def save(step: int) -> Path:
         folder = staging_dir(run.checkpoints, step)
-        state = {"progress": {"step": step, "train_time_s": clock.total()}, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(),
+        state = {"progress": {"step": step, "train_time_s": clock.total(), "train_pairs": pairs,
+                              "train_trajectories": trajectories},
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "ema": {"shadow": ema.shadow, "num_updates": ema.num_updates}}
         write_checkpoint_files(folder, model, ema.state_dict(model), recipe, state)  # type: ignore[arg-type]
         return publish_checkpoint(run.checkpoints, step, t.keep_last)
 
     model.train()
+    scores: dict[str, float] | None = None
     while step < t.max_steps:
-        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + step)  # the batch is a function of the step
-        picks = torch.randint(len(train), (t.batch_size,), generator=generator).tolist()
-        f_s, z_s, z_next, f_next = train.batch(picks, device)
-        loss = masked_mse(predict_features(model, base, f_s.float(), z_s, z_next), f_next, z_next, mask_id)
+        if step // c.refresh_every != pool_index:  # every refresh_every steps a fresh pool
+            use_pool(step // c.refresh_every, step)
+        assert pool is not None
+        picks = _picks(len(pool), step, t)
+        drawn.update(picks)
+        f_s, z_s, z_next, f_next = pool.batch(picks)
+        loss = masked_mse(predict_features(model, base, f_s, z_s, z_next), f_next, z_next, mask_id)
         optimizer_step(loss, model, optimizer, scheduler, recipe.optim.grad_clip)
         ema.update(model)
         step += 1
@@ -369,19 +405,23 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
                                 "elapsed_s": clock.elapsed()})
             console.print(f"step {step}: mse {float(loss):.4g} (reuse {reuse:.4g})")
         if step % t.val_every == 0 or step == t.max_steps:
-            mse, reuse = validate()
-            run.append_metrics({"step": step, "val_mse": mse, "val_mse_reuse": reuse})
-            console.print(f"step {step}: val mse {mse:.4g} (reuse {reuse:.4g})")
+            scores = validate()
+            run.append_metrics({"step": step, **scores})
+            console.print(f"step {step}: mse train {scores['train_mse']:.4g} / held-out {scores['val_mse']:.4g} "
+                          f"(reuse {scores['train_mse_reuse']:.4g} / {scores['val_mse_reuse']:.4g})")
         if step % t.ckpt_every == 0 or step == t.max_steps:
             checkpoint = save(step)
     elapsed = clock.elapsed()
-    mse, reuse = validate()
+    if scores is None:  # resumed at max_steps: the last pool's drawn pairs, for the train MSE
+        use_pool((step - 1) // c.refresh_every, step)
+        scores = validate()
     params = sum(p.numel() for p in model.parameters())
     result = ShortcutTrainResult(
         run_dir=str(run.path), base_run=recipe.base_run, start_step=start, final_step=step, elapsed_s=elapsed,
         train_time_s=clock.total(trained=step > start), train_time_complete=clock.complete, checkpoint=str(checkpoint),
-        train_pairs=len(train), val_pairs=len(val_picks), parameters=params,
-        parameter_fraction=parameter_fraction(model, base), val_mse=mse, val_mse_reuse=reuse)
+        precision=c.precision, train_trajectories=trajectories, train_pairs=pairs,
+        pair_draws=step * t.batch_size / pairs, val_trajectories=val.tokens.shape[0], val_pairs=len(val_picks),
+        parameters=params, parameter_fraction=parameter_fraction(model, base), **scores)
     atomic_write_text(run.path / "train_result.json", json.dumps(dataclasses.asdict(result), indent=2))
     return result
 
@@ -390,7 +430,23 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, shards: list[Path], kept: list[dic
 def read_shortcut_recipe(path: Path) -> tuple[Path, ShortcutRecipe]:
     """The checkpoint folder of a shortcut run (or checkpoint) and the recipe it was trained with."""
     folder, values = kind_config(path, SHORTCUT_KIND, "a shortcut run", "; train one with `cofre shortcut RUN`")
+    if (values.get("shortcut") or {}).get("features", "pre_norm") != FEATURES:  # no field: an older cofre's S
+        raise CofreError(f"{path} regressed the features before the head's norm (an older cofre); S now predicts the "
+                         f"head's normalised input: train it again with `cofre shortcut`")
     return folder, config_from_dict(ShortcutRecipe, values)
+
+
+def sampling_precision(requested: str, device: torch.device, shortcut: str | None) -> str:
+    """The network's precision for sampling: `requested` resolved for `device`, or with a shortcut the precision its
+    trajectories were collected at (S learned features computed at it): 'auto' follows it, another is refused."""
+    resolved = resolve_precision(requested, device)
+    if shortcut is None:
+        return resolved
+    collected = read_shortcut_recipe(Path(shortcut))[1].collect.precision
+    if requested != "auto" and resolved != collected:
+        raise CofreError(f"--precision {requested}: the shortcut {shortcut} learned from trajectories collected at "
+                         f"{collected}; sample with --precision {collected} or auto")
+    return collected
 
 
 def load_shortcut(path: Path, base: Denoiser, base_sha256: str) -> tuple[Shortcut, ShortcutRecipe, Path]:
@@ -409,10 +465,11 @@ def load_shortcut(path: Path, base: Denoiser, base_sha256: str) -> tuple[Shortcu
 def shortcut_steps(ckpt: Any, path: Path, steps: int, full: int, budget: int | None,
                    schedule: str) -> tuple[BudgetPlan, ShortcutSteps]:
     """The N-step plan whose B full steps spend `budget`, and the samplers' hook running S on the other steps (with
-    which shortcut weights it runs: path, sha256, the N it was trained on)."""
+    which shortcut weights it runs: path, sha256, the N and the precision its trajectories were collected at)."""
     shortcut, recipe, folder = load_shortcut(path, ckpt.model, ckpt.identity["sha256"])
     plan = shortcut_plan(ckpt.recipe.model, steps, full, budget, schedule)
-    identity = {**shortcut_identity(folder), "trained_steps": recipe.collect.steps, "full_steps": full_steps(steps, full)}
+    identity = {**shortcut_identity(folder), "trained_steps": recipe.collect.steps, "full_steps": full_steps(steps, full),
+                "collect_precision": recipe.collect.precision}
     return plan, ShortcutSteps(shortcut, ckpt.model, steps, full, identity)
 
 

@@ -92,3 +92,49 @@ def test_a_mauve_table_names_its_features_and_plots_mauve_by_budget(tmp_path: Pa
     assert "MAUVE" in text and "features of gpt2-large, 16 generated vs 16 held-out texts" in text and "M 0.050" in text
     plot_budget_curves(summary, tmp_path / "mauve.png", "mauve")
     assert (tmp_path / "mauve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _text_run(root: Path, name: str, ema: bool) -> Path:
+    """A tiny plain text run written directly (no training), with EMA weights that differ from its raw ones."""
+    import torch
+
+    from cofre.config import recipe_from_dict
+    from cofre.models import Denoiser
+    from cofre.training.checkpoint import publish_checkpoint, staging_dir, write_checkpoint_files
+
+    recipe = recipe_from_dict({"name": name, "model": {"vocab_size": 50257 + 1, "hidden": 32, "heads": 4,
+                                                       "cond_dim": 16, "dropout": 0.0, "max_seq_len": 16, "K_pre": 2},
+                               "data": {"corpus": "wiki-sample", "seq_len": 16}})
+    torch.manual_seed(0)
+    model = Denoiser(recipe.model)
+    averaged = {k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    write_checkpoint_files(staging_dir(root / name / "checkpoints", 1), model, averaged if ema else None, recipe,
+                           {"progress": {"step": 1}})
+    publish_checkpoint(root / name / "checkpoints", 1, 1)
+    return root / name
+
+
+def test_raw_weights_add_rows_of_their_own_labelled_by_weights(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    """Table 13's SDTT row with and without EMA: `--raw-weights RUN` evaluates RUN twice, its rows labelled (EMA) and
+    (raw weights), each cell drawn from the weights it names; the other runs keep one row."""
+    from rich.console import Console
+
+    from cofre.errors import CofreError
+    from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
+
+    sdtt, other = _text_run(tmp_path, "sdtt", ema=True), _text_run(tmp_path, "mdlm", ema=True)
+    settings = EvalSettings(budgets=[4], reuse=["none"], metrics=["genppl", "entropy"], judge=str(tiny_gpt2_dir),
+                            num_samples=2, batch_size=2, device="cpu", raw_weights=[str(sdtt)])
+    summary = evaluate_runs([other, sdtt], settings, tmp_path / "report", Console(quiet=True))
+    assert [c.label for c in summary.cells] == ["mdlm", "sdtt (EMA)", "sdtt (raw weights)"]
+    assert [c.checkpoint["weights"] for c in summary.cells] == ["ema.safetensors", "ema.safetensors", "model.safetensors"]
+    records = [json.loads(Path(c.path).read_text()) for c in summary.cells]
+    assert [r["sample_settings"]["ema"] for r in records] == [True, True, False]
+    assert summary.cells[1].samples != summary.cells[2].samples  # two draws, two sample files
+    with pytest.raises(CofreError, match="not among the runs evaluated"):
+        evaluate_runs([sdtt], EvalSettings(budgets=[4], raw_weights=[str(other)]), tmp_path / "r2")
+    with pytest.raises(CofreError, match="with --no-ema every row is raw already"):
+        evaluate_runs([sdtt], EvalSettings(budgets=[4], ema=False, raw_weights=[str(sdtt)]), tmp_path / "r3")
+    plain = _text_run(tmp_path, "plain", ema=False)
+    with pytest.raises(CofreError, match="has no EMA weights"):
+        evaluate_runs([plain], EvalSettings(budgets=[4], raw_weights=[str(plain)]), tmp_path / "r4")

@@ -66,6 +66,10 @@ def test_bad_searches_are_one_line_errors(settings: SearchSettings, fragment: st
         check_search(settings)
 
 
+def record_of(cell) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(Path(cell.path).read_text())
+
+
 def test_search_ranks_every_placement_and_resumes(pair: tuple[Path, Path], tmp_path: Path, tiny_gpt2_dir: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     heavy, light = pair
@@ -89,6 +93,9 @@ def test_search_ranks_every_placement_and_resumes(pair: tuple[Path, Path], tmp_p
         assert c.increase == pytest.approx(c.genppl - summary.baseline.genppl)
     # two of four steps light: 2 x 1 + 2 x 5 = 12 blocks against 20, a 40% saving
     assert all(c.budget == 12 and c.saving == pytest.approx(0.4) for c in summary.ranking)
+    # FLOPs from both models' shapes, the FP heavy model's mix included: not the block count's 40%
+    assert len({c.flop_saving for c in summary.ranking}) == 1 and 0 < summary.ranking[0].flop_saving != pytest.approx(0.4)
+    assert record_of(summary.ranking[0])["model_schedule"]["flop_saving"] == pytest.approx(summary.ranking[0].flop_saving)
     assert Path(summary.plot_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads(Path(summary.ranking[0].path).read_text())
     assert record["model_schedule"]["light"]["path"] == str(light / "checkpoints" / "step-000000001")
@@ -118,10 +125,12 @@ def test_schedule_commands(pair: tuple[Path, Path], tmp_path: Path, tiny_gpt2_di
                      "--budget", "12", *common, "--out", str(tmp_path / "sandwich.jsonl"))
     assert sandwich.returncode == 0, sandwich.stderr[-2000:]
     row = json.loads((tmp_path / "sandwich.jsonl").read_text().splitlines()[0])
-    assert row["blocks_per_step"] == [1, 5, 5, 1] and row["blocks_spent"] == 12 and row["plan"]["models"] == list("LHHL")
+    # the heavy model's 2 x 3 iterations split by the default --schedule decreasing: 4 then 2 (blocks 6 and 4)
+    assert row["blocks_per_step"] == [1, 6, 4, 1] and row["plan"]["iterations"] == [0, 4, 2, 0] and row["blocks_spent"] == 12 and row["plan"]["models"] == list("LHHL")
     cost = row["model_schedule"]
     assert (cost["schedule"], cost["heavy_alone_blocks"], cost["switch_warm_start"]) == ("L1,H2,L1", 20, "h_pre")
     assert "saving vs heavy alone" in sandwich.stdout and "40.0% of 20 blocks" in sandwich.stdout
+    assert "FLOPs per token" in sandwich.stdout and 0 < cost["flop_saving"] < 1 and cost["seq_len"] == 16
     for args, fragment in ((["--model-schedule", "L1,H2,L1", "--budget", "20"], "spends 12 blocks"),
                            (["--model-schedule", "Q4"], "unknown model 'Q'"),
                            (["--model-schedule", "L1,H2", "--steps", "4"], "covers 3 steps, not the 4")):

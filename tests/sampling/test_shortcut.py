@@ -12,8 +12,8 @@ from cofre.models import Denoiser
 from cofre.sampling.budget import plan_budget
 from cofre.sampling.maskgit import ImageSamplerConfig, MaskGITSampler
 from cofre.sampling.mdlm import MDLMSampler, SamplerConfig
-from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, block_flops, committed_keys, full_steps,
-                                     predict_features, shortcut_cost, shortcut_plan)
+from cofre.sampling.shortcut import (Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, block_flops,
+                                     committed_keys, full_steps, predict_features, shortcut_cost, shortcut_plan)
 
 GRID = (4, 4)
 
@@ -54,15 +54,26 @@ def test_full_step_sets_of_the_issue() -> None:
     assert full_steps(64, 11) == [0, 6, 12, 17, 23, 29, 35, 41, 47, 52, 58]
 
 
-def test_the_rule_uses_pythons_round_half_to_even() -> None:
-    """Both given sets come out the same under round-half-up (no N k / B there is an exact half); (5, 2) tells the
-    two apart: 5 x 1 / 2 = 2.5 rounds to 2 (Python, the authors' code), not 3."""
-    for n, b in ((32, 12), (64, 11)):
+def reference_full_steps(n: int, b: int) -> list[int]:
+    """The related paper's code, written out: t_k = max(t_{k-1} + 1, round(N * (k / B)))."""
+    chosen = [0]
+    for k in range(1, b):
+        chosen.append(max(chosen[-1] + 1, round(n * (k / b))))
+    return chosen
+
+
+def test_the_rule_matches_the_reference_expression_for_every_n_up_to_128() -> None:
+    """k / B is divided first, so the float product decides the .5 ties: (45, 10) gives 31 where round(N k / B)
+    gives 32 (68 of the 8128 pairs with N <= 128 differ between the two)."""
+    for n in range(1, 129):
+        for b in range(1, n + 1):
+            assert full_steps(n, b) == reference_full_steps(n, b), (n, b)
+    assert full_steps(45, 10)[7] == 31 and round(45 * 7 / 10) == 32
+    for n, b in ((32, 12), (64, 11)):  # no exact half there: round-half-up agrees
         chosen = [0]
         for k in range(1, b):
             chosen.append(max(chosen[-1] + 1, half_up(n * k / b)))
         assert chosen == full_steps(n, b)
-    assert full_steps(5, 2) == [0, 2]
 
 
 def test_every_full_step_set_is_b_distinct_steps_in_range() -> None:
@@ -71,6 +82,36 @@ def test_every_full_step_set_is_b_distinct_steps_in_range() -> None:
             chosen = full_steps(n, b)
             assert len(chosen) == b and chosen[0] == 0 and chosen == sorted(set(chosen)) and chosen[-1] <= n - 1
     assert full_steps(7, 7) == list(range(7))
+
+
+@pytest.mark.parametrize("make", [text_model, image_model])
+def test_features_are_the_heads_normalised_input_and_the_rest_of_the_head_gives_the_logits(make) -> None:
+    """What S records and predicts is the tensor that feeds the logits (after the head's norm_final, before its adaLN
+    modulation and linear map, as the authors' code); the rest of the head maps it to the model's logits."""
+    model = make()
+    z = torch.randint(0, model.cfg.mask_id + 1, (2, 16))
+    cond = model.conditioning(torch.tensor([0, 1]) if model.cfg.modality == "image" else torch.rand(2), 16)
+    hidden = model.post_stack(model.pre_stack(z, cond), cond)
+    features = model.head_features(hidden)
+    assert torch.allclose(features, model.output_layer.norm_final(hidden))
+    if model.cfg.modality == "text":  # weight-only LayerNorm: zero mean per position before its weight
+        assert torch.allclose((features / model.output_layer.norm_final.weight).mean(-1), torch.zeros(2, 16), atol=1e-4)
+    positions = (torch.tensor([0, 1, 1]), torch.tensor([3, 0, 7]))
+    assert torch.allclose(model.head_logits(features, cond), model.head(hidden, cond), atol=1e-6)
+    assert torch.allclose(model.head_logits(features, cond, positions), model.head(hidden, cond, positions), atol=1e-6)
+
+
+def test_the_sampler_hands_the_hook_post_norm_features() -> None:
+    model = text_model()
+    recorder = TrajectoryRecorder()
+    plan = plan_budget(model.cfg, 4 * 2, None, "decreasing")
+    MDLMSampler(model, plan, SamplerConfig(length=16), hook=recorder).sample(2, torch.Generator().manual_seed(1))
+    assert len(recorder.features) == 4
+    with torch.no_grad():
+        for z, recorded in zip(recorder.tokens, recorder.features):
+            cond = model.conditioning(torch.zeros(2), 16)
+            expected = model.head_features(model.post_stack(model.pre_stack(z, cond), cond))
+            assert torch.allclose(recorded.float(), expected, atol=5e-3)  # stored in fp16
 
 
 def test_zero_initialised_last_projection_returns_the_features() -> None:
@@ -178,6 +219,25 @@ def test_a_zero_initialised_shortcut_samples_with_the_previous_full_steps_featur
     assert hook.full == {0, 3}
     assert all(torch.equal(seen[i], seen[0]) for i in (1, 2)) and all(torch.equal(seen[i], seen[3]) for i in (4, 5))
     assert not torch.equal(seen[0], seen[3])
+
+
+def test_cache_never_skips_a_full_step_so_every_shortcut_step_has_features() -> None:
+    """The review's reproducer: L = 8, 64 steps, 16 full, batch 1, MDLM's cache. Step 0 often reveals nothing; it
+    still runs the full model and hands S its features (before the fix: AssertionError on most seeds)."""
+    torch.manual_seed(0)
+    model = Denoiser(ModelConfig(vocab_size=101, hidden=32, heads=4, cond_dim=16, dropout=0.0, max_seq_len=8)).eval()
+    shortcut = Shortcut(ShortcutConfig(hidden=32, heads=4, modality="text"))
+    plan = shortcut_plan(model.cfg, 64, 16, None, "decreasing")
+    hook = ShortcutSteps(shortcut, model, 64, 16)
+    sampler = MDLMSampler(model, plan, SamplerConfig(length=8, cache=True), hook=hook)
+    skipped_full_step_zero = 0
+    for seed in range(8):
+        batch = sampler.sample(1, torch.Generator().manual_seed(seed))
+        assert not (batch.tokens == model.cfg.mask_id).any()
+        for r in batch.steps:
+            assert (r.step in hook.full) == (r.blocks > 0) and not (r.cached and r.step in hook.full)
+        skipped_full_step_zero += batch.steps[0].revealed == 0
+    assert skipped_full_step_zero > 0  # the case that crashed is exercised
 
 
 def test_plan_of_a_fixed_point_model_spends_the_budget_on_the_full_steps() -> None:

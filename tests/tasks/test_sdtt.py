@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cofre.tasks.sdtt import divergence, teacher_targets
+from cofre.tasks.sdtt import divergence, teacher_targets, teacher_times
 
 MASK = 7  # vocabulary {0..6} + [mask] = 7
 STEP_TOKEN = (2, 3)  # the fake teacher's step i predicts token STEP_TOKEN[i] almost surely
@@ -78,6 +78,40 @@ def test_the_teacher_runs_the_samplers_transition() -> None:
     logits = fake_step_log_probs(0, z.nonzero(as_tuple=True))  # every position is masked
     expected = fill_revealed(z, revealed, logits[revealed[z == MASK]], MASK, 1.0, False, g)
     assert torch.equal(got.z_end, expected)
+
+
+def sdtt_code_times(t: torch.Tensor, dt: float, k: int) -> list[torch.Tensor]:
+    """SDTT's `_teacher_logprobs_on_mask`, written out: space = linspace(1, 0, k), t_end = t - k dt,
+    ts = t space + (1 - t) t_end, then max(ts, sampling_eps = 1e-5); each step goes from ts[i] to ts[i] - dt."""
+    space = torch.linspace(1, 0, k).double()[:, None]
+    t = t[None, :].double()
+    ts = t * space + (1 - t) * (t - dt * k)
+    return list(torch.maximum(ts, torch.tensor(1e-5, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_reference_grid_is_the_sdtt_codes_interpolated_times(k: int) -> None:
+    t = torch.tensor([1.0, 0.5, 0.1, 0.01, 1e-3])
+    for dt in (1 / 1024, 1 / 16, 1 / 8):
+        steps = teacher_times(t, dt, k, "reference")
+        for (t_i, s_i), ref in zip(steps, sdtt_code_times(t, dt, k), strict=True):
+            assert torch.allclose(t_i, ref, rtol=0, atol=1e-12) and torch.equal(s_i, (ref - dt).clamp_min(0))
+    paper = teacher_times(t, 1 / 16, k, "paper")
+    assert torch.allclose(paper[1][0], (t.double() - 1 / 16).clamp_min(0)) and torch.equal(paper[0][0], t.double())
+    # the review's numbers: t = 0.5, dt = 1/16 starts at 0.6875 (above t), then 0.1875
+    assert teacher_times(torch.tensor([0.5]), 1 / 16, 2, "reference")[0][0].item() == pytest.approx(0.6875)
+
+
+@pytest.mark.parametrize("grid, share", [("paper", 0.625), ("reference", 0.0625 / 0.0775)])
+def test_the_grid_sets_the_share_of_targets_from_the_first_step(grid: str, share: float) -> None:
+    """The share of masked positions whose target is the teacher's prediction at z_t (revealed by step 0) is dt / t_0:
+    62.5% on the paper's grid and 80.6% on the code's at t = 0.1, dt = 1/16 (the review's table)."""
+    z = torch.full((4, 2000), MASK)
+    t = torch.full((4,), 0.1)
+    got = teacher_targets(FakeTeacher(), z, t, dt=1 / 16, k=2, mask_id=MASK, generator=torch.Generator().manual_seed(0),
+                          grid=grid)
+    assert (got.revealed_at == 0).float().mean().item() == pytest.approx(share, abs=0.02)
+    assert not (got.z_end == MASK).any()  # both grids' second step reaches 0 here and reveals the rest
 
 
 def test_divergence_direction_on_a_hand_worked_pair() -> None:

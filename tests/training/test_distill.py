@@ -108,6 +108,34 @@ def test_student_gets_gradients_and_the_teacher_none(parent: Path, tmp_path: Pat
         trainer.run.unlock()
 
 
+@pytest.mark.parametrize("grid", ["paper", "reference"])
+def test_the_teacher_runs_at_the_times_of_distill_teacher_grid(parent: Path, tmp_path: Path, grid: str) -> None:
+    """paper: the teacher's first step is at t; reference: at SDTT's code's t + (1 - t)(t - k dt), clamped at 1e-5."""
+    recipe = stage(parent, max_steps=2)
+    recipe.distill.teacher_grid = grid
+    trainer = Trainer(recipe, tmp_path / "run")
+    try:
+        distill = trainer.distill
+        assert distill is not None
+        times: list[torch.Tensor] = []
+        teacher = distill._teacher_logits
+        distill._teacher_logits = lambda z, t, positions: (times.append(t.clone()), teacher(z, t, positions))[1]  # type: ignore[method-assign]
+        x = trainer.corpus.train[:4].long()
+        batch = trainer.task.noise(x, generator=torch.Generator().manual_seed(0))
+        out = trainer.model(batch.z, batch.sigma, n_nograd=1, n_grad=0, positions=batch.masked.nonzero(as_tuple=True))
+        distill(out.logits, batch, torch.Generator().manual_seed(1))
+        t, dt = batch.t.double(), distill.dt
+        first = t if grid == "paper" else (t + (1 - t) * (t - 2 * dt)).clamp_min(1e-5)
+        assert torch.allclose(times[0].double(), first, atol=1e-6)
+    finally:
+        trainer.run.unlock()
+
+
+def test_an_unknown_teacher_grid_is_refused() -> None:
+    with pytest.raises(CofreError, match="teacher_grid"):
+        recipe_from_dict({"distill": {"loss": "reverse_kl", "teacher_grid": "evenly"}})
+
+
 def losses(run: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records if "loss" in r}

@@ -1,5 +1,6 @@
-"""`cofre shortcut`: trajectories from the base sampler whose training pairs line up, training, resume, and the
-shortcut sampler and evaluation through the CLI (tiny image runs built in seconds)."""
+"""`cofre shortcut`: trajectories drawn from the base sampler while S trains, whose training pairs line up with the base
+model's post-norm features, training with train and held-out MSE, resume, the collection precision that sampling
+follows, and the shortcut sampler and evaluation through the CLI (tiny image runs built in seconds)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from test_bad_inputs import run_in_process
 
 from cofre.errors import CofreError
 from cofre.sampling.generate import open_checkpoint
-from cofre.training.shortcut import TrajectoryPairs, collect_trajectories, masked_mse, shortcut_recipe
+from cofre.training.shortcut import TrajectorySource, masked_mse, read_shortcut_recipe, shortcut_recipe
 
 STAGE = """\
 kind: shortcut
 name: sc-test
 shortcut: {width_ratio: 0.5, heads: 2, frequency_dim: 16}
-collect: {trajectories: 6, val_trajectories: 2, steps: 5, batch_size: 2, cfg: 1.0, seed: 3}
+collect: {batch_size: 2, refresh_every: 2, val_trajectories: 2, steps: 5, cfg: 1.0, seed: 3}
 optim: {lr: 1.0e-3, warmup_steps: 2}
 trainer: {max_steps: 4, batch_size: 4, ema: 0.9, log_every: 2, val_every: 2, val_pairs: 8, ckpt_every: 2}
 """
@@ -48,17 +49,19 @@ def perturbed(run: Path) -> Path:
     return run
 
 
-def test_training_pairs_line_up_with_the_base_models_features(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_training_pairs_line_up_with_the_base_models_post_norm_features(runs: dict[str, Path]) -> None:
     """Each pair's target f_{s+1} is the base model's features at the step after f_s: recomputing the network on the
-    stored inputs z_s and z_{s+1} gives f_s and f_{s+1}, and z_{s+1} only unmasks tokens of z_s."""
+    inputs z_s and z_{s+1} gives f_s and f_{s+1} as the head's normalised input (its norm_final, before the adaLN
+    modulation), and z_{s+1} only unmasks tokens of z_s. Pools are drawn again identically by index."""
     recipe = shortcut_recipe(runs["plain"], runs["stage"], ["collect.cfg=0.0"])
-    shards = collect_trajectories(recipe, tmp_path / "trajectories", _quiet())
-    assert len(shards) == 3 and all(p.is_file() for p in shards)
+    assert recipe.collect.precision == "fp32"  # auto, resolved on this CPU and recorded
     ckpt = open_checkpoint(runs["plain"], device="cpu")
     model, mask_id = ckpt.model, ckpt.model.cfg.mask_id
-    pairs = TrajectoryPairs(shards, mask_id)
-    assert {step for _, _, step in pairs.index} <= set(range(4))  # N = 5 steps: pairs (0, 1) ... (3, 4)
-    f_s, z_s, z_next, f_next = pairs.batch(list(range(len(pairs))), torch.device("cpu"))
+    source = TrajectorySource(ckpt, recipe)
+    pool = source.pool(0)
+    assert pool.tokens.shape[:2] == (2, 5) and pool.features.dtype == torch.float16
+    assert {int(s) for s in pool.index[:, 1]} <= set(range(4))  # N = 5 steps: pairs (0, 1) ... (3, 4)
+    f_s, z_s, z_next, f_next = pool.batch(list(range(len(pool))))
     assert ((z_s == mask_id) | (z_s == z_next)).all() and ((z_next == mask_id) <= (z_s == mask_id)).all()
     assert ((z_s == mask_id) & (z_next != mask_id)).any(dim=1).all()  # every pair commits a token
     with torch.no_grad():
@@ -66,10 +69,13 @@ def test_training_pairs_line_up_with_the_base_models_features(runs: dict[str, Pa
             errors = []
             for cls in range(model.cfg.num_classes):  # the label is not stored: the right one matches exactly
                 cond = model.conditioning(torch.full((len(z),), cls), z.shape[1])
-                hidden = model.post_stack(model.pre_stack(z, cond), cond)
-                errors.append((hidden - f).abs().amax(dim=(1, 2)))
-            assert (torch.stack(errors).amin(0) < 2e-3).all(), name  # fp16 storage
+                features = model.head_features(model.post_stack(model.pre_stack(z, cond), cond))
+                errors.append((features - f).abs().amax(dim=(1, 2)))
+            assert (torch.stack(errors).amin(0) < 5e-3).all(), name  # fp16 storage
     assert float(masked_mse(f_next, f_next, z_next, mask_id)) == 0.0
+    again, other, held_out = source.pool(0), source.pool(1), source.held_out()
+    assert torch.equal(again.tokens, pool.tokens) and torch.equal(again.features, pool.features)
+    assert not torch.equal(other.tokens, pool.tokens) and not torch.equal(held_out.tokens, pool.tokens)
 
 
 def test_masked_mse_counts_only_still_masked_positions() -> None:
@@ -92,11 +98,23 @@ def test_shortcut_trains_resumes_samples_and_evaluates(runs: dict[str, Path], tr
     assert (run / "checkpoints" / "step-000000004" / "ema.safetensors").is_file()
     result = json.loads((run / "train_result.json").read_text())
     assert result["base_run"].endswith("img-plain/checkpoints/step-000000001") and result["final_step"] == 4
-    assert 0 < result["parameter_fraction"] < 1 and result["val_mse"] > 0
+    assert 0 < result["parameter_fraction"] < 1 and result["val_mse"] > 0 and result["train_mse"] > 0
+    assert result["precision"] == "fp32" and "precision: fp32" in (run / "recipe.yaml").read_text()
+    # 4 steps, a fresh pool every 2: 2 pools of 2 labels x 2 (guidance) trajectories x 4 pairs; 4 x 4 draws
+    assert result["train_trajectories"] == 8 and result["train_pairs"] == 32 and result["pair_draws"] == 0.5
+    assert result["val_trajectories"] == 4 and result["val_pairs"] == 8
+    assert not (run / "trajectories").exists()  # nothing is stored
+    validations = [m for m in _metrics(run) if "val_mse" in m]
+    assert [m["step"] for m in validations] == [2, 4] and all(m["train_mse"] > 0 for m in validations)
     assert "kind: shortcut" in (run / "recipe.yaml").read_text()
     again = run_in_process(["shortcut", str(runs["plain"]), "--recipe", str(runs["stage"]), "trainer.max_steps=6"], root)
-    assert again.code == 0, again.stderr  # resumes at step 4 with the trajectories already on disk
-    assert json.loads((run / "train_result.json").read_text())["start_step"] == 4
+    assert again.code == 0, again.stderr  # resumes at step 4 and draws pool 2 for steps 4 and 5
+    resumed = json.loads((run / "train_result.json").read_text())
+    assert resumed["start_step"] == 4 and resumed["train_pairs"] == 48 and "mse train" in again.stdout
+
+    refused = run_in_process(["sample", str(runs["plain"]), "--shortcut", str(run), "--steps", "6", "--full-steps", "2",
+                              "--cfg", "1", "--precision", "bf16", "--out", str(root / "bf16")], root)
+    assert refused.code == 2 and "collected at fp32" in refused.stderr and len(refused.stderr.splitlines()) == 1
 
     out = root / "sampled"
     sampled = run_in_process(["sample", str(runs["plain"]), "--shortcut", str(run), "--steps", "6", "--full-steps", "2",
@@ -105,6 +123,7 @@ def test_shortcut_trains_resumes_samples_and_evaluates(runs: dict[str, Path], tr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["blocks_spent_per_batch"] == [2 * 2] and manifest["shortcut"]["full_steps"] == [0, 3]
     assert manifest["shortcut"]["shortcut_steps"] == 4 and manifest["settings"]["budget"] == 4
+    assert manifest["settings"]["precision"] == "fp32" and manifest["shortcut"]["collect_precision"] == "fp32"
 
     report = root / "report"
     classifier = make_classifier_run(root, image_size=8)
@@ -114,7 +133,7 @@ def test_shortcut_trains_resumes_samples_and_evaluates(runs: dict[str, Path], tr
                                 "--report-dir", str(report)], root)
     assert evaluated.code == 0, evaluated.stderr
     summary = json.loads(next(report.glob("shortcut-*.json")).read_text())
-    assert [r["full_blocks"] for r in summary["rows"]] == [12, 4, 4]
+    assert [r["full_blocks"] for r in summary["rows"]] == [12, 4, 4] and summary["settings"]["precision"] == "fp32"
     assert summary["rows"][2]["shortcut_blocks"] > 0 and next(report.glob("shortcut-*.png")).is_file()
     fid = summary["rows"][0]["quality"]["fid"]
     assert fid["value"] >= 0 and fid["extractor"] == "classifier:clf-test" and fid["generated_images"] == 4
@@ -140,6 +159,25 @@ def test_a_shortcut_runs_only_with_the_base_it_learned_from(runs: dict[str, Path
         load_shortcut(trained, other.model, other.identity["sha256"])
     with pytest.raises(CofreError, match="not a shortcut run"):
         load_shortcut(runs["plain"], other.model, other.identity["sha256"])
+
+
+def test_a_shortcut_of_pre_norm_features_is_refused(trained: Path, tmp_path: Path) -> None:
+    """A shortcut checkpoint written before S predicted the head's normalised input (no shortcut.features in its
+    config) is refused in one line instead of being run on the wrong features."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(trained / "checkpoints" / "step-000000004", old)
+    config = json.loads((old / "config.json").read_text())
+    del config["shortcut"]["features"]
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CofreError, match="regressed the features before the head's norm") as err:
+        read_shortcut_recipe(old)
+    assert "\n" not in str(err.value)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _quiet():
