@@ -1,6 +1,7 @@
 """Training step time, throughput, MFU and peak memory of two recipes at the same width, measured in one run.
 
-The paper's anchor (Table 7): FP-MDLM / MDLM = 0.885 training time and 0.831 VRAM. Each (recipe, compile)
+The paper's anchors: FP-MDLM / MDLM = 0.885 training time and 0.831 VRAM (Table 7); FP-MaskGIT / MaskGIT-Large
+0.514 time and 0.493 VRAM (Table 15). Text and image recipes alike (each with its own objective). Each (recipe, compile)
 configuration is measured in a fresh process so that peak memory is its own. Runs on CPU and, unchanged,
 on a GPU (bf16 autocast there by default):
 
@@ -32,11 +33,12 @@ from cofre.config import load_recipe
 from cofre.flops import peak_flops, train_flops_per_token
 from cofre.models import Denoiser
 from cofre.precision import PRECISIONS, autocast, resolve_precision
-from cofre.tasks.mdlm import MDLMTask
+from cofre.tasks import build_task
 from cofre.training.loop import sjfb_iterations
 from cofre.training.optim import build_optimizer
 
-PAPER_RATIOS = {"time": 0.885, "memory": 0.831}  # FP-MDLM / MDLM, Table 7
+# FP / plain model: FP-MDLM / MDLM (Table 7), FP-MaskGIT / MaskGIT-Large (Table 15: 9h08m / 17h46m, 35.74 / 72.45 GiB)
+PAPER_RATIOS = {"text": {"time": 0.885, "memory": 0.831}, "image": {"time": 0.514, "memory": 0.493}}
 
 
 @dataclass
@@ -58,14 +60,16 @@ class Measurement:
     mfu: float | None  # None when the device's peak is unknown (CPU, or a GPU not in cofre.flops)
     peak_memory_bytes: int  # GPU: max allocated by torch; CPU: peak RSS above the process's baseline
     memory_kind: str
+    step_s: list[float]  # every timed step (intervals of the mean: cofre claims bootstraps over them)
 
 
 def measure(recipe_path: str, batch: int | None, seq_len: int | None, steps: int, warmup: int, device: str,
             precision: str, compiled: bool, peak_tflops: float | None) -> Measurement:
-    """One recipe's training steps on random tokens: forward (SJFB draws as in training), backward, AdamW."""
+    """One recipe's training steps on random tokens (and labels, for images): forward (SJFB draws as in training),
+    backward, AdamW."""
     recipe = load_recipe(recipe_path)
     batch = batch or recipe.trainer.micro_batch_size
-    seq_len = seq_len or recipe.data.seq_len
+    seq_len = seq_len or (recipe.model.max_seq_len if recipe.model.modality == "image" else recipe.data.seq_len)
     dev = torch.device(device)
     precision = resolve_precision(precision, dev)
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -74,9 +78,11 @@ def measure(recipe_path: str, batch: int | None, seq_len: int | None, steps: int
     if compiled:
         model.compile_blocks()
     optimizer = build_optimizer(model, recipe.optim)
-    task = MDLMTask(recipe.task, recipe.model.mask_id)
+    task = build_task(recipe)
     x = torch.randint(0, recipe.model.mask_id, (batch, seq_len), device=dev)
     gen = torch.Generator(dev).manual_seed(0)
+    labels = torch.randint(0, recipe.model.num_classes, (batch,), device=dev, generator=gen) \
+        if recipe.model.modality == "image" else None
     times, flops = [], []
     for step in range(warmup + steps):
         n_ng, n_g = sjfb_iterations(recipe, step)
@@ -85,9 +91,10 @@ def measure(recipe_path: str, batch: int | None, seq_len: int | None, steps: int
         if dev.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        noised = task.noise(x, generator=gen)
+        noised = task.noise(x, generator=gen, labels=labels)
+        positions = task.loss_positions(noised)
         with autocast(dev, precision):
-            out = model(noised.z, noised.sigma, n_nograd=n_ng, n_grad=n_g, positions=noised.masked.nonzero(as_tuple=True))
+            out = model(noised.z, noised.signal, n_nograd=n_ng, n_grad=n_g, positions=positions.nonzero(as_tuple=True))
         task.loss(out.logits, noised).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
         optimizer.step()
@@ -96,8 +103,7 @@ def measure(recipe_path: str, batch: int | None, seq_len: int | None, steps: int
             torch.cuda.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - start)
-            masked_fraction = float(noised.masked.float().mean())
-            flops.append(train_flops_per_token(model, seq_len, n_ng, n_g, masked_fraction))
+            flops.append(train_flops_per_token(model, seq_len, n_ng, n_g, float(positions.float().mean())))
     if dev.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(dev), "cuda max_memory_allocated"
         name = torch.cuda.get_device_name(dev)
@@ -113,7 +119,7 @@ def measure(recipe_path: str, batch: int | None, seq_len: int | None, steps: int
         precision=precision, compiled=compiled, batch=batch, seq_len=seq_len, steps=steps, step_s_mean=mean,
         step_s_std=statistics.stdev(times) if len(times) > 1 else 0.0, tokens_per_s=tokens_per_s,
         model_flops_per_token=statistics.fmean(flops), model_tflops_per_s=achieved / 1e12,
-        mfu=achieved / device_peak if device_peak else None, peak_memory_bytes=peak, memory_kind=kind,
+        mfu=achieved / device_peak if device_peak else None, peak_memory_bytes=peak, memory_kind=kind, step_s=times,
     )
 
 
@@ -175,14 +181,15 @@ def main() -> None:
                       f"{100 * m.mfu:.1f}%" if m.mfu is not None else "n/a", f"{m.peak_memory_bytes / 2**30:.2f} GiB")
     console.print(table)
     ratios: dict[str, float] = {}
+    paper = PAPER_RATIOS[load_recipe(args.baseline).model.modality]
     for compiled in modes:
         base, cand = results[args.baseline, compiled], results[args.candidate, compiled]
         key = "compiled" if compiled else "eager"
         ratios[f"time {key}"] = cand.step_s_mean / base.step_s_mean
         ratios[f"memory {key}"] = cand.peak_memory_bytes / base.peak_memory_bytes
         console.print(f"{cand.recipe} / {base.recipe} ({key}): time {ratios[f'time {key}']:.3f} "
-                      f"(paper {PAPER_RATIOS['time']}), memory {ratios[f'memory {key}']:.3f} "
-                      f"(paper {PAPER_RATIOS['memory']}); memory = {base.memory_kind}")
+                      f"(paper {paper['time']}), memory {ratios[f'memory {key}']:.3f} "
+                      f"(paper {paper['memory']}); memory = {base.memory_kind}")
     if len(modes) == 2:
         for path in (args.baseline, args.candidate):
             speedup = results[path, True].tokens_per_s / results[path, False].tokens_per_s
@@ -190,7 +197,7 @@ def main() -> None:
             console.print(f"compile speed-up {results[path, True].recipe}: {speedup:.2f}x tokens/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"measurements": [asdict(m) for m in results.values()], "ratios": ratios,
-                                    "paper_ratios": PAPER_RATIOS, "torch": torch.__version__}, indent=2))
+                                    "paper_ratios": paper, "torch": torch.__version__}, indent=2))
     console.print(f"written to {args.out}")
 
 

@@ -393,6 +393,46 @@ def probe(
 
 
 @app.command()
+def claims(
+    spec: Annotated[Path, typer.Argument(help="Claims file (kind: claims) naming the runs and cells, e.g. "
+                                              "recipes/claims-small.yaml.")],
+    report_dir: Annotated[Path, typer.Option(help="Where claims.json and one PNG per claim family go.")] = Path(
+        "runs/reports/claims"),
+) -> None:
+    """The paper's claims (C1-C8) checked on your runs: the numbers, a 95% bootstrap interval and a verdict each (holds /
+    does not hold / not measurable, with the reason). Reads what evaluate, lagged-kl and the benchmarks wrote."""
+    from cofre.evaluation.claims import check_claims, load_spec, plot_family
+
+    claims_spec = load_spec(spec)
+    check_output_dir(report_dir, "--report-dir")
+    results = check_claims(claims_spec)
+    table = Table(title=f"cofre claims: {claims_spec.name} ({claims_spec.bootstrap} bootstrap draws, 95% intervals)",
+                  show_lines=True)
+    for column, width in (("claim", 34), ("numbers [95% interval]", 58), ("verdict", 10), ("why", 44)):
+        table.add_column(column, max_width=width, overflow="fold")
+    for claim in results:
+        numbers = "\n".join(f"{e.label}: {e.value:.4g} [{e.low:.4g}, {e.high:.4g}]" for e in claim.estimates) or "-"
+        table.add_row(escape(f"{claim.id} {claim.statement}"), escape(numbers), claim.verdict, escape(claim.reason))
+    console.print(table)
+    families: dict[str, list[Any]] = {}
+    for claim in results:
+        families.setdefault(claim.family, []).append(claim)
+    for family, members in families.items():
+        plot_family(members, report_dir / f"claims-{family.replace(' ', '-')}.png")
+    path = report_dir / "claims.json"
+    atomic_write_text(path, json.dumps({"spec": dataclasses.asdict(claims_spec), "code": _code_version(),
+                                        "claims": [dataclasses.asdict(c) for c in results]}, indent=2))
+    held = sum(c.verdict == "holds" for c in results)
+    console.print(f"{held} of {len(results)} claims hold at this scale; {path} and one PNG per family in {report_dir}")
+
+
+def _code_version() -> str:
+    from cofre.runs import code_version
+
+    return code_version()
+
+
+@app.command()
 def sample(
     checkpoint: Annotated[Path, typer.Argument(help="Run directory (its latest checkpoint) or checkpoint folder.")],
     budget: Annotated[int | None, typer.Option("--budget", "-b", help="Total transformer-block forward passes per sample "

@@ -49,7 +49,7 @@ class FlopCounts:
         if model.injection is not None:
             injection += model.injection.weight.numel()
         return FlopCounts(block=2 * per_token + 4 * seq_len * cfg.hidden, mix=2 * mix, injection=2 * injection,
-                          head=2 * model.output_layer.linear.weight.numel())
+                          head=2 * cfg.vocab_size * cfg.hidden)  # text's Linear, or images' head tied to the embedding
 
     @staticmethod
     def of_config(cfg: ModelConfig, seq_len: int) -> FlopCounts:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,8 @@ class LaggedKL:
     kl_b: float
     reduction: float  # 1 - kl_b / kl_a; NaN where kl_a < MIN_BASELINE_KL
     pairs: int  # (batch, s) pairs averaged
+    batches_a: list[float] = field(default_factory=list)  # per held-out batch (the same states for A and B): intervals
+    batches_b: list[float] = field(default_factory=list)
 
 
 def nested_states(x: Tensor, steps: int, generator: torch.Generator, mask_id: int) -> list[Tensor]:
@@ -88,7 +90,8 @@ def compare(model_a: LogProbs, model_b: LogProbs, batches: list[Tensor], steps: 
                         totals[key].append(value)
                 pairs += count
             kl_a, kl_b = (sum(v) / len(v) if v else float("nan") for v in (totals["a"], totals["b"]))
-            results.append(LaggedKL(n_steps, lag, kl_a, kl_b, relative_reduction(kl_a, kl_b), pairs))
+            results.append(LaggedKL(n_steps, lag, kl_a, kl_b, relative_reduction(kl_a, kl_b), pairs,
+                                    totals["a"], totals["b"]))
     return results
 
 
