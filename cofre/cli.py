@@ -401,10 +401,18 @@ def claims(
 ) -> None:
     """The paper's claims (C1-C8) checked on your runs: the numbers, a 95% bootstrap interval and a verdict each (holds /
     does not hold / not measurable, with the reason). Reads what evaluate, lagged-kl and the benchmarks wrote."""
-    from cofre.evaluation.claims import check_claims, load_spec, plot_family
+    from cofre.evaluation.claims import check_claims, learning_checks, load_spec, plot_family
 
     claims_spec = load_spec(spec)
     check_output_dir(report_dir, "--report-dir")
+    learned = learning_checks(claims_spec)
+    checks = Table(title="did the models learn? (cofre probe; images: classifier FID)")
+    for column in ("check", "value", "threshold", "verdict", "detail"):
+        checks.add_column(column, overflow="fold")
+    for c in learned:
+        verdict = "not measured" if c.passed is None else "ok" if c.passed else "NOT MET"
+        checks.add_row(escape(c.what), "-" if c.value is None else f"{c.value:.4g}", c.threshold, verdict, escape(c.detail))
+    console.print(checks)
     results = check_claims(claims_spec)
     table = Table(title=f"cofre claims: {claims_spec.name} ({claims_spec.bootstrap} bootstrap draws, 95% intervals)",
                   show_lines=True)
@@ -421,6 +429,7 @@ def claims(
         plot_family(members, report_dir / f"claims-{family.replace(' ', '-')}.png")
     path = report_dir / "claims.json"
     atomic_write_text(path, json.dumps({"spec": dataclasses.asdict(claims_spec), "code": _code_version(),
+                                        "learning": [dataclasses.asdict(c) for c in learned],
                                         "claims": [dataclasses.asdict(c) for c in results]}, indent=2))
     held = sum(c.verdict == "holds" for c in results)
     console.print(f"{held} of {len(results)} claims hold at this scale; {path} and one PNG per family in {report_dir}")

@@ -139,8 +139,8 @@ def recipe_checks(recipes: Path) -> list[Check]:
             checks.append(Check(str(path), ["train", str(path)], 1, str(err)))
             continue
         kind = values.get("kind")
-        if kind == "shortcut" or is_stage_recipe(values):
-            continue  # stages and shortcuts are resolved over their parents, by the commands that use them
+        if kind in ("shortcut", "claims") or is_stage_recipe(values):
+            continue  # stages and shortcuts resolve over the runs they start from; a claims file starts nothing  # stages and shortcuts are resolved over their parents, by the commands that use them
         for processes in (1,) if kind else RECIPE_PROCESSES:
             checks.append(Check(str(path), ["train", str(path)], processes))
     return checks

@@ -64,6 +64,11 @@ class ClaimsSpec:
     lagged_kl: str = "runs/reports/small/fig11/lagged-kl.json"  # C4
     bootstrap: int = 2000
     seed: int = 1
+    # the learning checks printed before the claims: `cofre probe` on these runs, and the image tier's FID
+    probes: list[str] = field(default_factory=lambda: ["runs/small-mdlm", "runs/small-fp-mdlm", "runs/small-cofre",
+                                                         "runs/small-maskgit", "runs/small-fp-maskgit"])
+    tiny_maskgit: str = "runs/tiny-maskgit"  # images learn: small MaskGIT's FID at least 3x below this run's ...
+    learning_budget: int = 16  # ... at this budget, both on `image_samples` images
 
 
 @dataclass
@@ -440,6 +445,55 @@ def c8_shortcut(spec: ClaimsSpec, boot: Bootstrap) -> Claim:
     return claim
 
 
+# -- did the models learn? ----------------------------------------------------------------------------------------
+@dataclass
+class LearningCheck:
+    what: str
+    value: float | None
+    threshold: str
+    passed: bool | None  # None: not measured (the reason in `detail`)
+    detail: str = ""
+
+
+def probe_checks(run: str) -> list[LearningCheck]:
+    """The checks the newest `cofre probe` of a run recorded."""
+    probes = sorted(Path(run, "eval").glob("probe-*.json"), key=lambda p: p.stat().st_mtime)
+    if not probes:
+        return [LearningCheck(f"{Path(run).name}: probe", None, "", None, f"no cofre probe of {run}")]
+    record = read_json(str(probes[-1]), "cofre probe output")
+    detail = (f"val PPL {record['val_ppl']:.1f}, unigram PPL {record['unigram_ppl']:.1f}; context KL " +
+              ", ".join(f"t={t}: {v:.3f}" for t, v in record["context_kl"].items()))
+    return [LearningCheck(f"{Path(run).name}: {c['name']}", c["value"], c["threshold"], c["passed"], detail)
+            for c in record["checks"]]
+
+
+def image_learning_checks(spec: ClaimsSpec) -> list[LearningCheck]:
+    """Small MaskGIT's FID at least 3x below the tiny tier's at one budget on as many images, and the floor: held-out
+    real images scored the same way must give an FID below a tenth of the model's."""
+    from cofre.data.images import load_images
+    from cofre.training.checkpoint import checkpoint_recipe
+
+    budget, n = spec.learning_budget, spec.image_samples
+    try:
+        bank = ImageFeatures(spec.image_judge, checkpoint_recipe(spec.images.maskgit).data)
+        small = bank.fid(bank.of_folder(image_cell(spec.images.maskgit, budget, "none", bank.name, n)["samples"]))
+        tiny = bank.fid(bank.of_folder(image_cell(spec.tiny_maskgit, budget, "none", bank.name, n)["samples"]))
+        images = load_images(checkpoint_recipe(spec.images.maskgit).data, "train")[0]
+        index = np.random.default_rng(spec.seed).choice(len(images), size=min(n, len(images)), replace=False)
+        floor = bank.fid(bank.features(images[np.sort(index)]))
+    except (Missing, CofreError) as missing:  # a run that is not there (or not readable) is not measured
+        return [LearningCheck("images: FID against the tiny tier", None, "", None, str(missing))]
+    return [LearningCheck(f"images: FID small / tiny MaskGIT at budget {budget} ({n} images)", small / tiny, "<= 1/3",
+                          small <= tiny / 3, f"small {small:.2f}, tiny {tiny:.2f} ({bank.name})"),
+            LearningCheck(f"images: real held-out FID floor / small FID ({n} training images)", floor / small,
+                          "< 0.1", floor < small / 10, f"floor {floor:.3f}")]
+
+
+def learning_checks(spec: ClaimsSpec) -> list[LearningCheck]:
+    checks = [check for run in spec.probes for check in probe_checks(run)]
+    return checks + image_learning_checks(spec)
+
+
 # -- all of them ---------------------------------------------------------------------------------------------------
 def c1_cost(spec: ClaimsSpec, boot: Bootstrap) -> Claim:
     return cost_claim(Claim("C1", "cost", "FP-MDLM has ~39% fewer parameters, trains faster and with less memory than "
@@ -461,7 +515,7 @@ def check_claims(spec: ClaimsSpec) -> list[Claim]:
         boot = Bootstrap(spec.bootstrap, spec.seed + number)  # each claim's intervals are reproducible on their own
         try:
             claims.append(check(spec, boot))
-        except Missing as missing:
+        except (Missing, CofreError) as missing:  # a run that is not there (or not readable): not measurable, why
             claims.append(Claim(claim_id, family, check.__doc__ or "", "", UNMEASURABLE, str(missing)))
     return claims
 
