@@ -150,11 +150,14 @@ def _report_training(result: Any, recipe: Recipe, directory: Path) -> None:
     """Print the validation table and summary of a training run, and write it as JSON."""
     atomic_write_text(directory / "train_result.json", json.dumps(dataclasses.asdict(result), indent=2))
     table = Table(title=f"cofre train: {recipe.name}", show_header=True)
-    for column in ("step", "val NLL", "val PPL", "weights", "note"):
+    residual = recipe.model.is_fixed_point  # FP runs: the mean relative residual of the last iteration (App. F.12)
+    for column in ("step", "val NLL", "val PPL", *(["val residual"] if residual else []), "weights", "note"):
         table.add_column(column, justify="right")
     for record in result.validations:
         note = "stage start" if record.get("pre_consistency") else "selected (F.7)" if record.get("selected") else ""
-        table.add_row(str(record["step"]), f"{record['val_nll']:.4f}", f"{record['val_ppl']:.2f}", record["weights"], note)
+        extra = [f"{record['val_residual']:.3g}" if "val_residual" in record else "-"] if residual else []
+        table.add_row(str(record["step"]), f"{record['val_nll']:.4f}", f"{record['val_ppl']:.2f}", *extra,
+                      record["weights"], note)
     console.print(table)
     verb = "resumed at step %d, trained" % result.start_step if result.start_step else "trained"
     total = ("" if result.train_time_complete else "at least ") + f"{result.train_time_s:.0f}s"

@@ -543,7 +543,12 @@ def source_recipe(src: SourceModel, name: str) -> Recipe:
     trained on OpenWebText (wrap packing, last 100k documents held out), the defaults on that corpus."""
     if src.recipe is not None:
         return dataclasses.replace(src.recipe, name=name)
-    return Recipe(name=name, model=src.config, data=DataConfig(corpus="openwebtext", seq_len=src.config.max_seq_len))
+    recipe = Recipe(name=name, model=src.config, data=DataConfig(corpus="openwebtext", seq_len=src.config.max_seq_len))
+    try:
+        recipe.validate()  # e.g. a head that is not GPT-2's 50257 ids + [mask] (an LM1B release's BERT vocabulary)
+    except CofreError as err:
+        raise CofreError(f"{src.format}: cofre cannot run this release: {err}") from None
+    return recipe
 
 
 def default_output(source: Path) -> Path:
@@ -569,10 +574,11 @@ def convert_checkpoint(
         raise CofreError(f"{out} exists and is not an empty directory; choose another output directory")
     parse_layer_map(layer_map, None)  # a typo fails before a large checkpoint is read
     src = load_source(source, heads=heads, ema=ema)
+    base = source_recipe(src, out.name)
     parsed = parse_layer_map(layer_map, src.config.K_pre)
     model, lines = convert_model(src.state, src.config, parsed, injection)
     cfg = model.cfg
-    recipe = dataclasses.replace(source_recipe(src, out.name), model=cfg)
+    recipe = dataclasses.replace(base, model=cfg)
     checkpoints = out / "checkpoints"
     staging = staging_dir(checkpoints, 0)
     write_checkpoint_files(staging, model, None, recipe, {})

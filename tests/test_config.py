@@ -20,7 +20,19 @@ OTHER_RECIPES = [p for p in ALL_RECIPES if KINDS[p] in ("classifier", "shortcut"
 
 
 def test_every_shipped_recipe_is_of_a_known_kind() -> None:
-    assert set(KINDS.values()) <= {None, "vq", "classifier", "shortcut"}
+    assert set(KINDS.values()) <= {None, "vq", "classifier", "shortcut", "claims"}
+
+
+@pytest.mark.parametrize("path", [p for p in ALL_RECIPES if KINDS[p] == "claims"], ids=lambda p: p.stem)
+def test_shipped_claims_specs_name_shipped_runs(path: Path) -> None:
+    """Every run a claims file reads is one a shipped recipe trains (runs/<recipe name>)."""
+    from cofre.evaluation.claims import load_spec
+
+    spec = load_spec(path)
+    runs = [spec.text.mdlm, spec.text.fp_mdlm, spec.text.cofre, spec.text.sdtt, spec.text.light, spec.images.maskgit,
+            spec.images.fp_maskgit, spec.images.cofre, spec.tiny_maskgit, *spec.probes]
+    shipped = {p.stem for p in ALL_RECIPES}
+    assert {Path(run).name for run in runs} <= shipped
 
 
 @pytest.mark.parametrize("path", OTHER_RECIPES, ids=lambda p: p.stem)

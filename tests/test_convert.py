@@ -26,7 +26,7 @@ from cofre.summary import summarize
 from cofre.training.checkpoint import load_model, publish_checkpoint, staging_dir, write_checkpoint_files
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ModelConfig(vocab_size=41, hidden=32, heads=4, cond_dim=16, dropout=0.0, K_pre=12, K_fp=0, K_post=0)
+SMALL = ModelConfig(vocab_size=50258, hidden=32, heads=4, cond_dim=16, dropout=0.0, K_pre=12, K_fp=0, K_post=0)
 
 
 def random_model(cfg: ModelConfig, seed: int) -> Denoiser:
@@ -122,7 +122,7 @@ def test_identity_map_reproduces_the_mdlm_source_from_every_format(tmp_path: Pat
 
 
 def test_mdlm_head_count_comes_from_the_rotary_buffer_and_conflicts_are_refused(tmp_path: Path) -> None:
-    cfg = ModelConfig(vocab_size=41, hidden=48, heads=2, cond_dim=16, dropout=0.0, K_pre=2)
+    cfg = ModelConfig(vocab_size=50258, hidden=48, heads=2, cond_dim=16, dropout=0.0, K_pre=2)
     ckpt = lightning_ckpt(tmp_path / "mdlm.ckpt", random_model(cfg, 0), None)
     assert load_source(ckpt).config.heads == 2  # 12 (the default) also divides 48: shapes alone cannot tell
     with pytest.raises(CofreError, match="contradicts"):
@@ -208,7 +208,7 @@ def test_paper_scale_conversion_is_the_104m_fp_mdlm_recipe() -> None:
 
 
 def test_cofre_run_as_source_keeps_its_recipe_and_refuses_fp_models(tmp_path: Path) -> None:
-    plain = ModelConfig(vocab_size=41, hidden=32, heads=4, cond_dim=16, dropout=0.0, K_pre=2, K_fp=0, K_post=1)
+    plain = ModelConfig(vocab_size=50258, hidden=32, heads=4, cond_dim=16, dropout=0.0, K_pre=2, K_fp=0, K_post=1)
     recipe = Recipe(name="plain", model=plain)  # K_fp = 0: post runs right after pre, one stack of 3 layers
     recipe.optim.lr = 1e-4
     model, ema_model = random_model(recipe.model, 0), random_model(recipe.model, 1)
@@ -316,3 +316,12 @@ def test_default_output_names_the_source() -> None:
     run = Path("runs/tiny-mdlm")
     assert default_output(run) == Path("runs/tiny-mdlm-fp")
     assert default_output(run / "checkpoints" / "step-000000160") == Path("runs/tiny-mdlm-fp")
+
+
+def test_a_release_whose_head_is_not_gpt2s_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """An MDLM release with another vocabulary (LM1B's BERT ids) cannot be decoded by cofre: one error, no run folder."""
+    other = ModelConfig(vocab_size=41, hidden=32, heads=4, cond_dim=16, dropout=0.0, K_pre=2)
+    ckpt = lightning_ckpt(tmp_path / "lm1b.ckpt", random_model(other, 0), None)
+    with pytest.raises(CofreError, match="50257 ids"):
+        convert_checkpoint(ckpt, "1,2,2", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
@@ -370,13 +371,24 @@ class Trainer:
         result = TrainResult(run_dir=str(self.run.path), start_step=start, final_step=start, elapsed_s=0.0,
                              train_time_s=self.clock.total(trained=False), train_time_complete=self.clock.complete,
                              batch_layout=dataclasses.asdict(self.layout))
+        console = Console()
+        live = console.is_terminal  # a terminal gets the bar; a log file (nohup, Slurm) a plain line per interval
         progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            disable=not acc.is_main_process,
+            console=console, disable=not (acc.is_main_process and live),
         )
+
+        def status(text: str) -> None:
+            progress.update(bar, status=text)
+            if acc.is_main_process and not live:
+                done, elapsed = self.step - start, self.clock.elapsed()
+                eta = elapsed / done * (t.max_steps - self.step) if done else 0.0
+                print(f"train {self.recipe.name} step {self.step}/{t.max_steps} {text} elapsed {elapsed:.0f}s "
+                      f"ETA {eta:.0f}s", flush=True)
+
         if acc.is_main_process:
-            progress.console.print(f"{self.recipe.name}: {self.layout.describe()}")
+            console.print(f"{self.recipe.name}: {self.layout.describe()}")
         with progress:
             bar = progress.add_task("train", total=t.max_steps, completed=self.step, status="")
             if self.aux is not None and self.pre_ppl is None:  # the reference of the App. F.7 selection rule
@@ -403,7 +415,7 @@ class Trainer:
                     if "aux_loss" in stats:
                         record["aux_loss"] = float(acc.reduce(stats["aux_loss"], reduction="mean"))
                         record["lambda"] = stats["lambda"]
-                    progress.update(bar, status=f"loss {loss:.3f}  {rate:,.0f} tok/s")
+                    status(f"loss {loss:.3f}  {rate:,.0f} tok/s")
                     self._log(record)
                     window_start, window_steps = time.perf_counter(), 0
                 selected_now = False
@@ -411,7 +423,8 @@ class Trainer:
                     record = {"step": self.step, **self.validate()}
                     selected_now = self._select(record["val_ppl"])
                     record.update({"selected": True} if selected_now else {})
-                    progress.update(bar, status=f"val ppl {record['val_ppl']:.2f}")
+                    status(f"val ppl {record['val_ppl']:.2f}" + (f", residual {record['val_residual']:.3g}"
+                                                                 if "val_residual" in record else ""))
                     self._log(record)
                 if self.step % t.ckpt_every == 0 or self.step == t.max_steps or selected_now:
                     folder = self.save_checkpoint()

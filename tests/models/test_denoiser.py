@@ -1,5 +1,6 @@
 """The denoiser of Eq. 2-3: parameter counts, block cost, SJFB, and the head at chosen positions."""
 
+import dataclasses
 import pytest
 import torch
 
@@ -201,9 +202,10 @@ def test_loaded_model_takes_eval_iters_from_its_recipe(tmp_path) -> None:
     from cofre.config import DataConfig, Recipe, SolverConfig
     from cofre.training.checkpoint import load_model, publish_checkpoint, staging_dir, write_checkpoint_files
 
-    recipe = Recipe(name="r", model=FP_CFG, solver=SolverConfig(eval_iters=3), data=DataConfig(seq_len=16))
+    cfg = dataclasses.replace(FP_CFG, vocab_size=258)  # a bpe-257 head
+    recipe = Recipe(name="r", model=cfg, solver=SolverConfig(eval_iters=3), data=DataConfig(seq_len=16, text_tokenizer="bpe-257"))
     staging = staging_dir(tmp_path / "checkpoints", 1)
-    write_checkpoint_files(staging, Denoiser(FP_CFG), None, recipe, {})
+    write_checkpoint_files(staging, Denoiser(cfg), None, recipe, {})
     publish_checkpoint(tmp_path / "checkpoints", 1, keep_last=1)
     model, _ = load_model(tmp_path)
     assert model.eval_iters == 3

@@ -21,7 +21,8 @@ from cofre.training.checkpoint import (
 
 def small_recipe() -> Recipe:
     recipe = Recipe(name="ckpt")
-    recipe.model = ModelConfig(vocab_size=40, hidden=16, heads=2, cond_dim=8, dropout=0.0, K_pre=1, K_fp=1, K_post=1)
+    recipe.data.text_tokenizer = "bpe-257"  # a small head: 257 ids + [mask]
+    recipe.model = ModelConfig(vocab_size=258, hidden=16, heads=2, cond_dim=8, dropout=0.0, K_pre=1, K_fp=1, K_post=1)
     return recipe
 
 

@@ -57,3 +57,27 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, tiny_recipe: 
     assert later
     for key in later:
         assert got[key] == pytest.approx(expected[key], rel=1e-6), key
+
+
+@pytest.mark.slow
+def test_train_into_a_log_file_writes_a_line_per_interval_while_it_runs(tmp_path: Path, tiny_recipe: Path) -> None:
+    """Under nohup or a batch scheduler (stdout not a terminal) the trainer prints plain lines as it goes."""
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    log = tmp_path / "train.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cofre", "train", str(tiny_recipe), "trainer.max_steps=40",
+                                 "trainer.val_every=20", "trainer.ckpt_every=20", "--run-dir", str(tmp_path / "run")],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=root)
+        deadline = time.time() + 300
+        while "step 1/40" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        running = proc.poll() is None
+        proc.wait(timeout=300)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("train tiny-test step")]
+    assert running, "the first interval's line came only at the end"
+    assert [line.split()[3] for line in lines if "loss" in line] == [f"{s}/40" for s in range(1, 41)]
+    assert any("val ppl" in line and "residual" in line for line in lines)  # an FP run's validation, its residual

@@ -193,7 +193,7 @@ def test_text_shortcut_trains_and_samples(tmp_path: Path) -> None:
     from cofre.models import Denoiser
     from cofre.training.checkpoint import publish_checkpoint, staging_dir, write_checkpoint_files
 
-    recipe = recipe_from_dict({"name": "txt", "model": {"vocab_size": 50, "hidden": 32, "heads": 4, "cond_dim": 16,
+    recipe = recipe_from_dict({"name": "txt", "model": {"vocab_size": 50258, "hidden": 32, "heads": 4, "cond_dim": 16,
                                                         "dropout": 0.0, "max_seq_len": 16, "K_pre": 2},
                                "data": {"corpus": "wiki-sample", "seq_len": 16}})
     torch.manual_seed(0)
