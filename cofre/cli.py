@@ -20,7 +20,7 @@ try:  # recent typer vendors click; older releases use the click package
 except ImportError:
     from click import exceptions as click_exceptions
 
-from cofre.checks import MAX_SEED, check_output_dir, check_output_file, check_range
+from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_SEED, check_output_dir, check_output_file, check_range
 from cofre.config import Recipe, load_recipe
 from cofre.errors import CofreError, one_line, os_error_message
 from cofre.runs import RunDir, atomic_write_text
@@ -301,8 +301,7 @@ def inspect(
     """Model summary: parameters by part, K_pre/K_fp/K_post, and the blocks one denoising step costs."""
     from cofre.summary import summarize
 
-    if iters < 0:
-        raise CofreError(f"--iters must be >= 0, got {iters}")
+    check_range("--iters", iters, 0, 10_000)
     from cofre.data.image_tokenizers.recipe import is_vq_recipe
 
     vq_file = target / "recipe.yaml" if target.is_dir() else target
@@ -753,8 +752,8 @@ def evaluate(
         report_dir = report_dir or Path("runs") / "reports" / "all"
     report_dir = report_dir or Path("runs") / "reports" / "+".join(p.name for p in runs)
     check_output_dir(report_dir, "--report-dir")
-    check_range("--lm-eval-draws", lm_eval_draws, 1)
-    check_range("--lm-eval-limit", lm_eval_limit, 1)
+    check_range("--lm-eval-draws", lm_eval_draws, 1, MAX_COUNT)
+    check_range("--lm-eval-limit", lm_eval_limit, 1, MAX_COUNT)
     if lm_eval_include is not None and not lm_eval_include.is_dir():
         raise CofreError(f"--lm-eval-include {lm_eval_include} is not a folder")
     if lm_eval and settings.checkpoints:
@@ -792,12 +791,12 @@ def _evaluate_shortcut(runs: list[Path], shortcut: Path | None, steps: int | Non
         raise CofreError("--shortcut compares samplers of one run: give one RUN, --shortcut, --steps N and --full-steps B")
     for option, value, low in (("--num-samples", num_samples, 1), ("--batch-size", batch_size, 1), ("--seed", seed, 0),
                                ("--latency-warmup", warmup, 0), ("--latency-repeats", repeats, 1)):
-        check_range(option, value, low, MAX_SEED)
+        check_range(option, value, low, MAX_SEED if option == "--seed" else MAX_COUNT)
     if genppl_mode not in ("eq4", "mdlm"):
         raise CofreError(f"--genppl-mode must be eq4 or mdlm, got '{genppl_mode}'")
     report_dir = report_dir or Path("runs") / "reports" / f"{runs[0].name}-shortcut"
     check_output_dir(report_dir, "--report-dir")
-    check_range("--reference-images", reference_images, 0, MAX_SEED)
+    check_range("--reference-images", reference_images, 0, MAX_COUNT)
     settings = ShortcutEvalSettings(steps=steps, full_steps=full_steps, judge=judge, genppl_mode=genppl_mode,
                                     num_samples=num_samples, batch_size=batch_size, seed=seed, ema=ema, device=device,
                                     precision=precision, latency_warmup=warmup, latency_repeats=repeats,
@@ -946,7 +945,7 @@ def lagged_kl(
     if not step_list or not lag_list:
         raise CofreError("give at least one --steps and one --lags value")
     for value in step_list + lag_list:
-        check_range("--steps and --lags values", value, 1, MAX_SEED)
+        check_range("--steps and --lags values", value, 1, MAX_BUDGET)
     check_range("--iters", iters, 1, 10_000)
     check_range("--batches", batches, 1, 10_000)
     check_range("--batch-size", batch_size, 1, 10_000)
@@ -1055,7 +1054,7 @@ def step_importance(
     check_range("--batches", batches, 1, 10_000)
     check_range("--batch-size", batch_size, 1, 10_000)
     check_range("--seed", seed, 0, MAX_SEED)
-    check_range("--steps", steps, 1, 10_000_000)
+    check_range("--steps", steps, 1, MAX_BUDGET)
     try:
         grid = [float(x) for x in _name_list(times)] if times is not None else default_times(points)
     except ValueError:
@@ -1203,9 +1202,9 @@ def cka(
         raise CofreError(f"--timesteps takes comma-separated numbers, got '{timesteps}'") from None
     if not times or not all(0 < t <= 1 for t in times):
         raise CofreError(f"--timesteps must be in (0, 1], got '{timesteps}'")
-    check_range("--batches", batches, 1)
-    check_range("--batch-size", batch_size, 1)
-    check_range("--max-tokens", max_tokens, 2)
+    check_range("--batches", batches, 1, 10_000)
+    check_range("--batch-size", batch_size, 1, 100_000)
+    check_range("--max-tokens", max_tokens, 2, MAX_COUNT)
     check_range("--seed", seed, 0, MAX_SEED)
     folder = resolve_checkpoint(checkpoint)
     out = out or run_root(folder) / "cka"

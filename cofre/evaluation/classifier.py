@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import Tensor, nn
 
-from cofre.config import (DataConfig, OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, dump_recipe,
-                          read_yaml, recipe_to_dict)
+from cofre.checks import MAX_COUNT, MAX_RECIPE_SEED, check_name
+from cofre.config import (MAX_CLASSES, MAX_IMAGE_SIZE, MAX_WIDTH, DataConfig, OptimConfig, _rule, _within,
+                          apply_overrides, config_from_dict, dump_recipe, read_yaml, recipe_to_dict)
 from cofre.errors import CofreError
 from cofre.runs import RunDir, atomic_write_text
 from cofre.training.checkpoint import (MODEL_FILE, kind_config, load_weights_into, publish_checkpoint, staging_dir,
@@ -43,9 +44,10 @@ class ClassifierConfig:
     num_classes: int = 10
 
     def validate(self, where: str = "classifier") -> None:
-        _at_least(where, self, 1, "channels", "width", "features")
-        _at_least(where, self, 4, "image_size")
-        _at_least(where, self, 2, "num_classes")
+        _within(where, self, 1, 4, "channels")
+        _within(where, self, 1, MAX_WIDTH, "width", "features")
+        _within(where, self, 4, MAX_IMAGE_SIZE, "image_size")
+        _within(where, self, 2, MAX_CLASSES, "num_classes")
 
 
 @dataclass
@@ -56,8 +58,8 @@ class ClassifierTrainerConfig:
     log_every: int = 100
 
     def validate(self, where: str = "trainer") -> None:
-        _at_least(where, self, 1, "max_steps", "batch_size", "log_every")
-        _at_least(where, self, 0, "seed")
+        _within(where, self, 1, MAX_COUNT, "max_steps", "batch_size", "log_every")
+        _within(where, self, 0, MAX_RECIPE_SEED, "seed")
 
 
 @dataclass
@@ -72,8 +74,7 @@ class ClassifierRecipe:
     trainer: ClassifierTrainerConfig = field(default_factory=ClassifierTrainerConfig)
 
     def validate(self) -> None:
-        _rule(self.name.strip() not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name,
-              f"name must be a non-empty file name (no '/'), got {self.name!r}")
+        check_name("name", self.name)
         for name in ("classifier", "data", "optim", "trainer"):
             getattr(self, name).validate(name)
         _rule(self.data.image_size == self.classifier.image_size,

@@ -173,8 +173,11 @@ def load_weights_into(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(path: str | Path, ema: bool = True) -> tuple[Denoiser, Recipe]:
     """Build the denoiser from a checkpoint (or run) with one call: config.json + (EMA) safetensors."""
+    from cofre.summary import check_model_memory
+
     folder = resolve_checkpoint(path)
     recipe = checkpoint_recipe(folder)
+    check_model_memory(recipe.model)  # built in this machine's memory first
     model = Denoiser(recipe.model, recipe.solver.eval_iters)
     weights = folder / (EMA_FILE if ema and (folder / EMA_FILE).is_file() else MODEL_FILE)
     load_weights_into(model, weights)

@@ -28,7 +28,9 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
-from cofre.config import ModelConfig, OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, read_yaml, recipe_to_dict
+from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_RECIPE_SEED, check_name
+from cofre.config import (ModelConfig, OptimConfig, _in_range, _rule, _within, apply_overrides, config_from_dict, read_yaml,
+                          recipe_to_dict)
 from cofre.errors import CofreError
 from cofre.models import Denoiser
 from cofre.precision import PRECISIONS, resolve_device, resolve_precision
@@ -59,9 +61,10 @@ class CollectConfig:
     seed: int = 1
 
     def validate(self, where: str = "collect") -> None:
-        _at_least(where, self, 1, "batch_size", "refresh_every", "val_trajectories", "steps")
-        _at_least(where, self, 0, "cfg", "seed")
-        _rule(self.steps >= 2, f"{where}.steps must be >= 2 (a pair needs two steps), got {self.steps}")
+        _within(where, self, 1, MAX_COUNT, "batch_size", "refresh_every", "val_trajectories")
+        _within(where, self, 2, MAX_BUDGET, "steps")  # a pair needs two steps
+        _within(where, self, 0, MAX_RECIPE_SEED, "seed")
+        _in_range(where, self, "cfg", 0.0, 100.0)
         _rule(self.precision in PRECISIONS, f"{where}.precision must be one of {', '.join(PRECISIONS)}, "
                                             f"got '{self.precision}'")
 
@@ -79,8 +82,9 @@ class ShortcutTrainerConfig:
     keep_last: int = 2
 
     def validate(self, where: str = "trainer") -> None:
-        _at_least(where, self, 1, "max_steps", "batch_size", "log_every", "val_every", "val_pairs", "ckpt_every")
-        _at_least(where, self, 0, "seed", "keep_last")
+        _within(where, self, 1, MAX_COUNT, "max_steps", "batch_size", "log_every", "val_every", "val_pairs", "ckpt_every")
+        _within(where, self, 0, MAX_COUNT, "keep_last")
+        _within(where, self, 0, MAX_RECIPE_SEED, "seed")
         _rule(0 <= self.ema < 1, f"{where}.ema must be in [0, 1), got {self.ema}")
 
 
@@ -98,8 +102,7 @@ class ShortcutRecipe:
     trainer: ShortcutTrainerConfig = field(default_factory=ShortcutTrainerConfig)
 
     def validate(self) -> None:
-        _rule(self.name.strip() not in ("", ".", "..") and "/" not in self.name,
-              f"name must be a non-empty file name (no '/'), got {self.name!r}")
+        check_name("name", self.name)
         for name in ("shortcut", "collect", "optim", "trainer"):
             getattr(self, name).validate(name)
 
