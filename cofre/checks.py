@@ -40,14 +40,14 @@ def check_range(option: str, value: int | float | None, low: int | float, high: 
         raise CofreError(f"{option} must be {allowed}, got {shown(value)}")
 
 
-def check_name(option: str, text: str) -> str:
+def check_name(option: str, text: str, longest: int = MAX_NAME) -> str:
     """A user string that becomes (part of) a file name: not empty, no path separator, no '..', no control or
-    invisible characters, at most MAX_NAME characters; returned stripped, so every output stays in its folder."""
+    invisible characters, at most `longest` characters; returned stripped, so every output stays in its folder."""
     name = text.strip()
     bad = [c for c in name if unicodedata.category(c)[0] == "C"]  # control, format, unassigned, private use
-    if not name or name in (".", "..") or "/" in name or "\\" in name or bad or len(name) > MAX_NAME:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or bad or len(name) > longest:
         why = ("it is empty" if not name else "it holds a control character" if bad else
-               f"it is longer than {MAX_NAME} characters" if len(name) > MAX_NAME else "it is not a plain file name")
+               f"it is longer than {longest} characters" if len(name) > longest else "it is not a plain file name")
         raise CofreError(f"{option} {shown(text)}: {why}; give a name without '/', '\\' or '..' (it names files)")
     return name
 

@@ -518,8 +518,11 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe YAML file, apply dotted overrides, and validate every field."""
+    from cofre.kinds import DENOISER, require_kind
+
     path = Path(path)
     values = apply_overrides(read_yaml(path), overrides or [])
+    require_kind(values, DENOISER, path, "recipe")
     values.setdefault("name", path.stem)
     try:
         return recipe_from_dict(values)

@@ -114,11 +114,12 @@ def runs_with_checkpoints(root: Path) -> list[Path]:
 
 def _recipe_kind(run: Path) -> str:
     """The `kind:` a run's recipe.yaml names ('' for a denoiser, or an unreadable recipe)."""
+    from cofre.kinds import kind_of
+
     try:
-        values = yaml.safe_load((run / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return kind_of(yaml.safe_load((run / "recipe.yaml").read_text()))
+    except (OSError, yaml.YAMLError, ValueError):
         return ""
-    return str(values.get("kind") or "") if isinstance(values, dict) else ""
 
 
 class RunDir:

@@ -146,7 +146,7 @@ def load_classifier_recipe(path: str | Path, overrides: list[str] | None = None)
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[ImageClassifier, ClassifierRecipe, Path]:
     """The trained classifier a run directory or checkpoint folder holds (eval mode), its recipe and its folder."""
-    folder, values = kind_config(path, CLASSIFIER_KIND, "a cofre classifier run")
+    folder, values = kind_config(path, CLASSIFIER_KIND)
     recipe = _from_dict(values)
     model = ImageClassifier(recipe.classifier)
     load_weights_into(model, folder / MODEL_FILE)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import pickle
 import re
 import sys
 import warnings
@@ -303,6 +304,32 @@ def find_inception_weights(inception_weights: str | None = None) -> InceptionWei
     return InceptionWeights("fid-helper", helper) if helper is not None else InceptionWeights("download", None)
 
 
+def check_weights_file(extractor: Extractor) -> Extractor:
+    """Build torch-fidelity's extractor from its weights file once, before anything is sampled: a file that is damaged,
+    empty or not Inception's is one line naming it (not a failure after the images are drawn). Read first with
+    `weights_only=True`, so nothing in a given file is ever executed."""
+    if extractor.weights.startswith("download:") or extractor.fidelity_name == FIDELITY_CLASSIFIER:
+        return extractor
+    from torch_fidelity.utils import create_feature_extractor
+
+    path = Path(extractor.weights)
+    fix = f"give torch-fidelity's {TORCH_FIDELITY_WEIGHTS} with --inception-weights"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        detail = " ".join(str(err).split())[:120] or type(err).__name__
+        raise CofreError(f"{path}: not a readable weights file ({detail}); {fix}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CofreError(f"{path}: holds no state dict of tensors; {fix}")
+    try:
+        create_feature_extractor(extractor.fidelity_name, ["2048"], cuda=False, verbose=False,
+                                 feature_extractor_weights_path=str(path))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CofreError(f"{path}: not Inception weights torch-fidelity can load ({' '.join(str(err).split())[:150]}); "
+                         f"{fix}") from None
+    return extractor
+
+
 def require_isc(judge: str, inception_weights: str | None = None) -> None:
     """Stop before any sampling (or training) when IS is asked of Inception weights that cannot give it; a classifier
     judge always can."""
@@ -313,6 +340,8 @@ def require_isc(judge: str, inception_weights: str | None = None) -> None:
 
 def resolve_extractor(judge: str, cache: Path, inception_weights: str | None = None, image_size: int = 28) -> Extractor:
     """The extractor `judge` names: `inception` or a classifier run directory."""
+    if not judge.strip():
+        raise CofreError("--judge is empty: name inception or a classifier run")
     register_extractors()
     if judge == INCEPTION:
         weights = find_inception_weights(inception_weights)
@@ -320,10 +349,11 @@ def resolve_extractor(judge: str, cache: Path, inception_weights: str | None = N
             return Extractor(INCEPTION, FIDELITY_INCEPTION, "download: torch-fidelity's " + TORCH_FIDELITY_WEIGHTS, "",
                              INCEPTION_RESIZER)
         if weights.source == "fid-helper":
-            return Extractor(INCEPTION, FIDELITY_POOL_INCEPTION, str(converted_inception(weights.path, cache)),
-                             sha256_file(weights.path), INCEPTION_RESIZER, isc_unavailable=weights.isc_unavailable,
-                             notes={"converted_from": str(weights.path)})
-        return Extractor(INCEPTION, FIDELITY_INCEPTION, str(weights.path), sha256_file(weights.path), INCEPTION_RESIZER)
+            return check_weights_file(Extractor(
+                INCEPTION, FIDELITY_POOL_INCEPTION, str(converted_inception(weights.path, cache)), sha256_file(weights.path),
+                INCEPTION_RESIZER, isc_unavailable=weights.isc_unavailable, notes={"converted_from": str(weights.path)}))
+        return check_weights_file(Extractor(INCEPTION, FIDELITY_INCEPTION, str(weights.path), sha256_file(weights.path),
+                                            INCEPTION_RESIZER))
     path = Path(judge).expanduser()
     if not path.exists():
         raise CofreError(f"judge '{judge}' is neither 'inception' nor a classifier run (cofre train "

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cofre.checks import MAX_BUDGET, MAX_COUNT, check_range
 from cofre.errors import CofreError
 from cofre.evaluation.evaluate import EvalSettings, JudgedSampling, check_settings, score_cell
+from cofre.evaluation.judge import check_judge
 from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.precision import resolve_device, resolve_precision
 from cofre.runs import atomic_write_text, code_version
@@ -99,6 +100,7 @@ def check_search(settings: SearchSettings) -> None:
                          f"more than {MAX_PLACEMENTS}; use fewer segments")
     check_settings(eval_settings(settings))
     check_range("--num-samples", settings.num_samples, 1, MAX_COUNT)
+    check_judge(settings.judge)  # resolved now, though loaded only when a cell needs scoring
 
 
 def eval_settings(settings: SearchSettings) -> EvalSettings:

@@ -26,6 +26,7 @@ from cofre.checks import MAX_BUDGET, check_range
 from cofre.config import MAX_ITERS, ModelConfig
 from cofre.errors import CofreError
 from cofre.evaluation.evaluate import EvalSettings, JudgedSampling, check_settings, score_cell
+from cofre.evaluation.judge import check_judge
 from cofre.precision import resolve_device, resolve_precision
 from cofre.runs import atomic_write_text, code_version
 from cofre.sampling.budget import SCHEDULES, plan_budget
@@ -136,6 +137,7 @@ def check_sweep(settings: SweepSettings) -> None:
              "schedules": (settings.reuse, settings.budgets, settings.schedules),
              "gamma": (settings.gamma_mask, settings.gamma_changed, settings.budgets)}[settings.kind]
     check_range("the sweep's cells (the product of its lists' lengths)", math.prod(map(len, lists)), 1, MAX_CELLS)
+    check_judge(settings.judge)  # resolved now, though loaded only when a cell needs scoring
 
 
 def eval_settings(settings: SweepSettings) -> EvalSettings:

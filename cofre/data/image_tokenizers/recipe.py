@@ -121,7 +121,7 @@ def load_vq_recipe(path: str | Path, overrides: list[str] | None = None) -> VQRe
 
 def read_vq_checkpoint(path: Path) -> tuple[Path, VQRecipe]:
     """The checkpoint folder a VQ run or checkpoint path names, and the VQ recipe in its config.json."""
-    folder, values = kind_config(path, VQ_KIND, "a cofre VQ tokenizer", "; a denoiser?")
+    folder, values = kind_config(path, VQ_KIND)
     try:
         return folder, vq_recipe_from_dict(values)
     except CofreError as err:
