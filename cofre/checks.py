@@ -52,13 +52,6 @@ def check_name(option: str, text: str, longest: int = MAX_NAME) -> str:
     return name
 
 
-def check_inside(path: Path, folder: Path, option: str) -> Path:
-    """`path`, which cofre built from `folder` and user input, must lie inside `folder`."""
-    if not path.resolve().is_relative_to(folder.resolve()):
-        raise CofreError(f"{option}: {path} would be written outside {folder}")
-    return path
-
-
 # -- memory: refuse what cannot fit before it is allocated ------------------------------------------------------
 def memory_of(device: object = None) -> tuple[int, str]:
     """Bytes of memory on `device` (a CUDA device's total, else this machine's RAM) and its name in messages."""

@@ -892,7 +892,7 @@ def trace_plot(
 ) -> None:
     """Fig. 3 (solution shift per token transition type over the trajectory) and Fig. 16 (relative residual per
     fixed-point iteration and per denoising step) from sampler traces; JSON and a table beside them."""
-    from cofre.evaluation.trace_plot import plot_residuals, plot_transition_shift, read_trace, trace_stats
+    from cofre.evaluation.trace_plot import closer_than, plot_residuals, plot_transition_shift, read_trace, trace_stats
 
     names = [check_name("--labels", name) for name in _option_list(labels, "--labels")] if labels is not None \
         else [t.stem for t in traces]
@@ -904,6 +904,7 @@ def trace_plot(
     paths = {"fig3": out_dir / f"{stem}-fig3-shift.png", "fig16": out_dir / f"{stem}-fig16-residuals.png",
              "json": out_dir / f"{stem}-trace-stats.json"}
     stats = [trace_stats(read_trace(t), name, str(t)) for t, name in zip(traces, names)]
+    comparisons = [closer_than(stats[0], s) for s in stats[1:]]  # every number before any file is written
     plot_transition_shift(stats, paths["fig3"])
     plot_residuals(stats, paths["fig16"])
     atomic_write_text(paths["json"], json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
@@ -918,9 +919,8 @@ def trace_plot(
                       f"{s.median_initial_after_first:.4g}",
                       *(f"{sum(v) / len(v):.3f}" if v else "-" for v in shifts))
     console.print(table)
-    for s in stats[1:]:
-        console.print(f"{s.label} starts {stats[0].median_initial_after_first / s.median_initial_after_first:.3g}x "
-                      f"closer to its fixed point than {stats[0].label} (median initial residual, first step excluded)")
+    for line in comparisons:
+        console.print(escape(line), highlight=False)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

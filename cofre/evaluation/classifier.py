@@ -25,7 +25,7 @@ from cofre.checks import MAX_COUNT, MAX_RECIPE_SEED, check_name
 from cofre.config import (MAX_CLASSES, MAX_IMAGE_SIZE, MAX_WIDTH, DataConfig, OptimConfig, _rule, _within,
                           apply_overrides, config_from_dict, dump_recipe, read_yaml, recipe_to_dict)
 from cofre.errors import CofreError
-from cofre.runs import RunDir, atomic_write_text
+from cofre.runs import RunDir, atomic_write_text, read_json_file
 from cofre.training.checkpoint import (MODEL_FILE, kind_config, load_weights_into, publish_checkpoint, staging_dir,
                                        write_checkpoint_files)
 from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
@@ -170,7 +170,9 @@ def train_classifier(recipe: ClassifierRecipe, run_dir: str | Path) -> Classifie
     old = recipe_to_dict(load_classifier_recipe(run.recipe_path)) if run.exists() else None
     # the same recipe: finished runs are reported, an unfinished one trains again from the start
     if run.check_values(old, recipe_to_dict(recipe)) and result_path.is_file():
-        return ClassifierTrainResult(**json.loads(result_path.read_text()))
+        fields = {f.name: (int, float, str) for f in dataclasses.fields(ClassifierTrainResult)}
+        values = read_json_file(result_path, "training summary", "remove it to train the classifier again", fields)
+        return ClassifierTrainResult(**{k: values[k] for k in fields})
     train_images, train_labels, names = load_images(recipe.data, "train")
     test_images, test_labels, _ = load_images(recipe.data, "val")
     cfg, t = recipe.classifier, recipe.trainer

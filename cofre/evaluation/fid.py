@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from cofre.checks import check_name
 from cofre.errors import CofreError
 
 if TYPE_CHECKING:
@@ -77,7 +78,12 @@ def read_png_folder(folder: Path) -> Tensor:
 
     manifest = folder / "manifest.json"
     if manifest.is_file():
-        files = [folder / row["file"] for row in json.loads(manifest.read_text())["samples"]]
+        from cofre.runs import read_json_file
+
+        rows = read_json_file(manifest, "sample manifest", "remove the folder and sample again", {"samples": list})
+        if not all(isinstance(row, dict) and isinstance(row.get("file"), str) for row in rows["samples"]):
+            raise CofreError(f"{manifest}: its samples are not records with a file; remove the folder and sample again")
+        files = [folder / check_name(f"{manifest} sample file", row["file"]) for row in rows["samples"]]
     else:
         files = sorted(folder.glob("*.png"))
     if not files:
@@ -237,9 +243,12 @@ def fid_helper_weights() -> Path | None:
 
 def converted_inception(source: Path, cache: Path) -> Path:
     """torch-fidelity's weights file for `source` (fid-helper's default_1.pt), converted once into `cache`."""
+    from cofre.data.cache import DamagedCache, open_cache
+
     digest = sha256_file(source)
     target = cache / f"inception-pool-from-fid-helper-{digest[:16]}.pth"
-    if not target.is_file():
+
+    def convert() -> None:
         with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the file is TorchScript
             warnings.simplefilter("ignore", FutureWarning)
             state = torch.jit.load(str(source), map_location="cpu").state_dict()
@@ -247,7 +256,15 @@ def converted_inception(source: Path, cache: Path) -> Path:
         tmp = target.with_suffix(".tmp")
         torch.save(convert_fid_helper_state(state), tmp)
         tmp.replace(target)
-    return target
+
+    def verify(path: Path) -> Path:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+            raise DamagedCache("not a readable weights file") from None
+        return path
+
+    return open_cache(target, convert, verify)
 
 
 # -- which extractor a judge name means ------------------------------------------------------------------------------
@@ -368,7 +385,10 @@ def resolve_extractor(judge: str, cache: Path, inception_weights: str | None = N
     accuracy = None
     result = Path(path) / "train_result.json"
     if result.is_file():
-        accuracy = json.loads(result.read_text()).get("test_accuracy")
+        from cofre.runs import read_json_file
+
+        accuracy = read_json_file(result, "training summary", "train the classifier again or remove the file",
+                                  {"test_accuracy": (int, float)})["test_accuracy"]
     return Extractor(f"classifier:{path.name}", FIDELITY_CLASSIFIER, str(folder), sha256_file(folder / MODEL_FILE),
                      f"none: native {image_size} x {image_size} (RGB averaged to grey)",
                      notes={"classifier_test_accuracy": accuracy, "classifier_features": recipe.classifier.features})

@@ -28,7 +28,7 @@ from cofre.errors import CofreError
 from cofre.evaluation.evaluate import EvalSettings, JudgedSampling, check_settings, score_cell
 from cofre.evaluation.judge import check_judge
 from cofre.precision import resolve_device, resolve_precision
-from cofre.runs import atomic_write_text, code_version
+from cofre.runs import CELL_REMEDY, atomic_write_text, code_version, read_json_file
 from cofre.sampling.budget import SCHEDULES, plan_budget
 from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint, sample_tag
 from cofre.sampling.reuse import REUSE_POLICIES
@@ -184,11 +184,12 @@ def stored_scores(path: Path, sample_settings: SampleSettings, sha256: str, sett
     """A cell's scores from an earlier sweep or `cofre evaluate`, when settings, weights, judge and mode all match."""
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
-    metrics = record.get("metrics", {})
+    record = read_json_file(path, "cell record", CELL_REMEDY, {"metrics": dict, "checkpoint": dict})
+    metrics = record["metrics"]
     same = (record.get("sample_settings") == dataclasses.asdict(sample_settings)
             and record.get("checkpoint", {}).get("sha256") == sha256 and record.get("judge") == settings.judge
-            and all(m in metrics for m in SWEEP_METRICS) and metrics["genppl"].get("mode") == settings.genppl_mode)
+            and all(isinstance(metrics.get(m), dict) for m in SWEEP_METRICS)
+            and metrics["genppl"].get("mode") == settings.genppl_mode)
     return metrics if same else None
 
 

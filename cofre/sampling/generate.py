@@ -30,7 +30,7 @@ from cofre.sampling.shortcut import check_shortcut_options, shortcut_cost
 from cofre.config import ModelConfig, Recipe
 from cofre.models import Denoiser
 from cofre.precision import resolve_device, resolve_precision
-from cofre.runs import code_version
+from cofre.runs import code_version, read_jsonl_file
 from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_train_state, resolve_checkpoint, run_root
 from cofre.training.shortcut import sampling_precision
 
@@ -241,7 +241,7 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl_file(path, "samples file", "remove it to sample again")
 
 
 def _result(out: Path, records: list[dict[str, Any]], settings: SampleSettings, sampler: MDLMSampler,
@@ -290,8 +290,8 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, identity, shortcut_sha256)}.jsonl"
     if out.exists() and if_exists == "reuse":
         records = read_samples(out)
-        if all(r["settings"] == dataclasses.asdict(settings) and _weights(r["checkpoint"]) == _weights(identity)
-               and r.get("shortcut", {}).get("sha256") == shortcut_sha256
+        if all(r.get("settings") == dataclasses.asdict(settings) and _weights(r.get("checkpoint")) == _weights(identity)
+               and (r.get("shortcut") or {}).get("sha256") == shortcut_sha256 and _complete(r)
                for r in records) and len(records) == settings.num_samples:
             return _result(out, records, settings, sampler, [], sum(r["batch_wall_time_s"] for r in records[:: settings.batch_size]), identity)
         raise CofreError(f"{out} holds samples with other settings or weights; remove it to sample again")
@@ -335,9 +335,18 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     return _result(out, records, settings, sampler, traces, wall, identity)
 
 
-def _weights(identity: dict[str, Any]) -> tuple[str, str | None]:
+def _weights(identity: Any) -> tuple[str, str | None] | None:
     """The weights that decide what is drawn: the checkpoint's, and a model schedule's light model's."""
-    return identity["sha256"], identity.get("light", {}).get("sha256")
+    if not isinstance(identity, dict) or not isinstance(identity.get("light", {}), dict):
+        return None
+    return identity.get("sha256"), identity.get("light", {}).get("sha256")
+
+
+def _complete(record: dict[str, Any]) -> bool:
+    """A sample record read back holds what a result is made of."""
+    return (isinstance(record.get("ids"), list) and isinstance(record.get("text"), str)
+            and isinstance(record.get("blocks_spent"), int) and isinstance(record.get("blocks_per_step"), list)
+            and isinstance(record.get("batch_wall_time_s"), (int, float)))
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
