@@ -100,7 +100,6 @@ def check_search(settings: SearchSettings) -> None:
                          f"more than {MAX_PLACEMENTS}; use fewer segments")
     check_settings(eval_settings(settings))
     check_range("--num-samples", settings.num_samples, 1, MAX_COUNT)
-    check_judge(settings.judge)  # resolved now, though loaded only when a cell needs scoring
 
 
 def eval_settings(settings: SearchSettings) -> EvalSettings:
@@ -147,6 +146,7 @@ def run_search(heavy_run: Path, light_run: Path, settings: SearchSettings, repor
     heavy = open_checkpoint(heavy_run, ema=settings.ema, device=settings.device)
     light = open_checkpoint(light_run, ema=settings.ema, device=settings.device)
     check_compatible(heavy.recipe, light.recipe, str(heavy.folder), str(light.folder))
+    check_judge(settings.judge)  # resolved before any cell is drawn, though loaded only when one needs scoring
     fixed_point = heavy.model.cfg.is_fixed_point or light.model.cfg.is_fixed_point
     precision = resolve_precision(settings.precision, heavy.device)
     n, k, steps = settings.segments, settings.light_segments, settings.steps

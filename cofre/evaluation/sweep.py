@@ -137,7 +137,6 @@ def check_sweep(settings: SweepSettings) -> None:
              "schedules": (settings.reuse, settings.budgets, settings.schedules),
              "gamma": (settings.gamma_mask, settings.gamma_changed, settings.budgets)}[settings.kind]
     check_range("the sweep's cells (the product of its lists' lengths)", math.prod(map(len, lists)), 1, MAX_CELLS)
-    check_judge(settings.judge)  # resolved now, though loaded only when a cell needs scoring
 
 
 def eval_settings(settings: SweepSettings) -> EvalSettings:
@@ -204,6 +203,7 @@ def run_sweep(run: Path, settings: SweepSettings, report_dir: Path, console: Con
         raise CofreError(f"{run} is a plain model: sweeps over iterations, schedules and reuse need a fixed-point model")
     precision = resolve_precision(settings.precision, ckpt.device)
     planned = grid(settings, ckpt.model.cfg, precision)
+    check_judge(settings.judge)  # resolved before any cell is drawn, though loaded only when one needs scoring
     scoring = eval_settings(settings)
     code = code_version()
     judge = None
