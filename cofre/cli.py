@@ -20,7 +20,8 @@ try:  # recent typer vendors click; older releases use the click package
 except ImportError:
     from click import exceptions as click_exceptions
 
-from cofre.checks import MAX_SEED, check_output_dir, check_output_file, check_range
+from cofre.checks import (MAX_BUDGET, MAX_COUNT, MAX_SEED, check_name, check_output_dir, check_output_file, check_range,
+                          shown)
 from cofre.config import Recipe, load_recipe
 from cofre.errors import CofreError, one_line, os_error_message
 from cofre.runs import RunDir, atomic_write_text
@@ -302,57 +303,40 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Model summary: parameters by part, K_pre/K_fp/K_post, and the blocks one denoising step costs."""
-    from cofre.summary import summarize
+    from cofre.kinds import target_kind
+    from cofre.summary import summarize, summarize_kind
 
-    if iters < 0:
-        raise CofreError(f"--iters must be >= 0, got {iters}")
-    from cofre.data.image_tokenizers.recipe import is_vq_recipe
-
-    vq_file = target / "recipe.yaml" if target.is_dir() else target
-    if is_vq_recipe(vq_file):
-        _inspect_tokenizer(vq_file, as_json)
+    check_range("--iters", iters, 0, 10_000)
+    kind = target_kind(target)
+    if kind:  # a VQ tokenizer, classifier or shortcut recipe or run
+        other = summarize_kind(target, kind)
+        if as_json:
+            print(json.dumps({"recipe": other.recipe, "kind": other.kind, **other.details,
+                              "params_by_part": other.params_by_part, "total_params": other.total_params}, indent=2))
+            return
+        _parts_table(other.title, other.params_by_part)
+        for line in other.lines:
+            console.print(escape(line), highlight=False)
         return
     recipe = recipe_or_run(target, [])
     summary = summarize(recipe.model, iters)
     if as_json:
         print(json.dumps({"recipe": recipe.name, **dataclasses.asdict(summary)}, indent=2))
         return
-    table = Table(title=f"{recipe.name}: {summary.total_params / 1e6:.1f}M parameters")
-    table.add_column("part")
-    table.add_column("parameters", justify="right")
-    for part, count in summary.params_by_part.items():
-        table.add_row(part, f"{count:,}")
-    console.print(table)
+    _parts_table(f"{recipe.name}: {summary.total_params / 1e6:.1f}M parameters", summary.params_by_part)
     console.print(
         f"K_pre={summary.K_pre} K_fp={summary.K_fp} K_post={summary.K_post}: {summary.distinct_blocks} distinct blocks; "
         f"one denoising step at N={summary.n_iters} costs {summary.blocks_per_step} block evaluations"
     )
 
 
-def _inspect_tokenizer(path: Path, as_json: bool) -> None:
-    """`cofre inspect` on a `kind: vq` recipe or run: the image tokenizer's grid, codebook and parameters."""
-    from cofre.data.image_tokenizers.recipe import load_vq_recipe
-    from cofre.data.image_tokenizers.vq import VQVAE
-
-    recipe = load_vq_recipe(path)
-    model = VQVAE(recipe.vq)
-    parts = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()}
-    parts["quantizer"] += model.quantizer.codebook.numel()  # learned by EMA (a buffer), not by the optimiser
-    side = recipe.vq.image_size // 2 ** recipe.vq.downsample
-    summary = {"recipe": recipe.name, "kind": "vq", "encoder": recipe.vq.encoder, "image_size": recipe.vq.image_size,
-               "grid": [side, side], "codebook_size": recipe.vq.codebook_size, "code_dim": recipe.vq.code_dim,
-               "params_by_part": parts, "total_params": sum(parts.values())}
-    if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    table = Table(title=f"{recipe.name}: image tokenizer ({recipe.vq.encoder}), {summary['total_params']:,} parameters")
+def _parts_table(title: str, parts: dict[str, int]) -> None:
+    table = Table(title=title)
     table.add_column("part")
     table.add_column("parameters", justify="right")
     for part, count in parts.items():
         table.add_row(part, f"{count:,}")
     console.print(table)
-    console.print(f"{recipe.vq.image_size} x {recipe.vq.image_size} images -> a {side} x {side} grid of "
-                  f"{recipe.vq.codebook_size} codes ({recipe.vq.code_dim}-d)")
 
 
 @app.command()
@@ -621,22 +605,33 @@ def shortcut_rows(cost: dict[str, Any] | None) -> list[tuple[str, str]]:
                                      f"{100 * cost['saving']:.0f}% saved")]
 
 
-def _int_list(text: str, option: str) -> list[int]:
+def _int_list(text: str | None, option: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise CofreError(f"{option} takes comma-separated integers, got '{text}'") from None
+        return [int(x) for x in _option_list(text, option)]
+    except ValueError:  # not an integer, or one of more than 4300 digits
+        raise CofreError(f"{option} takes comma-separated integers, got {shown(text)}") from None
 
 
-def _float_list(text: str, option: str) -> list[float]:
+def _float_list(text: str | None, option: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        return [float(x) for x in _option_list(text, option)]
     except ValueError:
-        raise CofreError(f"{option} takes comma-separated numbers, got '{text}'") from None
+        raise CofreError(f"{option} takes comma-separated numbers, got {shown(text)}") from None
 
 
 def _name_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _option_list(text: str | None, option: str) -> list[str]:
+    """The items of a comma-separated option (None: not given, no items); an option given with no item is refused
+    rather than taken as its default."""
+    if text is None:
+        return []
+    items = _name_list(text)
+    if not items:
+        raise CofreError(f"{option} names nothing (got {shown(text)}); leave the option out for its default")
+    return items
 
 
 @app.command()
@@ -739,13 +734,14 @@ def evaluate(
     if budget is not None and model_schedule:
         raise CofreError("--budget does not apply with --model-schedule: each cell's budget is derived from its schedule")
     settings = EvalSettings(
-        budgets=[] if model_schedule else _int_list(budget or "96,192,384,768", "--budget"), reuse=_name_list(reuse),
-        metrics=None if metrics is None else _name_list(metrics), judge=judge, cfg=_float_list(cfg, "--cfg"),
+        budgets=[] if model_schedule else _int_list(budget if budget is not None else "96,192,384,768", "--budget"),
+        reuse=_option_list(reuse, "--reuse"), metrics=None if metrics is None else _option_list(metrics, "--metrics"),
+        judge=judge, cfg=_float_list(cfg, "--cfg"),
         cfg_select=cfg_select, reference_split=reference_split,
         reference_images=reference_images, inception_weights=inception_weights,
         genppl_mode=genppl_mode,
         num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=_float_list(top_p, "--top-p"),
-        checkpoints=_name_list(checkpoints or ""), steps=steps, schedule=schedule,
+        checkpoints=_option_list(checkpoints, "--checkpoints"), steps=steps, schedule=schedule,
         ema=ema, device=device, val_batches=val_batches, latency_warmup=latency_warmup, latency_repeats=latency_repeats,
         precision=precision, compile=compile, light=str(light) if light is not None else None,
         model_schedules=model_schedule or [], raw_weights=[str(r) for r in raw_weights or []],
@@ -756,12 +752,17 @@ def evaluate(
         report_dir = report_dir or Path("runs") / "reports" / "all"
     report_dir = report_dir or Path("runs") / "reports" / "+".join(p.name for p in runs)
     check_output_dir(report_dir, "--report-dir")
-    check_range("--lm-eval-draws", lm_eval_draws, 1)
-    check_range("--lm-eval-limit", lm_eval_limit, 1)
-    if lm_eval_include is not None and not lm_eval_include.is_dir():
-        raise CofreError(f"--lm-eval-include {lm_eval_include} is not a folder")
-    if lm_eval and settings.checkpoints:
+    check_range("--lm-eval-draws", lm_eval_draws, 1, MAX_COUNT)
+    check_range("--lm-eval-limit", lm_eval_limit, 1, MAX_COUNT)
+    lm_tasks = _option_list(lm_eval, "--lm-eval")
+    if not lm_tasks and (lm_eval_limit is not None or lm_eval_include is not None):
+        raise CofreError("--lm-eval-limit / --lm-eval-include apply to --lm-eval tasks; name the tasks")
+    if lm_tasks and settings.checkpoints:
         raise CofreError("--lm-eval scores each run's selected or latest checkpoint; give it without --checkpoints")
+    if lm_tasks:
+        from cofre.evaluation.lm_eval_adapter import check_lm_eval
+
+        check_lm_eval(runs, lm_tasks, lm_eval_include)
     summary = evaluate_runs(runs, settings, report_dir, console)
     console.print(results_table(summary))
     if summary.cfg_sweep_path:
@@ -769,12 +770,12 @@ def evaluate(
     if summary.plot_path:
         console.print(f"plot: {summary.plot_path}")
     console.print(f"summary: {summary.summary_path}; per-cell JSON in <run>/eval/")
-    if lm_eval:
+    if lm_tasks:
         from cofre.evaluation.lm_eval_adapter import lm_eval_table, plot_lm_eval, run_lm_eval
 
         results = {}
         for run in runs:
-            result = run_lm_eval(run, _name_list(lm_eval), include_path=lm_eval_include, mc_draws=lm_eval_draws,
+            result = run_lm_eval(run, lm_tasks, include_path=lm_eval_include, mc_draws=lm_eval_draws,
                                  limit=lm_eval_limit, seed=seed, device=str(resolve_device(device)), ema=ema,
                                  precision=precision)
             out = report_dir / f"lm-eval-{run.name}.json"
@@ -795,12 +796,12 @@ def _evaluate_shortcut(runs: list[Path], shortcut: Path | None, steps: int | Non
         raise CofreError("--shortcut compares samplers of one run: give one RUN, --shortcut, --steps N and --full-steps B")
     for option, value, low in (("--num-samples", num_samples, 1), ("--batch-size", batch_size, 1), ("--seed", seed, 0),
                                ("--latency-warmup", warmup, 0), ("--latency-repeats", repeats, 1)):
-        check_range(option, value, low, MAX_SEED)
+        check_range(option, value, low, MAX_SEED if option == "--seed" else MAX_COUNT)
     if genppl_mode not in ("eq4", "mdlm"):
         raise CofreError(f"--genppl-mode must be eq4 or mdlm, got '{genppl_mode}'")
     report_dir = report_dir or Path("runs") / "reports" / f"{runs[0].name}-shortcut"
     check_output_dir(report_dir, "--report-dir")
-    check_range("--reference-images", reference_images, 0, MAX_SEED)
+    check_range("--reference-images", reference_images, 0, MAX_COUNT)
     settings = ShortcutEvalSettings(steps=steps, full_steps=full_steps, judge=judge, genppl_mode=genppl_mode,
                                     num_samples=num_samples, batch_size=batch_size, seed=seed, ema=ema, device=device,
                                     precision=precision, latency_warmup=warmup, latency_repeats=repeats,
@@ -865,11 +866,12 @@ def sweep(
     if len(kinds) != 1:
         raise CofreError("give exactly one sweep: --steps/--iters, --schedules, or --gamma-mask/--gamma-changed")
     settings = SweepSettings(
-        kind=kinds[0], steps=_int_list(steps or "", "--steps"), iters=_int_list(iters or "", "--iters"),
-        schedules=list(SCHEDULES) if schedules == "all" else _name_list(schedules or ""),
-        gamma_mask=[parse_range(x, "--gamma-mask") for x in _name_list(gamma_mask or "")],
-        gamma_changed=[parse_range(x, "--gamma-changed") for x in _name_list(gamma_changed or "")],
-        budgets=_int_list(budget or "", "--budget"), reuse=_name_list(reuse) if reuse else default_reuse(kinds[0]),
+        kind=kinds[0], steps=_int_list(steps, "--steps"), iters=_int_list(iters, "--iters"),
+        schedules=list(SCHEDULES) if schedules == "all" else _option_list(schedules, "--schedules"),
+        gamma_mask=[parse_range(x, "--gamma-mask") for x in _option_list(gamma_mask, "--gamma-mask")],
+        gamma_changed=[parse_range(x, "--gamma-changed") for x in _option_list(gamma_changed, "--gamma-changed")],
+        budgets=_int_list(budget, "--budget"),
+        reuse=_option_list(reuse, "--reuse") if reuse is not None else default_reuse(kinds[0]),
         judge=judge, genppl_mode=genppl_mode, num_samples=num_samples, batch_size=batch_size, seed=seed, top_p=top_p,
         ema=ema, device=device, precision=precision,
     )
@@ -893,17 +895,19 @@ def trace_plot(
 ) -> None:
     """Fig. 3 (solution shift per token transition type over the trajectory) and Fig. 16 (relative residual per
     fixed-point iteration and per denoising step) from sampler traces; JSON and a table beside them."""
-    from cofre.evaluation.trace_plot import plot_residuals, plot_transition_shift, read_trace, trace_stats
+    from cofre.evaluation.trace_plot import closer_than, plot_residuals, plot_transition_shift, read_trace, trace_stats
 
-    names = _name_list(labels) if labels else [t.stem for t in traces]
+    names = [check_name("--labels", name) for name in _option_list(labels, "--labels")] if labels is not None \
+        else [t.stem for t in traces]
     if len(names) != len(traces):
         raise CofreError(f"--labels names {len(names)} traces, but {len(traces)} were given")
     out_dir = out_dir or traces[0].parent
     check_output_dir(out_dir, "--out-dir")
-    stats = [trace_stats(read_trace(t), name, str(t)) for t, name in zip(traces, names)]
-    stem = "+".join(names)
+    stem = check_name("--labels (joined by '+', the files' name)", "+".join(names), longest=200)
     paths = {"fig3": out_dir / f"{stem}-fig3-shift.png", "fig16": out_dir / f"{stem}-fig16-residuals.png",
              "json": out_dir / f"{stem}-trace-stats.json"}
+    stats = [trace_stats(read_trace(t), name, str(t)) for t, name in zip(traces, names)]
+    comparisons = [closer_than(stats[0], s) for s in stats[1:]]  # every number before any file is written
     plot_transition_shift(stats, paths["fig3"])
     plot_residuals(stats, paths["fig16"])
     atomic_write_text(paths["json"], json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
@@ -918,9 +922,8 @@ def trace_plot(
                       f"{s.median_initial_after_first:.4g}",
                       *(f"{sum(v) / len(v):.3f}" if v else "-" for v in shifts))
     console.print(table)
-    for s in stats[1:]:
-        console.print(f"{s.label} starts {stats[0].median_initial_after_first / s.median_initial_after_first:.3g}x "
-                      f"closer to its fixed point than {stats[0].label} (median initial residual, first step excluded)")
+    for line in comparisons:
+        console.print(escape(line), highlight=False)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -949,7 +952,7 @@ def lagged_kl(
     if not step_list or not lag_list:
         raise CofreError("give at least one --steps and one --lags value")
     for value in step_list + lag_list:
-        check_range("--steps and --lags values", value, 1, MAX_SEED)
+        check_range("--steps and --lags values", value, 1, MAX_BUDGET)
     check_range("--iters", iters, 1, 10_000)
     check_range("--batches", batches, 1, 10_000)
     check_range("--batch-size", batch_size, 1, 10_000)
@@ -1018,7 +1021,8 @@ def stage_plot(
     from cofre.evaluation.evaluate import EvalSettings
     from cofre.evaluation.stage_plot import stage_report, stage_table
 
-    settings = EvalSettings(budgets=_int_list(budget, "--budget"), reuse=_name_list(reuse), metrics=["genppl", "entropy"],
+    settings = EvalSettings(budgets=_int_list(budget, "--budget"), reuse=_option_list(reuse, "--reuse"),
+                            metrics=["genppl", "entropy"],
                             judge=judge, genppl_mode=genppl_mode, num_samples=num_samples, batch_size=batch_size,
                             seed=seed, ema=ema, device=device, precision=precision)
     report_dir = report_dir or Path("runs") / "reports" / f"{run.name}-stage"
@@ -1058,9 +1062,9 @@ def step_importance(
     check_range("--batches", batches, 1, 10_000)
     check_range("--batch-size", batch_size, 1, 10_000)
     check_range("--seed", seed, 0, MAX_SEED)
-    check_range("--steps", steps, 1, 10_000_000)
+    check_range("--steps", steps, 1, MAX_BUDGET)
     try:
-        grid = [float(x) for x in _name_list(times)] if times is not None else default_times(points)
+        grid = [float(x) for x in _option_list(times, "--times")] if times is not None else default_times(points)
     except ValueError:
         raise CofreError(f"--times takes comma-separated numbers, got '{times}'") from None
     out_dir = out_dir or Path("runs") / "reports" / f"{heavy.name}+{light.name}"
@@ -1206,9 +1210,9 @@ def cka(
         raise CofreError(f"--timesteps takes comma-separated numbers, got '{timesteps}'") from None
     if not times or not all(0 < t <= 1 for t in times):
         raise CofreError(f"--timesteps must be in (0, 1], got '{timesteps}'")
-    check_range("--batches", batches, 1)
-    check_range("--batch-size", batch_size, 1)
-    check_range("--max-tokens", max_tokens, 2)
+    check_range("--batches", batches, 1, 10_000)
+    check_range("--batch-size", batch_size, 1, 100_000)
+    check_range("--max-tokens", max_tokens, 2, MAX_COUNT)
     check_range("--seed", seed, 0, MAX_SEED)
     folder = resolve_checkpoint(checkpoint)
     out = out or run_root(folder) / "cka"

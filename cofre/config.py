@@ -14,9 +14,21 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_INT, MAX_RECIPE_SEED, check_name, shown
 from cofre.errors import CofreError
 
 T = TypeVar("T")
+
+# Upper bounds of sizes (every count, size and seed of a recipe has one; counts and seeds: cofre.checks)
+MAX_WIDTH = 65_536  # hidden widths, conditioning and feature widths
+MAX_HEADS = 1024
+MAX_LAYERS = 1024  # blocks of one part (K_pre, K_fp, K_post), residual blocks
+MAX_VOCAB = 2**24  # token ids (with [mask]), codebook sizes
+MAX_SEQ_LEN = 2**20  # tokens per sequence
+MAX_IMAGE_SIZE = 4096  # pixels per side
+MAX_CLASSES = 1_000_000
+MAX_ITERS = 10_000  # fixed-point iterations per step
+MAX_DOCS = 10**9  # documents or images held out or kept
 
 
 # -- range rules: each config's validate() states them next to its fields; messages name field and range --
@@ -24,7 +36,15 @@ def _at_least(where: str, config: Any, low: int | float, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if value < low:
-            raise CofreError(f"{where}.{name} must be >= {low}, got {value!r}")
+            raise CofreError(f"{where}.{name} must be >= {low}, got {shown(value)}")
+
+
+def _within(where: str, config: Any, low: int, high: int, *names: str) -> None:
+    """Integer fields in [low, high]: every count, size and seed has an upper bound, checked before it is used."""
+    for name in names:
+        value = getattr(config, name)
+        if not low <= value <= high:
+            raise CofreError(f"{where}.{name} must be in {low}..{high}, got {shown(value)}")
 
 
 def _in_range(where: str, config: Any, name: str, low: float, high: float, open_high: bool = False,
@@ -71,13 +91,17 @@ class ModelConfig:
     registers: int = 0  # image: learned register tokens appended to the grid (Halton-MaskGIT: 1)
 
     def validate(self, where: str = "model") -> None:
-        _at_least(where, self, 2, "vocab_size")
-        _at_least(where, self, 0, "num_classes", "registers")
+        _within(where, self, 2, MAX_VOCAB, "vocab_size")
+        _within(where, self, 0, MAX_CLASSES, "num_classes")
+        _within(where, self, 0, MAX_LAYERS, "registers")
         _rule(self.modality == "image" or (self.num_classes == 0 and self.registers == 0),
               f"{where}.num_classes and {where}.registers are image settings; a text model has none")
         _rule(self.modality == "text" or self.num_classes >= 1, f"{where}.num_classes must be >= 1 for an image model")
-        _at_least(where, self, 1, "hidden", "heads", "cond_dim", "mlp_ratio", "max_seq_len")
-        _at_least(where, self, 0, "K_pre", "K_fp", "K_post")
+        _within(where, self, 1, MAX_WIDTH, "hidden", "cond_dim")
+        _within(where, self, 1, MAX_HEADS, "heads")
+        _within(where, self, 1, 64, "mlp_ratio")
+        _within(where, self, 1, MAX_SEQ_LEN, "max_seq_len")
+        _within(where, self, 0, MAX_LAYERS, "K_pre", "K_fp", "K_post")
         _in_range(where, self, "dropout", 0.0, 1.0, open_high=True)
         _rule(self.K_pre + self.K_fp + self.K_post >= 1, f"{where}: K_pre + K_fp + K_post must be >= 1, got 0 blocks")
         _rule(self.hidden % self.heads == 0 and self.hidden // self.heads % 2 == 0,
@@ -104,7 +128,7 @@ class SolverConfig:
     eval_iters: int = 8  # iterations N used for validation NLL
 
     def validate(self, where: str = "solver") -> None:
-        _at_least(where, self, 0, "nograd_min", "nograd_max", "grad_min", "grad_max", "eval_iters")
+        _within(where, self, 0, MAX_ITERS, "nograd_min", "nograd_max", "grad_min", "grad_max", "eval_iters")
         for low, high in (("nograd_min", "nograd_max"), ("grad_min", "grad_max")):
             _rule(getattr(self, low) <= getattr(self, high), f"{where}.{low} must be <= {where}.{high}, "
                   f"got {getattr(self, low)} > {getattr(self, high)}")
@@ -152,8 +176,10 @@ class DataConfig:
     val_images: int = 0  # a fixed random subset of N validation images; 0: all
 
     def validate(self, where: str = "data") -> None:
-        _at_least(where, self, 1, "seq_len", "val_docs", "image_size")
-        _at_least(where, self, 0, "train_images", "val_images")
+        _within(where, self, 1, MAX_SEQ_LEN, "seq_len")
+        _within(where, self, 1, MAX_DOCS, "val_docs")
+        _within(where, self, 1, MAX_IMAGE_SIZE, "image_size")
+        _within(where, self, 0, MAX_DOCS, "train_images", "val_images")
         for name in ("corpus", "text_field", "cache_dir", "fashion_mnist_dir", "hub_id", "hub_config", "hub_split"):
             _rule(getattr(self, name).strip() != "", f"{where}.{name} must not be empty")
         from cofre.data.tokenizer import check_tokenizer_name
@@ -183,7 +209,8 @@ class OptimConfig:
         _in_range(where, self, "betas", 0.0, 1.0, open_high=True)
         _in_range(where, self, "eps", 0.0, 1.0, open_low=True)
         _in_range(where, self, "min_lr_ratio", 0.0, 1.0)
-        _at_least(where, self, 0, "weight_decay", "warmup_steps", "grad_clip")
+        _at_least(where, self, 0, "weight_decay", "grad_clip")
+        _within(where, self, 0, MAX_COUNT, "warmup_steps")
 
 
 @dataclass
@@ -208,9 +235,10 @@ class TrainerConfig:
     skip_nonfinite: int = 0  # steps with a non-finite loss or gradient skipped (no update) before the run stops
 
     def validate(self, where: str = "trainer") -> None:
-        _at_least(where, self, 1, "max_steps", "global_batch_size", "micro_batch_size", "log_every", "val_every",
-                  "val_batches", "ckpt_every")
-        _at_least(where, self, 0, "seed", "keep_last", "skip_nonfinite")
+        _within(where, self, 1, MAX_COUNT, "max_steps", "global_batch_size", "micro_batch_size", "log_every",
+                "val_every", "val_batches", "ckpt_every")
+        _within(where, self, 0, MAX_COUNT, "keep_last", "skip_nonfinite")
+        _within(where, self, 0, MAX_RECIPE_SEED, "seed")
         _in_range(where, self, "ema", 0.0, 1.0, open_high=True)
 
 
@@ -235,7 +263,8 @@ class ConsistencyConfig:
     continue_optimizer: bool = True  # continue the parent's AdamW moments (L_CONS joins the same run, App. F.6); false: from zero
 
     def validate(self, where: str = "consistency") -> None:
-        _at_least(where, self, 0, "weight", "warmup_steps", "select_ppl_increase")
+        _at_least(where, self, 0, "weight", "select_ppl_increase")
+        _within(where, self, 0, MAX_COUNT, "warmup_steps")
         _in_range(where, self, "gap_min", 0.0, 1.0)
         _in_range(where, self, "gap_max", 0.0, 1.0)
         _rule(self.gap_min <= self.gap_max, f"{where}.gap_min must be <= {where}.gap_max, got {self.gap_min} > {self.gap_max}")
@@ -268,8 +297,10 @@ class DistillConfig:
     teacher_grid: Literal["paper", "reference"] = "paper"
 
     def validate(self, where: str = "distill") -> None:
-        _at_least(where, self, 2, "k")
-        _at_least(where, self, 1, "start_steps", "round_steps", "teacher_iters")
+        _within(where, self, 2, 1024, "k")
+        _within(where, self, 1, MAX_BUDGET, "start_steps")
+        _within(where, self, 1, MAX_COUNT, "round_steps")
+        _within(where, self, 1, MAX_ITERS, "teacher_iters")
 
     @property
     def enabled(self) -> bool:
@@ -277,6 +308,16 @@ class DistillConfig:
 
     def rounds(self, max_steps: int) -> int:
         return -(-max_steps // self.round_steps)
+
+    def steps_left(self, max_steps: int) -> bool:
+        """Does the last round's step k dt stay within one (k^rounds <= start_steps)? Exact, in integers: the powers
+        stop growing once they pass start_steps, so a huge round count costs no more than a small one."""
+        power = 1
+        for _ in range(self.rounds(max_steps)):
+            power *= self.k
+            if power > self.start_steps:
+                return False
+        return True
 
     def dt(self, round_index: int) -> float:
         """dt of round r: (1 / start_steps) k^r (doubling per round for k = 2, as SDTT)."""
@@ -300,8 +341,7 @@ class Recipe:
 
     def validate(self) -> None:
         """Each section's range rules, then the rules between sections."""
-        _rule(self.name.strip() not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name,
-              f"name must be a non-empty file name (no '/'), got {self.name!r}")
+        check_name("name", self.name)
         for section in dataclasses.fields(self):
             value = getattr(self, section.name)
             if dataclasses.is_dataclass(value):
@@ -324,7 +364,9 @@ class Recipe:
         if self.distill.enabled:
             d = self.distill
             rounds = d.rounds(self.trainer.max_steps)
-            _rule(d.k * d.dt(rounds - 1) <= 1,
+            _rule(self.model.modality == "text", "distill: SDTT distils text (MDLM) denoisers; this run's "
+                  "model.modality is 'image' (images: cofre consistency or cofre shortcut)")
+            _rule(d.steps_left(self.trainer.max_steps),
                   f"distill: {rounds} rounds (trainer.max_steps {self.trainer.max_steps} / distill.round_steps "
                   f"{d.round_steps}) from distill.start_steps {d.start_steps} with k {d.k} leave the student under one step; "
                   "use fewer rounds or a larger start_steps")
@@ -367,7 +409,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float and isinstance(value, float) and not math.isfinite(value):
         raise CofreError(f"{where}: expected a finite number, got {value!r}")
     if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise CofreError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise CofreError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {shown(value)}")
+    if tp is int and abs(value) > MAX_INT:
+        raise CofreError(f"{where}: {shown(value)} is beyond the 64-bit integers cofre holds")
     return value
 
 
@@ -409,6 +453,8 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
+        except ValueError:  # an integer of more than 4300 digits: Python refuses to read it
+            raise CofreError(f"override '{key}': its value is a number too long to read ({len(raw)} characters)") from None
         node = values
         *parents, leaf = key.split(".")
         for part in parents:
@@ -456,6 +502,8 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except UnicodeDecodeError as err:
         raise CofreError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except ValueError as err:  # an integer of more than 4300 digits: Python refuses to read it
+        raise CofreError(f"{path}: holds a number too long to read ({str(err).split(':')[0]})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -470,8 +518,11 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe YAML file, apply dotted overrides, and validate every field."""
+    from cofre.kinds import DENOISER, require_kind
+
     path = Path(path)
     values = apply_overrides(read_yaml(path), overrides or [])
+    require_kind(values, DENOISER, path, "recipe")
     values.setdefault("name", path.stem)
     try:
         return recipe_from_dict(values)

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from cofre.config import DataConfig, ModelConfig, Recipe, recipe_from_dict, recipe_to_dict
+from cofre.config import MAX_HEADS, DataConfig, ModelConfig, Recipe, recipe_from_dict, recipe_to_dict
 from cofre.checks import check_range
 from cofre.errors import CofreError
 from cofre.models import Denoiser
@@ -569,7 +569,7 @@ def convert_checkpoint(
 ) -> ConversionReport:
     """Convert `source` with `layer_map` (e.g. "1,6,12") into a new run directory `out` holding one checkpoint."""
     source, out = Path(source), Path(out)
-    check_range("--heads", heads, 1)
+    check_range("--heads", heads, 1, MAX_HEADS)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CofreError(f"{out} exists and is not an empty directory; choose another output directory")
     parse_layer_map(layer_map, None)  # a typo fails before a large checkpoint is read

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import sys
 
 # OS errors a user can act on; any other OSError is reported the same way, with its strerror.
 _OS_HINTS = {
@@ -31,3 +33,10 @@ def os_error_message(err: OSError) -> str:
 def one_line(message: str) -> str:
     """Collapse a message to one line: the CLI promises exactly one line per error."""
     return " ".join(message.split())
+
+
+def warn(message: str) -> None:
+    """One `warning: <message>` line on stderr (the main process's only, as errors): something was healed."""
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"warning: {one_line(message)}\n")
+        sys.stderr.flush()

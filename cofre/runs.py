@@ -42,6 +42,50 @@ def atomic_write_text(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)  # a failed write (disk full) leaves no temporary file behind
 
 
+def read_json_file(path: Path, what: str, remedy: str, fields: dict[str, type | tuple[type, ...]] | None = None) -> Any:
+    """A JSON file cofre wrote earlier (a resume file, a run's summary): its value, or one error line naming the file,
+    what it should hold and what to do. `fields`: keys a JSON object must hold, with their types."""
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # not JSON, not text, or a number too long to read
+        detail = str(err).splitlines()[0][:100] if not isinstance(err, UnicodeDecodeError) else "not UTF-8 text"
+        raise CofreError(f"{path}: not a readable {what} ({detail}); {remedy}") from None
+    wrong = [k for k, tp in (fields or {}).items() if not isinstance(value, dict) or not of_type(value.get(k), tp)]
+    if fields is not None and (not isinstance(value, dict) or wrong):
+        held = f"its {', '.join(wrong)} missing or of the wrong type" if isinstance(value, dict) else "not a JSON object"
+        raise CofreError(f"{path}: not a {what} ({held}); {remedy}")
+    return value
+
+
+def read_jsonl_file(path: Path, what: str, remedy: str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file cofre wrote (written whole, so a cut line is damage): one error line naming
+    the file, the line and what to do."""
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise CofreError(f"{path}: not a {what} (not UTF-8 text); {remedy}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise CofreError(f"{path}: line {number} is not a JSON record (a damaged {what}); {remedy}") from None
+        if not isinstance(record, dict):
+            raise CofreError(f"{path}: line {number} is not a JSON object (a damaged {what}); {remedy}")
+        records.append(record)
+    return records
+
+
+CELL_REMEDY = "remove it to draw and score the cell again"  # a cell record of evaluate, sweep or schedule-search
+
+
+def of_type(value: Any, tp: type | tuple[type, ...]) -> bool:
+    """isinstance, where a bool is not a number (JSON's true is no count)."""
+    return isinstance(value, tp) and not (isinstance(value, bool) and bool not in (tp if isinstance(tp, tuple) else (tp,)))
+
+
 def time_before(progress: dict[str, Any], run: Path, start_step: int) -> float | None:
     """Seconds spent training a run before a call that resumes it from a checkpoint at `start_step` (0 for a fresh
     run): what the checkpoint recorded, else (a checkpoint written before it recorded time) what the train_result.json
@@ -114,11 +158,12 @@ def runs_with_checkpoints(root: Path) -> list[Path]:
 
 def _recipe_kind(run: Path) -> str:
     """The `kind:` a run's recipe.yaml names ('' for a denoiser, or an unreadable recipe)."""
+    from cofre.kinds import kind_of
+
     try:
-        values = yaml.safe_load((run / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return kind_of(yaml.safe_load((run / "recipe.yaml").read_text()))
+    except (OSError, yaml.YAMLError, ValueError):
         return ""
-    return str(values.get("kind") or "") if isinstance(values, dict) else ""
 
 
 class RunDir:

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cofre import cli
-from cofre.config import load_recipe
+from cofre.config import Recipe, load_recipe
 from cofre.training.loop import train
 
 ROOT = Path(__file__).parents[1]
@@ -116,6 +116,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_recipe_text: str) -
     damaged("bad-metrics")
     (root / "bad-metrics" / "metrics.jsonl").write_text('{"step": 1}\n{broken\n{"step": 2}\n')
 
+    other_kinds(root)
+    damaged_resume_files(root)
+
     (root / "list.yaml").write_text("- model\n- trainer\n")
     (root / "string.yaml").write_text("just a string\n")
     (root / "syntax.yaml").write_text("model: {hidden: 64\n")
@@ -126,6 +129,59 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_recipe_text: str) -
     (root / "samples-dir").mkdir()
     (root / "existing.jsonl").write_text("{}\n")
     return root
+
+
+def other_kinds(root: Path) -> None:
+    """Runs of every other kind beside the denoiser (untrained weights, written by the real checkpoint code): a VQ
+    tokenizer, an image denoiser that names it, a classifier, a shortcut of the image run, a light text denoiser."""
+    from image_runs import make_classifier_run, make_image_run, make_vq_run
+
+    from cofre.models import Denoiser
+    from cofre.runs import atomic_write_text
+    from cofre.sampling.generate import checkpoint_identity
+    from cofre.sampling.shortcut import Shortcut
+    from cofre.training.checkpoint import publish_checkpoint, staging_dir, write_checkpoint_files
+    from cofre.training.shortcut import _dump, shortcut_values
+
+    image = make_image_run(root, make_vq_run(root), (2, 0, 0), "img")
+    make_classifier_run(root, name="clf")
+    (root / "sc.yaml").write_text("kind: shortcut\nshortcut: {width_ratio: 0.5, heads: 2, frequency_dim: 16}\n"
+                                  "collect: {batch_size: 2, refresh_every: 2, val_trajectories: 2, steps: 4}\n")
+    folder = image / "checkpoints" / "step-000000001"
+    recipe = shortcut_values(load_recipe_of(folder).model, str(folder), checkpoint_identity(folder, True)["sha256"],
+                             root / "sc.yaml", ["name=sc-img"])
+    write_checkpoint_files(staging_dir(root / "sc-img" / "checkpoints", 1), Shortcut(recipe.shortcut), None, recipe,  # type: ignore[arg-type]
+                           {"progress": {"step": 1}})
+    publish_checkpoint(root / "sc-img" / "checkpoints", 1, 1)
+    atomic_write_text(root / "sc-img" / "recipe.yaml", _dump(recipe))
+    light = load_recipe(root / "tiny.yaml", ["name=light", "model.K_fp=0", "model.K_post=0"])
+    write_checkpoint_files(staging_dir(root / "light" / "checkpoints", 1), Denoiser(light.model), None, light,
+                           {"progress": {"step": 1}})
+    publish_checkpoint(root / "light" / "checkpoints", 1, 1)
+
+
+def load_recipe_of(folder: Path) -> Recipe:
+    from cofre.training.checkpoint import checkpoint_recipe
+
+    return checkpoint_recipe(folder)
+
+
+def damaged_resume_files(root: Path) -> None:
+    """A trace of the tiny run and damaged copies, and damaged files that commands resume from or read back."""
+    assert run_in_process(["sample", "run", "--budget", "12", "--trace", "trace.jsonl", "--out", "drawn.jsonl"],
+                          root).code == 0
+    text = (root / "trace.jsonl").read_text()
+    (root / "cut-trace.jsonl").write_text(text[: len(text) // 2])
+    (root / "binary-trace.jsonl").write_bytes(bytes(range(256)))
+    (root / "string-trace.jsonl").write_text(text.replace('"residuals": [', '"residuals": ["x", ', 1))
+    (root / "garbage.pth").write_bytes(b"garbage")
+    (root / "empty.pth").write_bytes(b"")
+    (root / "garbage-result").mkdir()
+    shutil.copytree(root / "run", root / "garbage-result" / "stage", copy_function=os.symlink)
+    (root / "garbage-result" / "stage" / "train_result.json").unlink(missing_ok=True)
+    (root / "garbage-result" / "stage" / "train_result.json").write_text('{"validations": [{"step": "x"}')
+    (root / "importance").mkdir()
+    (root / "importance" / "step-importance.json").write_text('{"settings": {}, "points": 3')
 
 
 TRAIN = ["train", "tiny.yaml", "--run-dir", "new-run"]
@@ -139,17 +195,17 @@ CASES: list[tuple[list[str], str]] = [
     (["train", "string.yaml"], "must be a mapping of sections"),
     (["train", "syntax.yaml"], "YAML syntax error"),
     (["train", "binary.yaml"], "not a UTF-8 text file"),
-    ([*TRAIN, "trainer.micro_batch_size=0"], "trainer.micro_batch_size must be >= 1, got 0"),
-    ([*TRAIN, "trainer.val_every=0"], "trainer.val_every must be >= 1"),
-    ([*TRAIN, "trainer.global_batch_size=0"], "trainer.global_batch_size must be >= 1"),
+    ([*TRAIN, "trainer.micro_batch_size=0"], "trainer.micro_batch_size must be in 1..10000000, got 0"),
+    ([*TRAIN, "trainer.val_every=0"], "trainer.val_every must be in 1..10000000"),
+    ([*TRAIN, "trainer.global_batch_size=0"], "trainer.global_batch_size must be in 1..10000000"),
     ([*TRAIN, "trainer.global_batch_size=5", "--dry-run", "--num-processes", "2"],
      "trainer.global_batch_size 5 cannot be split evenly over 2 processes"),
-    ([*TRAIN, "trainer.max_steps=-5"], "trainer.max_steps must be >= 1, got -5"),
+    ([*TRAIN, "trainer.max_steps=-5"], "trainer.max_steps must be in 1..10000000, got -5"),
     ([*TRAIN, "trainer.ema=1.0"], "trainer.ema must be in [0, 1)"),
     ([*TRAIN, "trainer.precision=fp16"], "is not one of"),
     ([*TRAIN, "trainer.max_steps=true"], "expected int"),
-    ([*TRAIN, "trainer.skip_nonfinite=-1"], "trainer.skip_nonfinite must be >= 0"),
-    ([*TRAIN, "model.heads=0"], "model.heads must be >= 1"),
+    ([*TRAIN, "trainer.skip_nonfinite=-1"], "trainer.skip_nonfinite must be in 0..10000000"),
+    ([*TRAIN, "model.heads=0"], "model.heads must be in 1..1024"),
     ([*TRAIN, "model.heads=3"], "model.heads must divide model.hidden"),
     ([*TRAIN, "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     ([*TRAIN, "model.K_pre=0", "model.K_fp=0", "model.K_post=0"], "K_pre + K_fp + K_post must be >= 1"),
@@ -164,9 +220,66 @@ CASES: list[tuple[list[str], str]] = [
     ([*TRAIN, "consistency.gap_min=0.5", "consistency.gap_max=0.1"], "consistency.gap_min must be <= consistency.gap_max"),
     ([*TRAIN, "consistency.temperature=0"], "consistency.temperature must be > 0"),
     ([*TRAIN, "consistency.loss=logit_kl", "consistency.teacher=checkpoint"], "teacher_checkpoint is empty"),
-    ([*TRAIN, "name=../escape"], "name must be a non-empty file name"),
+    ([*TRAIN, "name=../escape"], "name '../escape': it is not a plain file name"),
     ([*TRAIN, "trainer.max_steps"], "is not of the form key.sub=value"),
     ([*TRAIN, "trainer.maxsteps=3"], "did you mean 'max_steps'"),
+    # sizes: every count, size and seed bounded before it is used, whatever its size (issue 24, kind 2)
+    ([*TRAIN, "trainer.seed=" + "9" * 4400], "override 'trainer.seed': its value is a number too long to read"),
+    ([*TRAIN, "trainer.seed=99999999999999999999"], "trainer.seed: 99999999999999999999 is beyond the 64-bit"),
+    ([*TRAIN, "model.hidden=1000000000000"], "model.hidden must be in 1..65536, got 1000000000000"),
+    ([*TRAIN, "model.hidden=65536", "model.heads=1024", "model.K_pre=1024"], "model: training 52,923,"),
+    ([*TRAIN, "trainer.micro_batch_size=10000000", "trainer.global_batch_size=10000000"],
+     "trainer.micro_batch_size: training with micro-batches of 10000000 sequences"),
+    (["distill", "run", "distill.round_steps=1", "trainer.max_steps=2000"], "2000 rounds"),
+    (["distill", "run", "distill.k=" + "9" * 401], "distill.k: a number of 401 digits is beyond"),
+    ([*SAMPLE[:2], "--budget", "12", "--num-samples", "10000000", "--batch-size", "10000000"],
+     "--batch-size: a batch of 10000000 samples"),
+    (["sample", "run", "--light", "run", "--model-schedule", "L1000000000000,H1"], "covers more than 1000000 steps"),
+    (["sample", "run", "--light", "run", "--model-schedule", "L500000,H1"], "the blocks it spends per sample must be"),
+    (["sample", "run", "--shortcut", "run", "--steps", "10000000000", "--full-steps", "9999999999"],
+     "--steps must be in 1..1000000"),
+    (["evaluate", "run", "--shortcut", "run", "--steps", "10000000000", "--full-steps", "9999999999"],
+     "--steps must be in 1..1000000"),
+    (["sweep", "run", "--steps", "10000000", "--iters", "10000000"], "--steps values must be in 1..1000000"),
+    (["sweep", "run", "--steps", "100000", "--iters", "1000"], "--steps 100000 x --iters 1000: the blocks per sample"),
+    (["lagged-kl", "run", "run", "--steps", "1000000000000000000"], "--steps and --lags values must be in 1..1000000"),
+    # work before validation: every run, judge and extractor resolved before anything is drawn (issue 24, kind 1)
+    (["evaluate", "run", "--shortcut", "sc-img", "--steps", "4", "--full-steps", "2", "--judge", "smollm2-135m"],
+     "sc-img was trained on the base weights of"),
+    (["sweep", "run", "--steps", "2", "--iters", "1", "--judge", "no-such-judge"], "unknown judge 'no-such-judge'"),
+    (["evaluate", "img", "--judge", "run", "--metrics", "fid", "--budget", "2"], "run is a denoiser"),
+    (["evaluate", "img", "--inception-weights", "garbage.pth", "--metrics", "fid", "--budget", "2"],
+     "garbage.pth: not a readable weights file"),
+    (["evaluate", "img", "--inception-weights", "empty.pth", "--metrics", "fid", "--budget", "2"],
+     "empty.pth: not a readable weights file"),
+    # file names from user input stay in the folder named (kind 3)
+    (["trace-plot", "trace.jsonl", "--labels", "../../escaped", "--out-dir", "notes"], "'../../escaped': it is not a plain"),
+    (["trace-plot", "trace.jsonl", "--labels", "a/b", "--out-dir", "notes"], "'a/b': it is not a plain file name"),
+    (["trace-plot", "trace.jsonl", "--labels", "x\x07y"], "it holds a control character"),
+    # damaged resume files named (kind 4; damaged caches heal: tests/data/test_cache.py)
+    (["trace-plot", "cut-trace.jsonl"], "is not a JSON record (a damaged trace file)"),
+    (["trace-plot", "binary-trace.jsonl"], "binary-trace.jsonl: not a trace file (not UTF-8 text)"),
+    (["trace-plot", "string-trace.jsonl"], "string-trace.jsonl: row 1 is not a trace row"),
+    (["stage-plot", "garbage-result/stage", "--judge", "smollm2-135m"], "train_result.json: not a readable training"),
+    (["step-importance", "run", "light", "--out-dir", "importance", "--saving", "0.1", "--steps", "10"],
+     "step-importance.json: not a readable step-importance file"),
+    # a run or recipe of the wrong kind named as such (kind 5)
+    (["sample", "vq-test", "--budget", "4"], "is a VQ image tokenizer run, not a denoiser"),
+    (["sample", "clf", "--budget", "4"], "is an image classifier run, not a denoiser"),
+    (["sample", "sc-img", "--budget", "4"], "is a MIGM-Shortcut run, not a denoiser"),
+    (["sample", "img", "--shortcut", "run", "--steps", "4", "--full-steps", "2"], "run is a denoiser"),
+    (["train", "tiny.yaml", "--run-dir", "sc-img"], "sc-img/recipe.yaml is a MIGM-Shortcut recipe"),
+    (["distill", "run", "--recipe", str(ROOT / "recipes" / "tiny-vq.yaml")], "tiny-vq.yaml is a VQ image tokenizer recipe"),
+    (["distill", "img"], "SDTT distils text (MDLM) denoisers"),
+    (["shortcut", "run", "--recipe", "tiny.yaml"], "tiny.yaml is a denoiser"),
+    (["inspect", str(ROOT / "recipes" / "claims-small.yaml")], "is a claims file: nothing to inspect"),
+    # silently accepted before (kind 6)
+    (["evaluate", "run", "--checkpoints", ""], "--checkpoints names nothing"),
+    (["evaluate", "run", "--judge", " "], "--judge is empty"),
+    (["evaluate", "run", "--lm-eval", ""], "--lm-eval names nothing"),
+    (["evaluate", "run", "--budget", ","], "--budget names nothing"),
+    (["evaluate", "run", "--metrics", "valppl", "--lm-eval-limit", "3"], "apply to --lm-eval tasks"),
+    (["shortcut", "run", "--recipe", "sc.yaml", "collect.cfg=2"], "guidance is for image bases"),
     # run directories
     (["train", "tiny.yaml", "--run-dir", "run", "model.hidden=64", "model.heads=4"], "holds a different recipe"),
     (["train", "tiny.yaml", "--run-dir", "notes"], "holds no recipe.yaml"),
@@ -184,7 +297,7 @@ CASES: list[tuple[list[str], str]] = [
     (["--bogus"], "No such option: --bogus"),
     # inspect
     (["inspect", "nope.yaml"], "recipe file not found"),
-    (["inspect", "tiny.yaml", "--iters", "-1"], "--iters must be >= 0"),
+    (["inspect", "tiny.yaml", "--iters", "-1"], "--iters must be in 0..10000"),
     (["inspect", "tiny.yaml", "--iters", "x"], "Invalid value for '--iters'"),
     (["inspect", "list.yaml"], "must be a mapping of sections"),
     (["inspect", "corrupt-config/checkpoints/step-000000003"], "config.json: not valid JSON"),
@@ -223,27 +336,27 @@ CASES: list[tuple[list[str], str]] = [
     ([*EVAL, "--val-batches", "0"], "--val-batches must be in 1.."),
     (["evaluate", "run", "--report-dir", "afile.txt"], "--report-dir afile.txt is a file"),
     ([*EVAL[:2], "--metrics", "bogus"], "unknown metric(s) bogus"),
-    ([*EVAL[:2], "--metrics", ""], "give at least one --metrics value"),
+    ([*EVAL[:2], "--metrics", ""], "--metrics names nothing"),
     ([*EVAL, "--budget", "1,x"], "--budget takes comma-separated integers"),
     ([*EVAL[:2], "--budget", "0"], "--budget values must be in 1.."),
     ([*EVAL, "--reuse", "bogus"], "unknown reuse policy bogus"),
     ([*EVAL, "--device", "bogus"], "is not a device"),
-    ([*EVAL, "--lm-eval-draws", "0"], "--lm-eval-draws must be >= 1"),
+    ([*EVAL, "--lm-eval-draws", "0"], "--lm-eval-draws must be in 1..10000000"),
     (["evaluate", "run", "corrupt-config", "--metrics", "valppl", "--report-dir", "reports"], "config.json: not valid JSON"),
     (["evaluate", "nowhere", "--metrics", "valppl"], "no such run or checkpoint folder"),
     # convert
     (["convert", "run", "--map", "1,1,1", "--out", "converted"], "already a fixed-point model"),
     (["convert", "run", "--map", "bogus", "--out", "converted"], "layer map 'bogus'"),
     (["convert", "run", "--map", "1,1,1", "--out", "afile.txt"], "is not an empty directory"),
-    (["convert", "run", "--map", "1,1,1", "--out", "converted", "--heads", "0"], "--heads must be >= 1, got 0"),
+    (["convert", "run", "--map", "1,1,1", "--out", "converted", "--heads", "0"], "--heads must be in 1..1024, got 0"),
     (["convert", "run", "--map", "1,1,1", "--out", "converted", "--injection", "bogus"], "--injection must be"),
     (["convert", "nowhere", "--map", "1,2,3", "--out", "converted"], "nowhere"),
     (["convert", "run", "--out", "converted"], "Missing option '--map'"),
     # cka
     (["cka", "run", "--timesteps", "0"], "--timesteps must be in (0, 1]"),
     (["cka", "run", "--timesteps", "a,b"], "--timesteps takes comma-separated numbers"),
-    (["cka", "run", "--batches", "0"], "--batches must be >= 1"),
-    (["cka", "run", "--max-tokens", "1"], "--max-tokens must be >= 2"),
+    (["cka", "run", "--batches", "0"], "--batches must be in 1..10000"),
+    (["cka", "run", "--max-tokens", "1"], "--max-tokens must be in 2..10000000"),
     (["cka", "run", "--out", "afile.txt"], "--out afile.txt is a file"),
     (["cka", "nowhere"], "no such run or checkpoint folder"),
     (["cka", "corrupt-config"], "config.json: not valid JSON"),
@@ -266,8 +379,8 @@ CASES: list[tuple[list[str], str]] = [
     (["distill", "run", "--run-dir", "notes"], "holds no recipe.yaml"),
     (["distill", "run", "distill.loss=none"], "cofre distill needs a distill.loss"),
     (["distill", "run", "distill.loss=kl"], "distill.loss: 'kl' is not one of"),
-    (["distill", "run", "distill.k=1"], "distill.k must be >= 2, got 1"),
-    (["distill", "run", "distill.round_steps=0"], "distill.round_steps must be >= 1, got 0"),
+    (["distill", "run", "distill.k=1"], "distill.k must be in 2..1024, got 1"),
+    (["distill", "run", "distill.round_steps=0"], "distill.round_steps must be in 1..10000000, got 0"),
     (["distill", "run", "distill.start_steps=4", "distill.round_steps=1", "trainer.max_steps=5"],
      "leave the student under one step"),
     (["distill", "run", "consistency.loss=hidden_mse"], "consistency.loss must be 'none'"),

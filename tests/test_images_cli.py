@@ -45,9 +45,9 @@ CASES: list[tuple[list[str], str]] = [
     (["vq.channels=3"], "vq.channels is 3 but corpus 'fashion-mnist' has 1-channel images"),
     (["vq.encoder=patch"], "vq.code_dim must be vq.channels x 4^vq.downsample = 16 for the patch encoder, got 4"),
     (["vq.ema_decay=1"], "vq.ema_decay must be in [0, 1)"),
-    (["vq.codebook_size=0"], "vq.codebook_size must be >= 1"),
+    (["vq.codebook_size=0"], "vq.codebook_size must be in 1..16777216"),
     (["vq.codebok_size=8"], "did you mean 'codebook_size'"),
-    (["data.train_images=-1"], "data.train_images must be >= 0"),
+    (["data.train_images=-1"], "data.train_images must be in 0..1000000000"),
 ]
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cofre.data.cache import DamagedCache, load_ids, open_cache, read_meta
 from cofre.data.packing import cache_root, publish_cache
 from cofre.errors import CofreError
 
@@ -243,14 +244,27 @@ def load_image_codes(cfg: DataConfig, tokenizer_spec: str | None = None,
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.corpus).name or "images")[:40]
     root = cache_root(cfg)
     final = root / f"images-{slug}-S{cfg.image_size}-{tokenizer_id['kind']}-{digest}"
-    if not (final / "meta.json").is_file():
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        _encode_to_cache(cfg, spec, identity, root, final, torch.device(device))
-    meta = json.loads((final / "meta.json").read_text())
-    # Copy-on-write mapping, as for packed text: a stray in-place write never reaches the cache.
-    arrays = {name: torch.from_numpy(np.load(final / f"{name}.npy", mmap_mode="c"))
-              for name in ("train", "train_labels", "val", "val_labels")}
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return open_cache(final, lambda: _encode_to_cache(cfg, spec, identity, root, final, torch.device(device)),
+                      _open_codes)
+
+
+def _open_codes(final: Path) -> ImageCodes:
+    """Both splits' codes and labels, checked against the cache's meta.json (shapes, codebook, classes)."""
+    meta = read_meta(final, {"class_names": list, "codebook_size": int, "grid": list, "source": str})
+    if len(meta["grid"]) != 2 or not all(isinstance(g, int) and g > 0 for g in meta["grid"]):
+        raise DamagedCache(f"meta.json's grid {meta['grid']} is not two sizes")
+    arrays = {}
+    for split in SPLITS:
+        try:
+            count = len(np.load(final / f"{split}_labels.npy", mmap_mode="r"))
+        except (OSError, ValueError, EOFError) as err:
+            raise DamagedCache(f"{split}_labels.npy: {' '.join(str(err).split())[:80]}") from None
+        # copy-on-write mappings, as for packed text: a stray in-place write never reaches the cache
+        arrays[split] = torch.from_numpy(load_ids(final / f"{split}.npy", (count, *meta["grid"]), meta["codebook_size"]))
+        arrays[f"{split}_labels"] = torch.from_numpy(load_ids(final / f"{split}_labels.npy", (count,),
+                                                              len(meta["class_names"])))
     return ImageCodes(**arrays, class_names=meta["class_names"], codebook_size=meta["codebook_size"],
                       grid=tuple(meta["grid"]), source=f"{meta['source']} | cache {final}")
 

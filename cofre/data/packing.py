@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import torch
 
+from cofre.data.cache import DamagedCache, load_ids, open_cache, read_meta
 from cofre.data.corpora import corpus_identity, iter_documents
 from cofre.data.tokenizer import TextTokenizer, text_tokenizer, tokenizer_identity
 from cofre.errors import CofreError
@@ -61,11 +62,17 @@ def load_corpus(cfg: DataConfig) -> PackedCorpus:
         raise CofreError(f"data.packing 'wrap' needs data.seq_len >= 3 ([BOS] + tokens + [EOS]), got {cfg.seq_len}")
     root = cache_root(cfg)
     final = root / cache_key(cfg)
-    if not (final / "meta.json").is_file():
-        _build(cfg, root, final)
-    meta = json.loads((final / "meta.json").read_text())
-    # Copy-on-write mapping: torch needs a writable array, and a stray in-place write must not reach the cache.
-    train, val = (torch.from_numpy(np.load(final / f"{s}.npy", mmap_mode="c")) for s in ("train", "val"))
+    return open_cache(final, lambda: _build(cfg, root, final), lambda folder: _open(folder, cfg))
+
+
+def _open(final: Path, cfg: DataConfig) -> PackedCorpus:
+    """The packed blocks of a cache folder, checked against its meta.json and the tokenizer's ids."""
+    meta = read_meta(final, {"train_blocks": int, "val_blocks": int, "seq_len": int, "source": str})
+    if meta["seq_len"] != cfg.seq_len:
+        raise DamagedCache(f"meta.json says seq_len {meta['seq_len']}, not {cfg.seq_len}")
+    vocab = text_tokenizer(cfg).vocab_size
+    train, val = (torch.from_numpy(load_ids(final / f"{s}.npy", (meta[f"{s}_blocks"], cfg.seq_len), vocab))
+                  for s in ("train", "val"))
     return PackedCorpus(train=train, val=val, source=f"{meta['source']} | cache {final}")
 
 

@@ -21,6 +21,7 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
+from cofre.data.cache import DamagedCache, open_cache
 from cofre.errors import CofreError
 
 if TYPE_CHECKING:
@@ -145,22 +146,21 @@ def _bpe_path(cfg: DataConfig, vocab: int) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _load_bpe(path: str, vocab: int) -> TextTokenizer:
+    """A cached corpus BPE; a file that does not read as a (vocab - 1)-token BPE is a damaged cache."""
     from tokenizers import Tokenizer
 
     try:
         tokenizer = Tokenizer.from_file(path)
     except Exception as err:  # tokenizers raises plain Exceptions for a damaged file
-        raise CofreError(f"{path}: not a readable tokenizer file ({str(err)[:200]}); delete it to retrain") from None
+        raise DamagedCache(f"not a readable tokenizer file ({' '.join(str(err).split())[:80]})") from None
     if tokenizer.get_vocab_size() != vocab - 1:
-        raise CofreError(f"{path}: not a {vocab - 1}-token BPE (+ EOS); delete it to retrain")
+        raise DamagedCache(f"not a {vocab - 1}-token BPE (+ EOS)")
     return TextTokenizer(f"bpe-{vocab}", vocab, vocab - 1, tokenizer)
 
 
 def _corpus_bpe(cfg: DataConfig, vocab: int) -> TextTokenizer:
     path = _bpe_path(cfg, vocab)
-    if not path.is_file():
-        _train_bpe(cfg, vocab, path)
-    return _load_bpe(str(path), vocab)
+    return open_cache(path, lambda: _train_bpe(cfg, vocab, path), lambda p: _load_bpe(str(p), vocab))
 
 
 def _training_documents(cfg: DataConfig) -> Iterable[str]:

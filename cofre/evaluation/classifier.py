@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import Tensor, nn
 
-from cofre.config import (DataConfig, OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, dump_recipe,
-                          read_yaml, recipe_to_dict)
+from cofre.checks import MAX_COUNT, MAX_RECIPE_SEED, check_name
+from cofre.config import (MAX_CLASSES, MAX_IMAGE_SIZE, MAX_WIDTH, DataConfig, OptimConfig, _rule, _within,
+                          apply_overrides, config_from_dict, dump_recipe, read_yaml, recipe_to_dict)
 from cofre.errors import CofreError
-from cofre.runs import RunDir, atomic_write_text
+from cofre.runs import RunDir, atomic_write_text, read_json_file
 from cofre.training.checkpoint import (MODEL_FILE, kind_config, load_weights_into, publish_checkpoint, staging_dir,
                                        write_checkpoint_files)
 from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
@@ -43,9 +44,10 @@ class ClassifierConfig:
     num_classes: int = 10
 
     def validate(self, where: str = "classifier") -> None:
-        _at_least(where, self, 1, "channels", "width", "features")
-        _at_least(where, self, 4, "image_size")
-        _at_least(where, self, 2, "num_classes")
+        _within(where, self, 1, 4, "channels")
+        _within(where, self, 1, MAX_WIDTH, "width", "features")
+        _within(where, self, 4, MAX_IMAGE_SIZE, "image_size")
+        _within(where, self, 2, MAX_CLASSES, "num_classes")
 
 
 @dataclass
@@ -56,8 +58,8 @@ class ClassifierTrainerConfig:
     log_every: int = 100
 
     def validate(self, where: str = "trainer") -> None:
-        _at_least(where, self, 1, "max_steps", "batch_size", "log_every")
-        _at_least(where, self, 0, "seed")
+        _within(where, self, 1, MAX_COUNT, "max_steps", "batch_size", "log_every")
+        _within(where, self, 0, MAX_RECIPE_SEED, "seed")
 
 
 @dataclass
@@ -72,8 +74,7 @@ class ClassifierRecipe:
     trainer: ClassifierTrainerConfig = field(default_factory=ClassifierTrainerConfig)
 
     def validate(self) -> None:
-        _rule(self.name.strip() not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name,
-              f"name must be a non-empty file name (no '/'), got {self.name!r}")
+        check_name("name", self.name)
         for name in ("classifier", "data", "optim", "trainer"):
             getattr(self, name).validate(name)
         _rule(self.data.image_size == self.classifier.image_size,
@@ -145,7 +146,7 @@ def load_classifier_recipe(path: str | Path, overrides: list[str] | None = None)
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[ImageClassifier, ClassifierRecipe, Path]:
     """The trained classifier a run directory or checkpoint folder holds (eval mode), its recipe and its folder."""
-    folder, values = kind_config(path, CLASSIFIER_KIND, "a cofre classifier run")
+    folder, values = kind_config(path, CLASSIFIER_KIND)
     recipe = _from_dict(values)
     model = ImageClassifier(recipe.classifier)
     load_weights_into(model, folder / MODEL_FILE)
@@ -169,7 +170,9 @@ def train_classifier(recipe: ClassifierRecipe, run_dir: str | Path) -> Classifie
     old = recipe_to_dict(load_classifier_recipe(run.recipe_path)) if run.exists() else None
     # the same recipe: finished runs are reported, an unfinished one trains again from the start
     if run.check_values(old, recipe_to_dict(recipe)) and result_path.is_file():
-        return ClassifierTrainResult(**json.loads(result_path.read_text()))
+        fields = {f.name: (int, float, str) for f in dataclasses.fields(ClassifierTrainResult)}
+        values = read_json_file(result_path, "training summary", "remove it to train the classifier again", fields)
+        return ClassifierTrainResult(**{k: values[k] for k in fields})
     train_images, train_labels, names = load_images(recipe.data, "train")
     test_images, test_labels, _ = load_images(recipe.data, "val")
     cfg, t = recipe.classifier, recipe.trainer

@@ -165,7 +165,7 @@ def for_modality(settings: EvalSettings, modality: str) -> EvalSettings:
         raise CofreError("--light / --model-schedule: model scheduling is for text runs")
     if modality == "text" and (settings.cfg != [0.0] or settings.cfg_select is not None):
         raise CofreError("--cfg / --cfg-select: classifier-free guidance is for image runs")
-    judge = settings.judge or (IMAGE_JUDGE if modality == "image" else "gpt2-large")
+    judge = settings.judge if settings.judge is not None else IMAGE_JUDGE if modality == "image" else "gpt2-large"
     return dataclasses.replace(settings, metrics=metrics, judge=judge)
 
 
@@ -205,6 +205,8 @@ def check_settings(settings: EvalSettings) -> None:
     check_range("--val-batches", settings.val_batches, 1, MAX_COUNT)
     check_range("--latency-warmup", settings.latency_warmup, 0, MAX_COUNT)
     check_range("--latency-repeats", settings.latency_repeats, 1, MAX_COUNT)
+    if settings.judge is not None and not settings.judge.strip():
+        raise CofreError("--judge is empty; leave it out for the modality's default (gpt2-large, inception)")
     if not settings.top_p:
         raise CofreError("give at least one --top-p value")
     for top_p in settings.top_p:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import pickle
 import re
 import sys
 import warnings
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from cofre.checks import check_name
 from cofre.errors import CofreError
 
 if TYPE_CHECKING:
@@ -76,7 +78,12 @@ def read_png_folder(folder: Path) -> Tensor:
 
     manifest = folder / "manifest.json"
     if manifest.is_file():
-        files = [folder / row["file"] for row in json.loads(manifest.read_text())["samples"]]
+        from cofre.runs import read_json_file
+
+        rows = read_json_file(manifest, "sample manifest", "remove the folder and sample again", {"samples": list})
+        if not all(isinstance(row, dict) and isinstance(row.get("file"), str) for row in rows["samples"]):
+            raise CofreError(f"{manifest}: its samples are not records with a file; remove the folder and sample again")
+        files = [folder / check_name(f"{manifest} sample file", row["file"]) for row in rows["samples"]]
     else:
         files = sorted(folder.glob("*.png"))
     if not files:
@@ -236,9 +243,12 @@ def fid_helper_weights() -> Path | None:
 
 def converted_inception(source: Path, cache: Path) -> Path:
     """torch-fidelity's weights file for `source` (fid-helper's default_1.pt), converted once into `cache`."""
+    from cofre.data.cache import DamagedCache, open_cache
+
     digest = sha256_file(source)
     target = cache / f"inception-pool-from-fid-helper-{digest[:16]}.pth"
-    if not target.is_file():
+
+    def convert() -> None:
         with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the file is TorchScript
             warnings.simplefilter("ignore", FutureWarning)
             state = torch.jit.load(str(source), map_location="cpu").state_dict()
@@ -246,7 +256,15 @@ def converted_inception(source: Path, cache: Path) -> Path:
         tmp = target.with_suffix(".tmp")
         torch.save(convert_fid_helper_state(state), tmp)
         tmp.replace(target)
-    return target
+
+    def verify(path: Path) -> Path:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+            raise DamagedCache("not a readable weights file") from None
+        return path
+
+    return open_cache(target, convert, verify)
 
 
 # -- which extractor a judge name means ------------------------------------------------------------------------------
@@ -303,6 +321,32 @@ def find_inception_weights(inception_weights: str | None = None) -> InceptionWei
     return InceptionWeights("fid-helper", helper) if helper is not None else InceptionWeights("download", None)
 
 
+def check_weights_file(extractor: Extractor) -> Extractor:
+    """Build torch-fidelity's extractor from its weights file once, before anything is sampled: a file that is damaged,
+    empty or not Inception's is one line naming it (not a failure after the images are drawn). Read first with
+    `weights_only=True`, so nothing in a given file is ever executed."""
+    if extractor.weights.startswith("download:") or extractor.fidelity_name == FIDELITY_CLASSIFIER:
+        return extractor
+    from torch_fidelity.utils import create_feature_extractor
+
+    path = Path(extractor.weights)
+    fix = f"give torch-fidelity's {TORCH_FIDELITY_WEIGHTS} with --inception-weights"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        detail = " ".join(str(err).split())[:120] or type(err).__name__
+        raise CofreError(f"{path}: not a readable weights file ({detail}); {fix}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CofreError(f"{path}: holds no state dict of tensors; {fix}")
+    try:
+        create_feature_extractor(extractor.fidelity_name, ["2048"], cuda=False, verbose=False,
+                                 feature_extractor_weights_path=str(path))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CofreError(f"{path}: not Inception weights torch-fidelity can load ({' '.join(str(err).split())[:150]}); "
+                         f"{fix}") from None
+    return extractor
+
+
 def require_isc(judge: str, inception_weights: str | None = None) -> None:
     """Stop before any sampling (or training) when IS is asked of Inception weights that cannot give it; a classifier
     judge always can."""
@@ -313,6 +357,8 @@ def require_isc(judge: str, inception_weights: str | None = None) -> None:
 
 def resolve_extractor(judge: str, cache: Path, inception_weights: str | None = None, image_size: int = 28) -> Extractor:
     """The extractor `judge` names: `inception` or a classifier run directory."""
+    if not judge.strip():
+        raise CofreError("--judge is empty: name inception or a classifier run")
     register_extractors()
     if judge == INCEPTION:
         weights = find_inception_weights(inception_weights)
@@ -320,10 +366,11 @@ def resolve_extractor(judge: str, cache: Path, inception_weights: str | None = N
             return Extractor(INCEPTION, FIDELITY_INCEPTION, "download: torch-fidelity's " + TORCH_FIDELITY_WEIGHTS, "",
                              INCEPTION_RESIZER)
         if weights.source == "fid-helper":
-            return Extractor(INCEPTION, FIDELITY_POOL_INCEPTION, str(converted_inception(weights.path, cache)),
-                             sha256_file(weights.path), INCEPTION_RESIZER, isc_unavailable=weights.isc_unavailable,
-                             notes={"converted_from": str(weights.path)})
-        return Extractor(INCEPTION, FIDELITY_INCEPTION, str(weights.path), sha256_file(weights.path), INCEPTION_RESIZER)
+            return check_weights_file(Extractor(
+                INCEPTION, FIDELITY_POOL_INCEPTION, str(converted_inception(weights.path, cache)), sha256_file(weights.path),
+                INCEPTION_RESIZER, isc_unavailable=weights.isc_unavailable, notes={"converted_from": str(weights.path)}))
+        return check_weights_file(Extractor(INCEPTION, FIDELITY_INCEPTION, str(weights.path), sha256_file(weights.path),
+                                            INCEPTION_RESIZER))
     path = Path(judge).expanduser()
     if not path.exists():
         raise CofreError(f"judge '{judge}' is neither 'inception' nor a classifier run (cofre train "
@@ -338,7 +385,10 @@ def resolve_extractor(judge: str, cache: Path, inception_weights: str | None = N
     accuracy = None
     result = Path(path) / "train_result.json"
     if result.is_file():
-        accuracy = json.loads(result.read_text()).get("test_accuracy")
+        from cofre.runs import read_json_file
+
+        accuracy = read_json_file(result, "training summary", "train the classifier again or remove the file",
+                                  {"test_accuracy": (int, float)})["test_accuracy"]
     return Extractor(f"classifier:{path.name}", FIDELITY_CLASSIFIER, str(folder), sha256_file(folder / MODEL_FILE),
                      f"none: native {image_size} x {image_size} (RGB averaged to grey)",
                      notes={"classifier_test_accuracy": accuracy, "classifier_features": recipe.classifier.features})

@@ -23,6 +23,7 @@ from cofre.evaluation.latency import measure_latency
 from cofre.sampling.generate import LoadedCheckpoint
 from cofre.sampling.generate_images import BUDGET_DEFINITION, ImageSampleSettings, build_image_sampler, sample_images, \
     sample_tag
+from cofre.runs import read_json_file
 from cofre.training.checkpoint import CONFIG_FILE, checkpoint_recipe, run_root
 
 if TYPE_CHECKING:
@@ -92,8 +93,9 @@ class ImageCells:
         out = ckpt.run_root / "samples" / sample_tag(settings, ckpt.identity)
         manifest = out / "manifest.json"
         if manifest.is_file():
-            old = json.loads(manifest.read_text())
-            if old["settings"] == dataclasses.asdict(settings) and old["checkpoint"]["sha256"] == ckpt.identity["sha256"]:
+            old = read_json_file(manifest, "sample manifest", "remove its folder to draw the cell again",
+                                 {"settings": dict, "checkpoint": dict, "samples": list, "plan": dict})
+            if old["settings"] == dataclasses.asdict(settings) and old["checkpoint"].get("sha256") == ckpt.identity["sha256"]:
                 return out, old
         sample_images(ckpt, settings, out, overwrite=True)  # the tag names these settings: only a stale draw is replaced
         return out, json.loads(manifest.read_text())

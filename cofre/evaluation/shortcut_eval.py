@@ -27,8 +27,9 @@ from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.precision import resolve_device
 from cofre.runs import atomic_write_text, code_version
 from cofre.sampling.generate import LoadedCheckpoint, open_checkpoint
-from cofre.sampling.shortcut import full_steps, shortcut_plan
-from cofre.training.shortcut import read_shortcut_recipe, sampling_precision
+from cofre.evaluation.fid import Extractor
+from cofre.sampling.shortcut import check_shortcut_options, shortcut_plan
+from cofre.training.shortcut import load_shortcut, sampling_precision
 
 
 @dataclass
@@ -79,9 +80,11 @@ def evaluate_shortcut(run: Path, shortcut: Path, settings: ShortcutEvalSettings,
                       console: Console | None = None) -> ShortcutEvalSummary:
     """Vanilla N, vanilla B and shortcut N/B on one base run; JSON summary and PNG in `report_dir`."""
     console = console or Console()
-    full_steps(settings.steps, settings.full_steps)  # a bad (N, B) fails before anything loads
+    check_shortcut_options(str(shortcut), settings.steps, settings.full_steps, None)  # before anything loads
     if settings.full_steps == settings.steps:
         raise CofreError("--full-steps equals --steps: the shortcut would never run; give B < N")
+    if settings.judge is not None and not settings.judge.strip():
+        raise CofreError("--judge is empty; leave it out for the modality's default")
     # every row at the precision S's trajectories were collected at ('auto' follows it), recorded in the settings
     settings = dataclasses.replace(settings, precision=sampling_precision(settings.precision,
                                                                           resolve_device(settings.device), str(shortcut)))
@@ -90,17 +93,24 @@ def evaluate_shortcut(run: Path, shortcut: Path, settings: ShortcutEvalSettings,
                  (f"vanilla N={settings.full_steps}", settings.full_steps, settings.full_steps, None),
                  (f"shortcut N={settings.steps}/B={settings.full_steps}", settings.steps, settings.full_steps, shortcut)]
     image = ckpt.recipe.model.modality == "image"
-    _, trained = read_shortcut_recipe(shortcut)  # a wrong shortcut run fails before anything is sampled
-    judge = None
+    # a shortcut of another base, or a judge that does not load, fails before anything is sampled
+    trained = load_shortcut(shortcut, ckpt.model, ckpt.identity["sha256"])[1]
+    judge = extractor = None
     if not image:
         from cofre.evaluation.judge import load_judge
 
         judge = load_judge(settings.judge or "gpt2-large", ckpt.device)
+    elif settings.judge:
+        from cofre.data.packing import cache_root
+        from cofre.evaluation.fid import resolve_extractor
+
+        extractor = resolve_extractor(settings.judge, cache_root(ckpt.recipe.data) / "fidelity", None,
+                                      ckpt.recipe.data.image_size)
     rows = []
     for label, steps, full, path in rows_spec:
         console.print(f"[bold]{label}[/]: sampling {settings.num_samples}")
         if image:  # guided as the trajectories S learned from were
-            rows.append(_image_row(ckpt, label, steps, full, path, settings, report_dir, trained.collect.cfg))
+            rows.append(_image_row(ckpt, label, steps, full, path, settings, report_dir, trained.collect.cfg, extractor))
         else:
             rows.append(_text_row(ckpt, label, steps, full, path, settings, judge))
     if not image:
@@ -154,7 +164,7 @@ def _text_row(ckpt: LoadedCheckpoint, label: str, steps: int, full: int, path: P
 
 
 def _image_row(ckpt: LoadedCheckpoint, label: str, steps: int, full: int, path: Path | None,
-               settings: ShortcutEvalSettings, report_dir: Path, cfg: float) -> ShortcutRow:
+               settings: ShortcutEvalSettings, report_dir: Path, cfg: float, extractor: Extractor | None) -> ShortcutRow:
     from cofre.data.image_tokenizers import load_tokenizer
     from cofre.sampling.generate_images import ImageSampleSettings, build_image_sampler, sample_images
 
@@ -178,18 +188,18 @@ def _image_row(ckpt: LoadedCheckpoint, label: str, steps: int, full: int, path: 
     return ShortcutRow(label=label, steps=steps, full_steps=full, full_blocks=full_blocks,
                        shortcut_blocks=shortcut_blocks, total_blocks=full_blocks + shortcut_blocks,
                        latency=dataclasses.asdict(latency),
-                       quality={"fid": _fid(ckpt, out, settings, cfg, steps) if settings.judge else None,
+                       quality={"fid": _fid(ckpt, out, settings, cfg, steps, extractor) if extractor else None,
                                 "grid": result.grid}, samples=result.out)
 
 
-def _fid(ckpt: LoadedCheckpoint, out: Path, settings: ShortcutEvalSettings, cfg: float, steps: int) -> dict[str, Any]:
+def _fid(ckpt: LoadedCheckpoint, out: Path, settings: ShortcutEvalSettings, cfg: float, steps: int,
+         extractor: Extractor) -> dict[str, Any]:
     """FID of a row's PNGs against held-out images, with how it was computed (cofre.evaluation.fid)."""
     from cofre.data.packing import cache_root
-    from cofre.evaluation.fid import RGBImages, fidelity_metrics, read_png_folder, reference_images, resolve_extractor
+    from cofre.evaluation.fid import RGBImages, fidelity_metrics, read_png_folder, reference_images
 
     data = ckpt.recipe.data
     cache = cache_root(data) / "fidelity"
-    extractor = resolve_extractor(str(settings.judge), cache, None, data.image_size)
     reference = reference_images(data, settings.reference_split, settings.reference_images, extractor)
     images = read_png_folder(out)
     scores = fidelity_metrics(RGBImages(images), reference.images, extractor, ["fid"], cache, reference.cache_name,

@@ -21,7 +21,7 @@ from cofre.errors import CofreError
 from cofre.evaluation.checkpoints import checkpoint_step
 from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
 from cofre.evaluation.plotting import pyplot, save_figure
-from cofre.runs import atomic_write_text
+from cofre.runs import atomic_write_text, of_type, read_json_file
 from cofre.training.checkpoint import CONFIG_FILE, checkpoint_recipe
 
 PAPER_INCREASE = 0.15  # App. F.7: the first checkpoint whose val PPL exceeds the pre-L_CONS value by 15%
@@ -61,10 +61,16 @@ def read_stage(run: Path) -> tuple[dict[str, Any], float]:
     if not result_file.is_file():
         raise CofreError(f"{run} has no train_result.json; give a consistency stage's run directory "
                          "(cofre consistency writes it)")
-    result = json.loads(result_file.read_text())
+    remedy = "train the stage again (cofre consistency) or restore the file"
+    result = read_json_file(result_file, "training summary", remedy, {"validations": list})
+    if not all(isinstance(v, dict) and of_type(v.get("step"), int) and of_type(v.get("val_ppl"), (int, float))
+               for v in result["validations"]):
+        raise CofreError(f"{result_file}: its validations are not records of step and val_ppl; {remedy}")
     if result.get("pre_consistency_ppl") is None:
         raise CofreError(f"{run} is not a consistency stage: its train_result.json records no pre-consistency "
                          "validation perplexity")
+    if not of_type(result["pre_consistency_ppl"], (int, float)):
+        raise CofreError(f"{result_file}: its pre_consistency_ppl is not a number; {remedy}")
     increase = checkpoint_recipe(run).consistency.select_ppl_increase
     return result, increase if increase > 0 else PAPER_INCREASE
 

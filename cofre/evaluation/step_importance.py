@@ -27,7 +27,7 @@ from torch import Tensor
 from cofre.errors import CofreError
 from cofre.evaluation.lagged_kl import LogProbs
 from cofre.evaluation.plotting import pyplot, save_figure
-from cofre.runs import atomic_write_text
+from cofre.runs import atomic_write_text, of_type, read_json_file
 from cofre.sampling.model_schedule import HEAVY, LIGHT, Segment, schedule_text
 
 
@@ -138,10 +138,15 @@ def stored_points(path: Path, settings: dict[str, Any]) -> dict[float, Importanc
     """Points an interrupted or earlier run with identical settings and weights already wrote, by t."""
     if not path.is_file():
         return {}
-    record = json.loads(path.read_text())
-    if record.get("settings") != settings:
+    remedy = "remove it to compute every point again"
+    record = read_json_file(path, "step-importance file", remedy, {"settings": dict, "points": list})
+    if record["settings"] != settings:
         return {}
-    return {p["t"]: ImportancePoint(**p) for p in record.get("points", [])}
+    names = {f.name: f.type for f in dataclasses.fields(ImportancePoint)}
+    if not all(isinstance(p, dict) and set(p) == set(names) and all(of_type(v, (int, float)) for v in p.values())
+               for p in record["points"]):
+        raise CofreError(f"{path}: its points are not records of {', '.join(names)}; {remedy}")
+    return {p["t"]: ImportancePoint(**p) for p in record["points"]}
 
 
 def analyse(heavy: LogProbs, light: LogProbs, batches: list[Tensor], times: list[float], mask_id: int,

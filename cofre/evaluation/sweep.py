@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +22,20 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cofre.checks import MAX_BUDGET, MAX_COUNT, check_range
-from cofre.config import ModelConfig
+from cofre.checks import MAX_BUDGET, check_range
+from cofre.config import MAX_ITERS, ModelConfig
 from cofre.errors import CofreError
 from cofre.evaluation.evaluate import EvalSettings, JudgedSampling, check_settings, score_cell
+from cofre.evaluation.judge import check_judge
 from cofre.precision import resolve_device, resolve_precision
-from cofre.runs import atomic_write_text, code_version
+from cofre.runs import CELL_REMEDY, atomic_write_text, code_version, read_json_file
 from cofre.sampling.budget import SCHEDULES, plan_budget
 from cofre.sampling.generate import SampleSettings, open_checkpoint, sample_checkpoint, sample_tag
 from cofre.sampling.reuse import REUSE_POLICIES
 
 SWEEP_KINDS = ("allocation", "schedules", "gamma")
 SWEEP_METRICS = ["genppl", "entropy"]
+MAX_CELLS = 10_000  # cells of one sweep: a typo in a list should not plan years of sampling
 Range = tuple[float, float]
 
 
@@ -110,8 +113,10 @@ def check_sweep(settings: SweepSettings) -> None:
             raise CofreError("the steps x iterations sweep needs both --steps and --iters")
         if settings.budgets:
             raise CofreError("--budget does not apply to --steps/--iters: each cell's budget is steps x its block cost")
-        for value in settings.steps + settings.iters:
-            check_range("--steps and --iters values", value, 1, MAX_COUNT)
+        for value in settings.steps:
+            check_range("--steps values", value, 1, MAX_BUDGET)  # a step costs at least one block
+        for value in settings.iters:
+            check_range("--iters values", value, 1, MAX_ITERS)
     else:
         if not settings.budgets:
             raise CofreError("give at least one --budget")
@@ -128,6 +133,10 @@ def check_sweep(settings: SweepSettings) -> None:
             raise CofreError("the 3SR coefficient sweep needs both --gamma-mask and --gamma-changed")
         if settings.reuse != ["3sr"]:
             raise CofreError("--gamma-mask/--gamma-changed sweep 3SR's coefficients: --reuse must be 3sr")
+    lists = {"allocation": (settings.reuse, settings.steps, settings.iters),
+             "schedules": (settings.reuse, settings.budgets, settings.schedules),
+             "gamma": (settings.gamma_mask, settings.gamma_changed, settings.budgets)}[settings.kind]
+    check_range("the sweep's cells (the product of its lists' lengths)", math.prod(map(len, lists)), 1, MAX_CELLS)
 
 
 def eval_settings(settings: SweepSettings) -> EvalSettings:
@@ -148,6 +157,7 @@ def grid(settings: SweepSettings, model: ModelConfig, precision: str) -> list[tu
             for steps in settings.steps:
                 for iters in settings.iters:
                     budget = steps * (model.K_pre + iters * model.K_fp + model.K_post)
+                    check_range(f"--steps {steps} x --iters {iters}: the blocks per sample", budget, 1, MAX_BUDGET)
                     cells.append(({"reuse": reuse, "steps": steps, "iters": iters},
                                   SampleSettings(budget=budget, steps=steps, schedule="fixed", reuse=reuse, **common)))
     elif settings.kind == "schedules":  # the default step rule depends on the budget only: schedules share steps
@@ -173,11 +183,12 @@ def stored_scores(path: Path, sample_settings: SampleSettings, sha256: str, sett
     """A cell's scores from an earlier sweep or `cofre evaluate`, when settings, weights, judge and mode all match."""
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
-    metrics = record.get("metrics", {})
+    record = read_json_file(path, "cell record", CELL_REMEDY, {"metrics": dict, "checkpoint": dict})
+    metrics = record["metrics"]
     same = (record.get("sample_settings") == dataclasses.asdict(sample_settings)
             and record.get("checkpoint", {}).get("sha256") == sha256 and record.get("judge") == settings.judge
-            and all(m in metrics for m in SWEEP_METRICS) and metrics["genppl"].get("mode") == settings.genppl_mode)
+            and all(isinstance(metrics.get(m), dict) for m in SWEEP_METRICS)
+            and metrics["genppl"].get("mode") == settings.genppl_mode)
     return metrics if same else None
 
 
@@ -192,6 +203,7 @@ def run_sweep(run: Path, settings: SweepSettings, report_dir: Path, console: Con
         raise CofreError(f"{run} is a plain model: sweeps over iterations, schedules and reuse need a fixed-point model")
     precision = resolve_precision(settings.precision, ckpt.device)
     planned = grid(settings, ckpt.model.cfg, precision)
+    check_judge(settings.judge)  # resolved before any cell is drawn, though loaded only when one needs scoring
     scoring = eval_settings(settings)
     code = code_version()
     judge = None

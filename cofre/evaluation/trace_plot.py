@@ -7,13 +7,14 @@ token transition type (Fig. 3). Batches are averaged step by step.
 
 from __future__ import annotations
 
-import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cofre.errors import CofreError
+from cofre.runs import of_type, read_jsonl_file
 from cofre.evaluation.plotting import pyplot, save_figure
 from cofre.sampling.reuse import TRANSITION_NAMES
 
@@ -34,11 +35,20 @@ class TraceStats:
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The rows of a trace file, each checked: a step and batch number, residuals and solution shifts as numbers."""
     if not path.is_file():
         raise CofreError(f"{path} is not a trace file (write one with `cofre sample RUN --trace FILE`)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    remedy = "draw it again with `cofre sample RUN --trace FILE`"
+    rows = read_jsonl_file(path, "trace file", remedy)
     if not rows or "residuals" not in rows[0]:
         raise CofreError(f"{path} holds no trace rows (write one with `cofre sample RUN --trace FILE`)")
+    for number, row in enumerate(rows, 1):
+        shift = row.get("solution_shift")
+        if not (of_type(row.get("step"), int) and of_type(row.get("batch"), int)
+                and isinstance(row.get("residuals"), list) and all(of_type(r, (int, float)) for r in row["residuals"])
+                and isinstance(shift, dict) and all(of_type(v, (int, float)) for v in shift.values())):
+            raise CofreError(f"{path}: row {number} is not a trace row (step, batch, residuals and solution_shift as "
+                             f"numbers); {remedy}")
     if not any(r["residuals"] for r in rows):
         raise CofreError(f"{path} has no residuals: it traces a plain model, which has no fixed-point solve")
     return rows
@@ -66,6 +76,16 @@ def trace_stats(rows: list[dict[str, Any]], label: str, path: str) -> TraceStats
         median_initial_after_first=statistics.median(r["residuals"][0] for r in later) if later else float("nan"),
         batches=len({r["batch"] for r in rows}),
     )
+
+
+def closer_than(base: TraceStats, other: TraceStats) -> str:
+    """How much closer to its fixed point `other`'s solves start than `base`'s (App. F.12's median initial residual,
+    first step excluded); a residual of 0 (a warm start already at the fixed point) is said as such, not divided by."""
+    a, b = base.median_initial_after_first, other.median_initial_after_first
+    how = "(median initial residual, first step excluded)"
+    if b == 0 or a == 0 or not (math.isfinite(a) and math.isfinite(b)):
+        return f"{other.label} starts at median initial residual {b:.4g}, {base.label} at {a:.4g} {how}"
+    return f"{other.label} starts {a / b:.3g}x closer to its fixed point than {base.label} {how}"
 
 
 def plot_transition_shift(stats: list[TraceStats], path: Path) -> None:

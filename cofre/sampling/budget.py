@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cofre.checks import MAX_BUDGET
 from cofre.config import ModelConfig
 from cofre.errors import CofreError
 
@@ -74,8 +75,8 @@ def default_steps(cfg: ModelConfig, budget: int, mean_iters: int = DEFAULT_MEAN_
 
 def plan_budget(cfg: ModelConfig, budget: int, steps: int | None, schedule: str) -> BudgetPlan:
     """Split `budget` block evaluations exactly, or say which budgets can be met."""
-    if budget < 1:
-        raise CofreError(f"--budget must be positive, got {budget}")
+    if not 1 <= budget <= MAX_BUDGET:  # steps and per-step lists are built from it
+        raise CofreError(f"--budget must be in 1..{MAX_BUDGET}, got {budget}")
     if not cfg.is_fixed_point:
         depth = cfg.K_pre + cfg.K_post
         if budget % depth:

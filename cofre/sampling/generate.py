@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_SEED, check_range
+from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_SEED, check_memory, check_range
 from cofre.data.tokenizer import text_tokenizer
 from cofre.errors import CofreError
 from cofre.sampling.budget import BudgetPlan, plan_budget
@@ -27,10 +27,10 @@ from cofre.sampling.model_schedule import (
 )
 from cofre.sampling.reuse import ReuseConfig
 from cofre.sampling.shortcut import check_shortcut_options, shortcut_cost
-from cofre.config import Recipe
+from cofre.config import ModelConfig, Recipe
 from cofre.models import Denoiser
 from cofre.precision import resolve_device, resolve_precision
-from cofre.runs import code_version
+from cofre.runs import code_version, read_jsonl_file
 from cofre.training.checkpoint import EMA_FILE, MODEL_FILE, load_model, load_train_state, resolve_checkpoint, run_root
 from cofre.training.shortcut import sampling_precision
 
@@ -172,6 +172,17 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
     check_range("--length", settings.length, 1, max_len)  # max_len: the model's max_seq_len
 
 
+def check_sampling_memory(model: ModelConfig, positions: int, batch_size: int, num_samples: int, device: torch.device,
+                          kept_per_sample: int, passes: int = 1) -> None:
+    """Lower bounds, checked before anything is drawn: a batch's logits over the vocabulary and hidden states of
+    `passes` network passes (2 with guidance) on `device`, and the `kept_per_sample` bytes each sample's result
+    holds in this machine's memory until the samples are written."""
+    batch = min(batch_size, num_samples)
+    check_memory("--batch-size", batch * passes * positions * 4 * (model.vocab_size + 8 * model.hidden),
+                 f"a batch of {batch} samples of {positions} positions (logits over {model.vocab_size} tokens)", device)
+    check_memory("--num-samples", num_samples * kept_per_sample, f"holding {num_samples} samples until they are written")
+
+
 def scheduled_plan(ckpt: LoadedCheckpoint, light: LoadedCheckpoint | None, settings: SampleSettings) -> BudgetPlan:
     """A model schedule's plan: the light model matched against the heavy one, the schedule parsed against --steps,
     FP models' iterations split by --schedule, the budget derived (and checked against --budget when given)."""
@@ -206,6 +217,9 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
         raise CofreError(f"{ckpt.folder} is an image model; the text sampler needs a text (MDLM) checkpoint "
                          "(`cofre sample` on an image run draws images)")
     validate_settings(settings, recipe.model.max_seq_len)
+    length = settings.length or recipe.data.seq_len
+    check_sampling_memory(recipe.model, length, settings.batch_size, settings.num_samples, ckpt.device,
+                          kept_per_sample=2048 + 100 * length)  # a record: ids, text, settings (Python objects)
     hook = None
     if settings.model_schedule is not None or light is not None:
         plan = scheduled_plan(ckpt, light, settings)
@@ -227,7 +241,7 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl_file(path, "samples file", "remove it to sample again")
 
 
 def _result(out: Path, records: list[dict[str, Any]], settings: SampleSettings, sampler: MDLMSampler,
@@ -276,8 +290,8 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     out = out or ckpt.run_root / "samples" / f"{sample_tag(settings, identity, shortcut_sha256)}.jsonl"
     if out.exists() and if_exists == "reuse":
         records = read_samples(out)
-        if all(r["settings"] == dataclasses.asdict(settings) and _weights(r["checkpoint"]) == _weights(identity)
-               and r.get("shortcut", {}).get("sha256") == shortcut_sha256
+        if all(r.get("settings") == dataclasses.asdict(settings) and _weights(r.get("checkpoint")) == _weights(identity)
+               and (r.get("shortcut") or {}).get("sha256") == shortcut_sha256 and _complete(r)
                for r in records) and len(records) == settings.num_samples:
             return _result(out, records, settings, sampler, [], sum(r["batch_wall_time_s"] for r in records[:: settings.batch_size]), identity)
         raise CofreError(f"{out} holds samples with other settings or weights; remove it to sample again")
@@ -321,9 +335,18 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     return _result(out, records, settings, sampler, traces, wall, identity)
 
 
-def _weights(identity: dict[str, Any]) -> tuple[str, str | None]:
+def _weights(identity: Any) -> tuple[str, str | None] | None:
     """The weights that decide what is drawn: the checkpoint's, and a model schedule's light model's."""
-    return identity["sha256"], identity.get("light", {}).get("sha256")
+    if not isinstance(identity, dict) or not isinstance(identity.get("light", {}), dict):
+        return None
+    return identity.get("sha256"), identity.get("light", {}).get("sha256")
+
+
+def _complete(record: dict[str, Any]) -> bool:
+    """A sample record read back holds what a result is made of."""
+    return (isinstance(record.get("ids"), list) and isinstance(record.get("text"), str)
+            and isinstance(record.get("blocks_spent"), int) and isinstance(record.get("blocks_per_step"), list)
+            and isinstance(record.get("batch_wall_time_s"), (int, float)))
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ from cofre.errors import CofreError
 from cofre.precision import resolve_precision
 from cofre.runs import atomic_write_text
 from cofre.sampling.budget import plan_budget
-from cofre.sampling.generate import LoadedCheckpoint, mean_cost
+from cofre.sampling.generate import LoadedCheckpoint, check_sampling_memory, mean_cost
 from cofre.sampling.maskgit import CFG_SCHEDULES, ORDERS, ImageSamplerConfig, MaskGITSampler, reveal_counts
 from cofre.sampling.reuse import ReuseConfig
 from cofre.sampling.shortcut import check_shortcut_options, shortcut_cost
@@ -140,6 +140,9 @@ def build_image_sampler(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, g
     check_image_checkpoint(ckpt)
     validate_image_settings(settings)
     model_cfg = ckpt.recipe.model
+    cells, size = grid[0] * grid[1], ckpt.recipe.data.image_size
+    check_sampling_memory(model_cfg, cells + model_cfg.registers, settings.batch_size, settings.num_samples,
+                          ckpt.device, kept_per_sample=4 * size * size + 100 * cells, passes=2 if settings.cfg > 0 else 1)
     hook = None
     if settings.shortcut is not None and settings.steps is not None and settings.full_steps is not None:
         from cofre.training.shortcut import shortcut_steps

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from cofre.checks import MAX_BUDGET, check_range
 from cofre.config import Recipe
 from cofre.errors import CofreError
 from cofre.flops import FlopCounts
@@ -55,6 +56,8 @@ def parse_model_schedule(text: str, steps: int | None = None) -> list[Segment]:
                              f"'{letter}', e.g. {letter}125 or {letter}0.125") from None
         if not value > 0 or math.isinf(value):
             raise CofreError(f"--model-schedule segment '{part}' must cover a positive number of steps")
+        if value > MAX_BUDGET:  # a step costs at least one block: checked before any list of steps is built
+            raise CofreError(f"--model-schedule segment '{part}' covers more than {MAX_BUDGET} steps")
         letters.append(letter)
         amounts.append((amount, value))
     fractions = ["." in a for a, _ in amounts]
@@ -78,6 +81,7 @@ def parse_model_schedule(text: str, steps: int | None = None) -> list[Segment]:
         if any(v != int(v) for _, v in amounts):
             raise CofreError(f"--model-schedule '{text}': step counts must be whole numbers")
         counts = [int(v) for _, v in amounts]
+        check_range(f"--model-schedule '{text}': its total steps", sum(counts), 1, MAX_BUDGET)
         if steps is not None and sum(counts) != steps:
             raise CofreError(f"--model-schedule '{text}' covers {sum(counts)} steps, not the {steps} of --steps")
     segments: list[Segment] = []
@@ -191,6 +195,9 @@ def plan_schedule(segments: list[Segment], heavy: Recipe, light: Recipe, schedul
     """The sampler's plan for a schedule: per step its model, iterations and blocks; the budget is their sum
     (`budget`, when given, must equal it). An FP model's N x eval_iters iterations over its N steps are split by the
     iteration `schedule`'s weights at those steps' places in the whole trajectory."""
+    per_step = {HEAVY: blocks_of_step(heavy), LIGHT: blocks_of_step(light)}
+    blocks_spent = sum(per_step[s.model] * s.steps for s in segments)
+    check_range(f"--model-schedule {schedule_text(segments)}: the blocks it spends per sample", blocks_spent, 1, MAX_BUDGET)
     models = step_models(segments)
     recipes = {HEAVY: heavy, LIGHT: light}
     weights = schedule_weights(schedule, len(models))
@@ -204,7 +211,6 @@ def plan_schedule(segments: list[Segment], heavy: Recipe, light: Recipe, schedul
     blocks = [recipes[m].model.K_pre + n * recipes[m].model.K_fp + recipes[m].model.K_post
               for m, n in zip(models, iterations)]
     if budget is not None and budget != sum(blocks):
-        per_step = {name: blocks_of_step(r) for name, r in recipes.items()}
         raise CofreError(f"--model-schedule {schedule_text(segments)} spends {sum(blocks)} blocks ({models.count(HEAVY)} "
                          f"heavy steps x {per_step[HEAVY]} + {models.count(LIGHT)} light x {per_step[LIGHT]}), "
                          f"not the --budget {budget}")

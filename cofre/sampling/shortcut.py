@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cofre.config import ModelConfig, _at_least, _rule
+from cofre.checks import MAX_BUDGET, check_range
+from cofre.config import MAX_HEADS, MAX_WIDTH, ModelConfig, _rule, _within
 from cofre.errors import CofreError
 from cofre.models import Denoiser
 from cofre.models.blocks import LayerNorm, Rotary, TimestepEmbedder, apply_rotary, modulate
@@ -36,6 +37,7 @@ def full_steps(steps: int, full: int) -> list[int]:
     """The B of N steps that run the full model: 0 and t_k = max(t_{k-1} + 1, round(N * (k / B))) for k = 1..B-1,
     the authors' expression to the float: k / B first, then Python's round (half to even) of the product, which
     decides the ties (N = 45, B = 10 gives 31, not 32). Every (N, B) gives B distinct steps in 0..N-1."""
+    check_range("--steps", steps, 1, MAX_BUDGET)  # before a list of B steps is built
     if not 1 <= full <= steps:
         raise CofreError(f"--full-steps must be between 1 and --steps ({steps}), got {full}")
     chosen = [0]
@@ -83,7 +85,9 @@ class ShortcutConfig:
         return round(self.hidden * self.width_ratio)
 
     def validate(self, where: str = "shortcut") -> None:
-        _at_least(where, self, 1, "hidden", "heads", "mlp_ratio", "frequency_dim")
+        _within(where, self, 1, MAX_WIDTH, "hidden", "frequency_dim")
+        _within(where, self, 1, MAX_HEADS, "heads")
+        _within(where, self, 1, 64, "mlp_ratio")
         _rule(0 < self.width_ratio <= 1, f"{where}.width_ratio must be in (0, 1], got {self.width_ratio}")
         _rule(self.width % self.heads == 0 and (self.width // self.heads) % 2 == 0,
               f"{where}: width {self.width} (hidden x width_ratio) must split into {self.heads} heads of even size")
@@ -296,5 +300,7 @@ def check_shortcut_options(shortcut: str | None, steps: int | None, full: int | 
         raise CofreError("--shortcut needs --steps N (all steps) and --full-steps B (those that run the full model)")
     if shortcut is None and budget is None:
         raise CofreError("--budget is required (or --shortcut RUN with --steps and --full-steps)")
+    check_range("--steps", steps, 1, MAX_BUDGET)
+    check_range("--budget", budget, 1, MAX_BUDGET)
     if steps is not None and full is not None:
         full_steps(steps, full)

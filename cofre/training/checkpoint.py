@@ -23,6 +23,7 @@ from torch import nn
 
 from cofre.config import Recipe, recipe_from_dict, recipe_to_dict
 from cofre.errors import CofreError, os_error_message
+from cofre.kinds import DENOISER, require_kind
 from cofre.models import Denoiser
 from cofre.runs import atomic_write_text
 
@@ -173,8 +174,11 @@ def load_weights_into(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(path: str | Path, ema: bool = True) -> tuple[Denoiser, Recipe]:
     """Build the denoiser from a checkpoint (or run) with one call: config.json + (EMA) safetensors."""
+    from cofre.summary import check_model_memory
+
     folder = resolve_checkpoint(path)
     recipe = checkpoint_recipe(folder)
+    check_model_memory(recipe.model)  # built in this machine's memory first
     model = Denoiser(recipe.model, recipe.solver.eval_iters)
     weights = folder / (EMA_FILE if ema and (folder / EMA_FILE).is_file() else MODEL_FILE)
     load_weights_into(model, weights)
@@ -194,15 +198,16 @@ def read_config(folder: Path) -> Any:
         return json.loads(config.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CofreError(f"{config}: not valid JSON ({err})") from None
+    except ValueError:  # an integer of more than 4300 digits
+        raise CofreError(f"{config}: holds a number too long to read; the checkpoint is damaged") from None
 
 
-def kind_config(path: str | Path, kind: str, what: str, hint: str = "") -> tuple[Path, dict[str, Any]]:
+def kind_config(path: str | Path, kind: str) -> tuple[Path, dict[str, Any]]:
     """The checkpoint folder a run or checkpoint path names and its config.json, which must say `kind: <kind>`
-    (VQ tokenizers, classifiers, shortcuts); otherwise '<path> is not <what> ...<hint>'."""
+    (VQ tokenizers, classifiers, shortcuts); a run of another kind is named as such."""
     folder = resolve_checkpoint(path)
     values = read_config(folder)
-    if not isinstance(values, dict) or values.get("kind") != kind:
-        raise CofreError(f"{path} is not {what} (its {CONFIG_FILE} has no 'kind: {kind}'){hint}")
+    require_kind(values, kind, path, "run")
     return folder, values
 
 
@@ -210,6 +215,7 @@ def checkpoint_recipe(path: str | Path) -> Recipe:
     """The recipe a checkpoint (or a run's latest checkpoint) was trained with."""
     folder = resolve_checkpoint(path)
     config, values = folder / CONFIG_FILE, read_config(folder)
+    require_kind(values, DENOISER, path, "run")  # a VQ, classifier or shortcut run is named, not read as a denoiser
     if isinstance(values, dict):  # written before these fields existed: what those checkpoints were built with
         for section, key, old in LEGACY_DEFAULTS:
             if isinstance(values.get(section), dict):

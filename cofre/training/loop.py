@@ -22,6 +22,7 @@ from cofre.errors import CofreError
 from cofre.evaluation.valppl import VAL_SEED, bound_totals, summarize_totals
 from cofre.models import Denoiser
 from cofre.runs import RunDir, TrainClock, flatten, time_before
+from cofre.summary import check_training_memory
 from cofre.tasks import Task, build_task
 from cofre.tasks.consistency import consistency_weight, correlated_pair
 from cofre.training.batches import BatchLayout, BlockOrder, batch_layout
@@ -140,6 +141,7 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=mixed_precision(recipe.trainer.precision),
                                        log_with=tracker(recipe.trainer.log_with), project_dir=str(self.run.path))
         acc = self.accelerator
+        check_training_memory(recipe, acc.device)  # before the corpus is read or anything is built
         self.layout = recipe_layout(recipe, acc.num_processes)
         self.accum = self.layout.accumulation
         resuming = self.run.check(recipe)

@@ -28,16 +28,19 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
-from cofre.config import ModelConfig, OptimConfig, _at_least, _rule, apply_overrides, config_from_dict, read_yaml, recipe_to_dict
+from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_RECIPE_SEED, check_memory, check_name
+from cofre.config import (ModelConfig, OptimConfig, _in_range, _rule, _within, apply_overrides, config_from_dict, read_yaml,
+                          recipe_to_dict)
 from cofre.errors import CofreError
+from cofre.kinds import require_kind
 from cofre.models import Denoiser
 from cofre.precision import PRECISIONS, resolve_device, resolve_precision
 from cofre.runs import RunDir, TrainClock, atomic_write_text, time_before
 from cofre.sampling.budget import BudgetPlan
 from cofre.sampling.shortcut import (FEATURES, Shortcut, ShortcutConfig, ShortcutSteps, TrajectoryRecorder, full_steps,
                                      parameter_fraction, predict_features, shortcut_plan)
-from cofre.training.checkpoint import (EMA_FILE, MODEL_FILE, kind_config, load_train_state, load_weights_into,
-                                       publish_checkpoint, resolve_checkpoint, run_root, staging_dir,
+from cofre.training.checkpoint import (EMA_FILE, MODEL_FILE, STATE_DIR, kind_config, load_train_state,
+                                       load_weights_into, publish_checkpoint, resolve_checkpoint, run_root, staging_dir,
                                        write_checkpoint_files)
 from cofre.training.ema import EMA
 from cofre.training.optim import build_optimizer, build_scheduler, optimizer_step
@@ -59,9 +62,10 @@ class CollectConfig:
     seed: int = 1
 
     def validate(self, where: str = "collect") -> None:
-        _at_least(where, self, 1, "batch_size", "refresh_every", "val_trajectories", "steps")
-        _at_least(where, self, 0, "cfg", "seed")
-        _rule(self.steps >= 2, f"{where}.steps must be >= 2 (a pair needs two steps), got {self.steps}")
+        _within(where, self, 1, MAX_COUNT, "batch_size", "refresh_every", "val_trajectories")
+        _within(where, self, 2, MAX_BUDGET, "steps")  # a pair needs two steps
+        _within(where, self, 0, MAX_RECIPE_SEED, "seed")
+        _in_range(where, self, "cfg", 0.0, 100.0)
         _rule(self.precision in PRECISIONS, f"{where}.precision must be one of {', '.join(PRECISIONS)}, "
                                             f"got '{self.precision}'")
 
@@ -79,8 +83,9 @@ class ShortcutTrainerConfig:
     keep_last: int = 2
 
     def validate(self, where: str = "trainer") -> None:
-        _at_least(where, self, 1, "max_steps", "batch_size", "log_every", "val_every", "val_pairs", "ckpt_every")
-        _at_least(where, self, 0, "seed", "keep_last")
+        _within(where, self, 1, MAX_COUNT, "max_steps", "batch_size", "log_every", "val_every", "val_pairs", "ckpt_every")
+        _within(where, self, 0, MAX_COUNT, "keep_last")
+        _within(where, self, 0, MAX_RECIPE_SEED, "seed")
         _rule(0 <= self.ema < 1, f"{where}.ema must be in [0, 1), got {self.ema}")
 
 
@@ -98,10 +103,11 @@ class ShortcutRecipe:
     trainer: ShortcutTrainerConfig = field(default_factory=ShortcutTrainerConfig)
 
     def validate(self) -> None:
-        _rule(self.name.strip() not in ("", ".", "..") and "/" not in self.name,
-              f"name must be a non-empty file name (no '/'), got {self.name!r}")
+        check_name("name", self.name)
         for name in ("shortcut", "collect", "optim", "trainer"):
             getattr(self, name).validate(name)
+        _rule(self.shortcut.modality == "image" or self.collect.cfg == 0,
+              f"collect.cfg {self.collect.cfg:g}: guidance is for image bases; this base is a text model (use 0)")
 
 
 def shortcut_recipe(base: Path, stage: Path | None, overrides: list[str]) -> ShortcutRecipe:
@@ -118,14 +124,14 @@ def shortcut_recipe(base: Path, stage: Path | None, overrides: list[str]) -> Sho
 def shortcut_values(model: ModelConfig, base_run: str, base_sha256: str, stage: Path | None,
                     overrides: list[str]) -> ShortcutRecipe:
     """The stage recipe and overrides over a base model: its checkpoint, weights' sha256, width and modality set."""
-    values = read_yaml(stage) if stage is not None else {}
-    if values.get("kind", SHORTCUT_KIND) != SHORTCUT_KIND:
-        raise CofreError(f"{stage}: not a shortcut recipe (kind: {values.get('kind')})")
+    values = read_yaml(stage) if stage is not None else {"kind": SHORTCUT_KIND}
+    require_kind(values, SHORTCUT_KIND, stage, "recipe")
     values = apply_overrides(values, overrides)
     values["name"] = values.get("name") or (stage.stem if stage is not None else f"{run_root(Path(base_run)).name}-shortcut")
     values["base_run"] = base_run
     values["base_sha256"] = base_sha256
-    values["shortcut"] = {**values.get("shortcut", {}), "hidden": model.hidden, "modality": model.modality}
+    part = values.get("shortcut", {})  # not a mapping: refused below, naming the field
+    values["shortcut"] = {**part, "hidden": model.hidden, "modality": model.modality} if isinstance(part, dict) else part
     try:
         recipe = config_from_dict(ShortcutRecipe, values)
         recipe.validate()
@@ -149,15 +155,23 @@ def _collect_settings(recipe: ShortcutRecipe, budget: int) -> Any:
                           precision=c.precision)
 
 
-def _base_sampler(ckpt: Any, recipe: ShortcutRecipe, budget: int, recorder: TrajectoryRecorder) -> tuple[Any, Any, int]:
-    """The base run's sampler at the collection settings, how it draws its labels (images) and the sequence length."""
+def _grid(ckpt: Any) -> tuple[int, int]:
+    """The token grid of an image base (its tokenizer's), or (1, the sequence length) of a text base."""
+    data = ckpt.recipe.data
+    if ckpt.recipe.model.modality == "text":
+        return 1, data.seq_len
+    from cofre.data.image_tokenizers import load_tokenizer
+
+    return load_tokenizer(data.tokenizer, ckpt.device, image_size=data.image_size).grid
+
+
+def _base_sampler(ckpt: Any, recipe: ShortcutRecipe, budget: int, recorder: TrajectoryRecorder,
+                  grid: tuple[int, int]) -> tuple[Any, Any]:
+    """The base run's sampler at the collection settings, and how it draws its labels (images)."""
     settings = _collect_settings(recipe, budget)
     if recipe.shortcut.modality == "image":
-        from cofre.data.image_tokenizers import load_tokenizer
         from cofre.sampling.generate_images import build_image_sampler
 
-        data = ckpt.recipe.data
-        grid = load_tokenizer(data.tokenizer, ckpt.device, image_size=data.image_size).grid
         sampler = build_image_sampler(ckpt, settings, grid)
         sampler.hook = recorder
         classes = ckpt.recipe.model.num_classes
@@ -165,12 +179,12 @@ def _base_sampler(ckpt: Any, recipe: ShortcutRecipe, budget: int, recorder: Traj
         def labels_of(size: int, generator: torch.Generator) -> Tensor:
             return torch.randint(0, classes, (size,), generator=generator, device=ckpt.device)
 
-        return sampler, labels_of, grid[0] * grid[1]
+        return sampler, labels_of
     from cofre.sampling.generate import build_sampler
 
     sampler = build_sampler(ckpt, settings)
     sampler.hook = recorder
-    return sampler, None, sampler.cfg.length
+    return sampler, None
 
 
 class TrajectoryPool:
@@ -205,7 +219,14 @@ class TrajectorySource:
         self.collect, self.device, self.mask_id = c, ckpt.device, ckpt.model.cfg.mask_id
         budget = shortcut_plan(ckpt.recipe.model, c.steps, c.steps, None, "decreasing").budget  # all N steps full
         self.recorder = TrajectoryRecorder()
-        self.sampler, self.labels_of, self.length = _base_sampler(ckpt, recipe, budget, self.recorder)
+        grid = _grid(ckpt)
+        self.length = grid[0] * grid[1]
+        rows = (c.batch_size + c.val_trajectories) * (2 if c.cfg > 0 else 1)  # a pool and the held-out set at once
+        check_memory("collect.batch_size and collect.val_trajectories",  # before the sampler checks its batches
+                     rows * c.steps * self.length * (2 * ckpt.model.cfg.hidden + 8),
+                     f"{rows} trajectories of {c.steps} steps x {self.length} positions (fp16 features, tokens)",
+                     ckpt.device)
+        self.sampler, self.labels_of = _base_sampler(ckpt, recipe, budget, self.recorder, grid)
 
     def _draw(self, size: int, seed: int) -> tuple[Tensor, Tensor]:
         generator = torch.Generator(self.device).manual_seed(seed)
@@ -272,24 +293,29 @@ class ShortcutTrainResult:
 def _check_run(run: RunDir, recipe: ShortcutRecipe) -> bool:
     """May `recipe` run in `run`? True when it resumes the shortcut run already there."""
     old = read_yaml(run.recipe_path) if run.exists() else None
-    if old is not None and old.get("kind") != SHORTCUT_KIND:
-        raise CofreError(f"run directory {run.path} holds a run that is not a shortcut; choose another --run-dir")
+    if old is not None:
+        require_kind(old, SHORTCUT_KIND, f"run directory {run.path}", "run")
     return run.check_values(old, recipe_to_dict(recipe), RESUMABLE)
 
 
 def train_shortcut(recipe: ShortcutRecipe, run_dir: Path, console: Console | None = None) -> ShortcutTrainResult:
-    """Train S to `trainer.max_steps` (or resume) on trajectories the base sampler draws meanwhile."""
+    """Train S to `trainer.max_steps` (or resume) on trajectories the base sampler draws meanwhile. Every file the
+    run needs (the base weights, the checkpoint it resumes from, its metrics) is read and checked before the run
+    directory is written; a new run's directory is created only then."""
     console = console or Console()
     run = RunDir(run_dir)
     new = not _check_run(run, recipe)
-    run.lock()
+    if not new:
+        run.lock()  # a second writer of an existing run is refused before it reads anything
     try:
+        start = _Start.read(run, recipe)
+        kept = run.read_metrics()
+        run.lock()
         if new and run.exists():
             raise CofreError(f"another process started a run in {run.path} while this one was starting; rerun to resume it")
-        kept = run.read_metrics()
         atomic_write_text(run.recipe_path, _dump(recipe))
         run.clean_temporary_files()
-        return _fit(run, recipe, kept, console)
+        return _fit(run, recipe, start, kept, console)
     finally:
         run.unlock()
 
@@ -306,31 +332,64 @@ def _picks(size: int, step: int, t: ShortcutTrainerConfig) -> list[int]:
     return torch.randint(size, (t.batch_size,), generator=torch.Generator().manual_seed(t.seed * 1_000_003 + step)).tolist()
 
 
-def _fit(run: RunDir, recipe: ShortcutRecipe, kept: list[dict[str, Any]], console: Console) -> ShortcutTrainResult:
-    from cofre.sampling.generate import open_checkpoint
+@dataclass
+class _Start:
+    """Everything a call trains with, read and checked before the run directory is written: the base sampler, S, its
+    optimiser, schedule and EMA, restored from the latest checkpoint when the run resumes."""
 
+    base: Any  # the base run's LoadedCheckpoint
+    source: TrajectorySource
+    model: Shortcut
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: EMA
+    latest: Path | None
+    step: int
+    resumed: dict[str, Any]  # the checkpoint's progress record
+
+    @classmethod
+    def read(cls, run: RunDir, recipe: ShortcutRecipe) -> _Start:
+        from cofre.sampling.generate import open_checkpoint
+
+        t = recipe.trainer
+        ckpt = open_checkpoint(recipe.base_run, ema=True, device="auto")
+        if ckpt.identity["sha256"] != recipe.base_sha256:
+            raise CofreError(f"the weights of {recipe.base_run} changed since this shortcut run started; start a new run")
+        ckpt.model.requires_grad_(False)
+        source = TrajectorySource(ckpt, recipe)
+        torch.manual_seed(t.seed)
+        model = Shortcut(recipe.shortcut).to(ckpt.device)
+        optimizer = build_optimizer(model, recipe.optim)
+        scheduler = build_scheduler(optimizer, recipe.optim, t.max_steps)
+        ema = EMA(model, t.ema)
+        start = cls(ckpt, source, model, optimizer, scheduler, ema, run.latest_checkpoint(), 0, {})
+        if start.latest is not None:
+            start.restore(start.latest)
+        return start
+
+    def restore(self, latest: Path) -> None:
+        """S's weights and the train state of the checkpoint the run resumes from; one that does not fit is named."""
+        load_weights_into(self.model, latest / MODEL_FILE)
+        states = {name: load_train_state(latest, name) for name in ("optimizer", "scheduler", "ema", "progress")}
+        try:
+            self.optimizer.load_state_dict(states["optimizer"])
+            self.scheduler.load_state_dict(states["scheduler"])
+            self.ema.load(states["ema"]["shadow"])
+            self.ema.num_updates = int(states["ema"]["num_updates"])
+            self.resumed, self.step = states["progress"], int(states["progress"]["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CofreError(f"{latest / STATE_DIR}: the train state does not fit this shortcut run "
+                             f"({' '.join(str(err).split())[:150]}); point checkpoints/latest at an earlier "
+                             "checkpoint or start a new run") from None
+
+
+def _fit(run: RunDir, recipe: ShortcutRecipe, ready: _Start, kept: list[dict[str, Any]],
+         console: Console) -> ShortcutTrainResult:
     t, c = recipe.trainer, recipe.collect
-    ckpt = open_checkpoint(recipe.base_run, ema=True, device="auto")
-    if ckpt.identity["sha256"] != recipe.base_sha256:
-        raise CofreError(f"the weights of {recipe.base_run} changed since this shortcut run started; start a new run")
-    base, device, mask_id = ckpt.model.requires_grad_(False), ckpt.device, ckpt.model.cfg.mask_id
-    source = TrajectorySource(ckpt, recipe)
-    torch.manual_seed(t.seed)
-    model = Shortcut(recipe.shortcut).to(device)
-    optimizer = build_optimizer(model, recipe.optim)
-    scheduler = build_scheduler(optimizer, recipe.optim, t.max_steps)
-    ema = EMA(model, t.ema)
-    step, latest = 0, run.latest_checkpoint()
-    resumed: dict[str, Any] = {}  # the checkpoint's progress record
-    if latest is not None:
-        load_weights_into(model, latest / MODEL_FILE)
-        optimizer.load_state_dict(load_train_state(latest, "optimizer"))
-        scheduler.load_state_dict(load_train_state(latest, "scheduler"))
-        ema_state = load_train_state(latest, "ema")
-        ema.load(ema_state["shadow"])
-        ema.num_updates = int(ema_state["num_updates"])
-        resumed = load_train_state(latest, "progress")
-        step = int(resumed["step"])
+    ckpt, source, model, optimizer, scheduler, ema = (ready.base, ready.source, ready.model, ready.optimizer,
+                                                      ready.scheduler, ready.ema)
+    base, device, mask_id = ckpt.model, ckpt.device, ckpt.model.cfg.mask_id
+    step, latest, resumed = ready.step, ready.latest, ready.resumed
     run.truncate_metrics(step if latest is not None else None, kept)
     val = source.held_out()
     val_picks = torch.randperm(len(val), generator=torch.Generator().manual_seed(t.seed))[:t.val_pairs].tolist()
@@ -429,7 +488,7 @@ def _fit(run: RunDir, recipe: ShortcutRecipe, kept: list[dict[str, Any]], consol
 # -- loading a trained shortcut ----------------------------------------------------------------------------------
 def read_shortcut_recipe(path: Path) -> tuple[Path, ShortcutRecipe]:
     """The checkpoint folder of a shortcut run (or checkpoint) and the recipe it was trained with."""
-    folder, values = kind_config(path, SHORTCUT_KIND, "a shortcut run", "; train one with `cofre shortcut RUN`")
+    folder, values = kind_config(path, SHORTCUT_KIND)
     if (values.get("shortcut") or {}).get("features", "pre_norm") != FEATURES:  # no field: an older cofre's S
         raise CofreError(f"{path} regressed the features before the head's norm (an older cofre); S now predicts the "
                          f"head's normalised input: train it again with `cofre shortcut`")

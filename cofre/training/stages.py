@@ -7,6 +7,7 @@ from typing import Any
 
 from cofre.config import Recipe, apply_overrides, deep_merge, read_yaml, recipe_from_dict, recipe_to_dict
 from cofre.errors import CofreError
+from cofre.kinds import DENOISER, require_kind
 from cofre.training.checkpoint import checkpoint_recipe, resolve_checkpoint
 
 
@@ -24,8 +25,7 @@ def stage_values(parent: Recipe, init_from: str, stage: Path | None, overrides: 
     The stage is named by its recipe's `name` (or file name), else `<parent name>-<suffix>`."""
     values = deep_merge(recipe_to_dict(parent), defaults)
     stage_part = read_yaml(stage) if stage is not None else {}
-    if stage is not None and stage_part.get("kind"):
-        raise CofreError(f"{stage} is a kind: {stage_part['kind']} recipe, not a stage recipe for this command")
+    require_kind(stage_part, DENOISER, stage, "recipe")  # a stage recipe is a partial denoiser recipe
     values = deep_merge(values, stage_part)
     values["name"] = stage_part.get("name") or (stage.stem if stage is not None else f"{values['name']}-{suffix}")
     values = apply_overrides(values, overrides)

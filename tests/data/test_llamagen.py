@@ -157,7 +157,7 @@ def test_tokenizer_specs_that_are_not_tokenizers(tmp_path: Path, tiny_recipe: Pa
         with pytest.raises(CofreError, match=message):
             load_tokenizer(spec, image_size=28)
     train(load_recipe(tiny_recipe, ["trainer.max_steps=1", "trainer.ckpt_every=1"]), tmp_path / "text-run")
-    with pytest.raises(CofreError, match="is not a cofre VQ tokenizer"):
+    with pytest.raises(CofreError, match="is a denoiser .* run, not a VQ image tokenizer run"):
         load_tokenizer(str(tmp_path / "text-run"), image_size=28)
 
 

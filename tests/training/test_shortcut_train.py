@@ -157,7 +157,7 @@ def test_a_shortcut_runs_only_with_the_base_it_learned_from(runs: dict[str, Path
     other = open_checkpoint(runs["fp"], device="cpu")
     with pytest.raises(CofreError, match="was trained on the base weights"):
         load_shortcut(trained, other.model, other.identity["sha256"])
-    with pytest.raises(CofreError, match="not a shortcut run"):
+    with pytest.raises(CofreError, match="not a MIGM-Shortcut run"):
         load_shortcut(runs["plain"], other.model, other.identity["sha256"])
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cofre.config import (DataConfig, OptimConfig, _at_least, _in_range, _rule, apply_overrides, config_from_dict,
-                          read_yaml)
+from cofre.checks import MAX_COUNT, MAX_RECIPE_SEED, check_name
+from cofre.config import (MAX_IMAGE_SIZE, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, DataConfig, OptimConfig, _at_least,
+                          _in_range, _rule, _within, apply_overrides, config_from_dict, read_yaml)
 from cofre.errors import CofreError
 from cofre.training.checkpoint import CONFIG_FILE, kind_config
 
@@ -35,8 +36,13 @@ class VQConfig:
     dead_after: float = 0.03  # restart a code whose EMA count of assignments per batch falls below this
 
     def validate(self, where: str = "vq") -> None:
-        _at_least(where, self, 1, "channels", "image_size", "hidden", "codebook_size", "code_dim")
-        _at_least(where, self, 0, "downsample", "res_blocks", "beta", "dead_after")
+        _within(where, self, 1, 4, "channels")
+        _within(where, self, 1, MAX_IMAGE_SIZE, "image_size")
+        _within(where, self, 1, MAX_WIDTH, "hidden", "code_dim")
+        _within(where, self, 1, MAX_VOCAB, "codebook_size")
+        _within(where, self, 0, 12, "downsample")  # 2^12 = MAX_IMAGE_SIZE
+        _within(where, self, 0, MAX_LAYERS, "res_blocks")
+        _at_least(where, self, 0, "beta", "dead_after")
         _in_range(where, self, "ema_decay", 0.0, 1.0, open_high=True)
         _rule(self.hidden % 2 == 0, f"{where}.hidden must be even (the full-resolution width is hidden / 2), got {self.hidden}")
         _rule(self.image_size % 2**self.downsample == 0,
@@ -65,8 +71,9 @@ class VQTrainerConfig:
     keep_last: int = 2
 
     def validate(self, where: str = "trainer") -> None:
-        _at_least(where, self, 1, "max_steps", "batch_size", "log_every", "val_every", "ckpt_every")
-        _at_least(where, self, 0, "seed", "keep_last")
+        _within(where, self, 1, MAX_COUNT, "max_steps", "batch_size", "log_every", "val_every", "ckpt_every")
+        _within(where, self, 0, MAX_COUNT, "keep_last")
+        _within(where, self, 0, MAX_RECIPE_SEED, "seed")
 
 
 @dataclass
@@ -81,8 +88,7 @@ class VQRecipe:
     trainer: VQTrainerConfig = field(default_factory=VQTrainerConfig)
 
     def validate(self) -> None:
-        _rule(self.name.strip() not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name,
-              f"name must be a non-empty file name (no '/'), got {self.name!r}")
+        check_name("name", self.name)
         for name in ("vq", "data", "optim", "trainer"):
             getattr(self, name).validate(name)
         _rule(self.data.image_size == self.vq.image_size,
@@ -115,7 +121,7 @@ def load_vq_recipe(path: str | Path, overrides: list[str] | None = None) -> VQRe
 
 def read_vq_checkpoint(path: Path) -> tuple[Path, VQRecipe]:
     """The checkpoint folder a VQ run or checkpoint path names, and the VQ recipe in its config.json."""
-    folder, values = kind_config(path, VQ_KIND, "a cofre VQ tokenizer", "; a denoiser?")
+    folder, values = kind_config(path, VQ_KIND)
     try:
         return folder, vq_recipe_from_dict(values)
     except CofreError as err:
