@@ -10,8 +10,9 @@ ACCELERATE := $(BIN)/accelerate launch
 # The main job's evaluation: every budget x reuse cell, judged offline by the packaged SmolLM2-135M.
 TINY_EVAL := --budget 96,192,384 --reuse none,full,3sr --judge smollm2-135m --num-samples 16 --batch-size 8 \
 	--metrics genppl,entropy,valppl,latency --latency-warmup 1 --latency-repeats 2 --report-dir runs/reports/tiny
+PAPER_LATENCY := --latency-warmup 2 --latency-repeats 20  # App. F.11's protocol (the CLI's default is 1 + 3)
 OWT_EVAL := --budget 96,192,384,768 --reuse none,full,3sr --judge gpt2-large --num-samples 1000 --batch-size 32 \
-	--report-dir runs/reports/owt
+	$(PAPER_LATENCY) --report-dir runs/reports/owt
 # Table 13's layout: MDLM, MDLM + CONS, MDLM + SDTT and CoFRe (FP-MDLM + CONS + 3SR), Gen. PPL (entropy) at budgets 96-768.
 TABLE13_TINY_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --judge smollm2-135m --num-samples 16 \
 	--batch-size 8 --report-dir runs/reports/table13-tiny
@@ -20,9 +21,9 @@ TABLE13_EVAL := --budget 96,192,384,768 --reuse 3sr --metrics genppl,entropy --j
 
 # Model scheduling (Sedykh et al., arXiv 2604.02340): 16 steps in 8 segments of 2; 2 light segments = 4 light steps.
 SCHEDULING_TINY_EVAL := --judge smollm2-135m --num-samples 8 --batch-size 8 --report-dir runs/reports/scheduling-tiny
-SCHEDULING_EVAL := --judge gpt2-large --batch-size 32 --report-dir runs/reports/scheduling
+SCHEDULING_EVAL := --judge gpt2-large --batch-size 32 $(PAPER_LATENCY) --report-dir runs/reports/scheduling
 
-.PHONY: setup tiny test check-launches bench-train bench-sample tiny-images tiny-images-eval imagenette-runs inception-is table2-images \
+.PHONY: setup tiny test test-long check-launches bench-train bench-sample tiny-images tiny-images-eval imagenette-runs inception-is table2-images \
 	table15 table16 table19 table7 table7-tiny table9 table13 table13-tiny scheduling scheduling-tiny shortcut shortcut-tiny adapt-tiny \
 	adapt cka-tiny gpu-wheels gpu-check clean-runs small small-runs claims
 
@@ -82,7 +83,7 @@ TINY_TABLE16 := runs/tiny-maskgit runs/tiny-maskgit-2 runs/tiny-fp-maskgit runs/
 # 10,000 generated images per cell against the val split (App. E.3), w chosen at budget 192, Inception FID and IS.
 # IS needs torch-fidelity's Inception weights (its hub cache file, or INCEPTION_WEIGHTS=<file>): fid-helper's
 # offline file has no classification layer, so `inception-is` stops the targets before any training or sampling.
-IMAGENETTE_EVAL := $(GUIDANCE) --cfg-select 192 --metrics fid,isc,latency --num-samples 10000 --batch-size 250 \
+IMAGENETTE_EVAL := $(GUIDANCE) --cfg-select 192 --metrics fid,isc,latency $(PAPER_LATENCY) --num-samples 10000 --batch-size 250 \
 	--judge inception $(if $(INCEPTION_WEIGHTS),--inception-weights $(INCEPTION_WEIGHTS))
 IMAGENETTE_RUNS := runs/imagenette-maskgit-large runs/imagenette-maskgit-12 runs/imagenette-fp-maskgit
 
@@ -156,6 +157,9 @@ shortcut: setup  ## MIGM-Shortcut at full scale (GPU): on MaskGIT-Large (32/12 s
 test: setup check-launches  ## every recipe and documented launch dry-run, then the whole test suite (slow tests included)
 	$(BIN)/python -m pytest
 
+test-long: setup  ## the long property-based profile of bad input (thousands of generated values; not in CI)
+	$(BIN)/python -m pytest -m long tests/test_bad_inputs_property.py
+
 check-launches: setup  ## dry-run every recipe (1, 2, 8 processes) and every README/Makefile line that starts a run
 	$(BIN)/python tests/launches.py
 
@@ -174,7 +178,7 @@ bench-sample: setup  ## sampling time per block-forward, FP-MDLM + 3SR vs MDLM (
 
 adapt-tiny: setup  ## §4.2 in miniature: convert the tiny MDLM (layers 1, 2, 4), adapt it against itself, evaluate
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml
-	test -d runs/tiny-converted || $(BIN)/cofre convert runs/tiny-mdlm --map 1,2,4 --out runs/tiny-converted
+	test -d runs/tiny-converted || $(BIN)/cofre convert runs/tiny-mdlm --map 1,2,4 --run-dir runs/tiny-converted
 	$(BIN)/cofre adapt runs/tiny-converted --teacher runs/tiny-mdlm --recipe recipes/tiny-adapt.yaml
 	$(BIN)/cofre evaluate runs/tiny-fp-mdlm runs/tiny-adapt $(TINY_EVAL:runs/reports/tiny=runs/reports/tiny-adapt)
 
@@ -201,14 +205,14 @@ table13: setup  ## Table 13 at full scale (GPUs; set NPROC): MDLM + CONS and MDL
 scheduling-tiny: setup  ## model scheduling in miniature: a 1-block light MDLM beside the 4-block tiny MDLM; step importance, segment search, sandwich vs light in the middle
 	$(BIN)/cofre train recipes/tiny-mdlm.yaml
 	$(BIN)/cofre train recipes/tiny-mdlm-light.yaml
-	$(BIN)/cofre step-importance runs/tiny-mdlm runs/tiny-mdlm-light --steps 16 --saving 0.1875 --out-dir runs/reports/scheduling-tiny
+	$(BIN)/cofre step-importance runs/tiny-mdlm runs/tiny-mdlm-light --steps 16 --saving 0.1875 --report-dir runs/reports/scheduling-tiny
 	$(BIN)/cofre schedule-search runs/tiny-mdlm runs/tiny-mdlm-light --steps 16 --segments 8 --light-segments 2 $(SCHEDULING_TINY_EVAL)
 	$(BIN)/cofre evaluate runs/tiny-mdlm --light runs/tiny-mdlm-light --model-schedule L2,H12,L2 --model-schedule H6,L4,H6 \
 		--metrics genppl,entropy $(SCHEDULING_TINY_EVAL)
 
 scheduling: setup  ## model scheduling at full scale (GPUs; set NPROC; needs runs/owt-mdlm from make table7): 4-block light MDLM, 1000 steps, the L125,H750,L125 sandwich
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre train recipes/owt-mdlm-light.yaml
-	$(BIN)/cofre step-importance runs/owt-mdlm runs/owt-mdlm-light --steps 1000 --saving 0.167 --batches 16 --batch-size 8 --out-dir runs/reports/scheduling
+	$(BIN)/cofre step-importance runs/owt-mdlm runs/owt-mdlm-light --steps 1000 --saving 0.167 --batches 16 --batch-size 8 --report-dir runs/reports/scheduling
 	$(BIN)/cofre schedule-search runs/owt-mdlm runs/owt-mdlm-light --steps 1000 --segments 8 --light-segments 2 --num-samples 256 $(SCHEDULING_EVAL)
 	$(BIN)/cofre evaluate runs/owt-mdlm --light runs/owt-mdlm-light --model-schedule L125,H750,L125 --model-schedule H375,L250,H375 \
 		--metrics genppl,entropy,mauve --num-samples 1000 $(SCHEDULING_EVAL)
@@ -218,8 +222,8 @@ table9: setup  ## Table 2/9 at full scale (GPUs; set NPROC): CoFRe stage on the 
 	$(BIN)/cofre evaluate runs/owt-mdlm runs/owt-fp-mdlm runs/owt-cofre $(OWT_EVAL)
 
 adapt: setup  ## §4.2 at full scale: convert MDLM_CKPT (the released MDLM) with --map 1,6,12 and adapt 40k steps
-	test -d runs/mdlm-teacher || $(BIN)/cofre convert $(MDLM_CKPT) --map all --out runs/mdlm-teacher
-	test -d runs/owt-converted || $(BIN)/cofre convert $(MDLM_CKPT) --map 1,6,12 --out runs/owt-converted
+	test -d runs/mdlm-teacher || $(BIN)/cofre convert $(MDLM_CKPT) --map all --run-dir runs/mdlm-teacher
+	test -d runs/owt-converted || $(BIN)/cofre convert $(MDLM_CKPT) --map 1,6,12 --run-dir runs/owt-converted
 	$(ACCELERATE) --multi_gpu --num_processes $(or $(NPROC),8) -m cofre adapt runs/owt-converted --teacher runs/mdlm-teacher --recipe recipes/owt-adapt.yaml
 	$(BIN)/cofre evaluate runs/owt-fp-mdlm runs/owt-adapt $(OWT_EVAL)
 
@@ -321,12 +325,12 @@ fig3-16: setup  ## Figs. 3 and 16 at full scale: solver traces of CoFRe at budge
 fig11-tiny: tiny-runs  ## Fig. 11 in miniature: lagged logit KL, tiny FP-MDLM vs tiny CoFRe
 	mkdir -p $(PAPER_TINY)/fig11
 	$(WIDE) lagged-kl runs/tiny-fp-mdlm runs/tiny-cofre --steps 8,16 --lags 1,2,4 --batches 1 --batch-size 4 \
-		--out-dir $(PAPER_TINY)/fig11 | tee $(PAPER_TINY)/fig11/tables.txt
+		--report-dir $(PAPER_TINY)/fig11 | tee $(PAPER_TINY)/fig11/tables.txt
 
 fig11: setup  ## Fig. 11 at full scale: lagged logit KL, FP-MDLM vs CoFRe
 	mkdir -p $(PAPER)/fig11
 	$(WIDE) lagged-kl runs/owt-fp-mdlm runs/owt-cofre --steps 8,16,32,64 --lags 1,2,4,8 --batches 16 --batch-size 32 \
-		--out-dir $(PAPER)/fig11 | tee $(PAPER)/fig11/tables.txt
+		--report-dir $(PAPER)/fig11 | tee $(PAPER)/fig11/tables.txt
 
 # Fig. 12 needs every checkpoint of the stage and the stage past its selection: a copy of CoFRe's stage that keeps
 # them all (runs/tiny-cofre, which `make tiny` evaluates, is left as it is).
@@ -415,7 +419,7 @@ small: small-runs  ## the small tier end to end (CPU: within 75 minutes): train,
 	$(WIDE) evaluate runs/small-mdlm --light runs/small-mdlm-light --model-schedule L2,H12,L2 --model-schedule H6,L4,H6 \
 		$(SMALL_TEXT_EVAL) --report-dir $(SMALL)/scheduling
 	$(WIDE) lagged-kl runs/small-fp-mdlm runs/small-cofre --steps 16 --lags 1,2,4 --batches 8 --batch-size 16 \
-		--device $(DEVICE) --out-dir $(SMALL)/fig11
+		--device $(DEVICE) --report-dir $(SMALL)/fig11
 	$(BIN)/python benchmarks/train_step.py recipes/small-mdlm.yaml recipes/small-fp-mdlm.yaml --steps 20 \
 		--device $(DEVICE) --out $(SMALL)/train-step-text.json
 	$(BIN)/python benchmarks/train_step.py recipes/small-maskgit.yaml recipes/small-fp-maskgit.yaml --steps 20 \

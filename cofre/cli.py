@@ -36,11 +36,35 @@ console = Console()
 DEBUG = {"on": False}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from cofre.runs import code_version
+
+        console.print(f"cofre {code_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print cofre's version (and git commit) and exit.")] = False,
 ) -> None:
     DEBUG["on"] = debug
+
+
+# Old option names kept, hidden, for one release: one name per concept (a new run directory: --run-dir; a folder of
+# reports, tables and plots: --report-dir; a samples file: --out).
+OldOutDirOption = Annotated[Path | None, typer.Option("--out-dir", hidden=True, help="Old name of --report-dir.")]
+OldOutFolderOption = Annotated[Path | None, typer.Option("--out", hidden=True, help="Old name of --report-dir.")]
+OldOutRunOption = Annotated[Path | None, typer.Option("--out", hidden=True, help="Old name of --run-dir.")]
+
+
+def _renamed(value: Path | None, old_value: Path | None, name: str, old: str) -> Path | None:
+    """The value of an option given by its name or by its old name (not both)."""
+    if old_value is not None and value is not None:
+        raise CofreError(f"{old} is the old name of {name}; give {name} only")
+    return value if old_value is None else old_value
 
 
 PrecisionOption = Annotated[
@@ -53,7 +77,7 @@ CompileOption = Annotated[
 ]
 LightOption = Annotated[
     Path | None, typer.Option(help="Model scheduling: the light denoiser's run or checkpoint (same tokenizer, sequence "
-                                   "length and [mask] id); steps marked L in --model-schedule run it.")
+                                   "length and \\[mask] id); steps marked L in --model-schedule run it.")
 ]
 ModelScheduleOption = Annotated[
     str | None, typer.Option(help="Model scheduling: segments of steps in order, H (this run) or L (--light), e.g. "
@@ -340,6 +364,29 @@ def _parts_table(title: str, parts: dict[str, int]) -> None:
 
 
 @app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory (its selected or latest checkpoint) or checkpoint folder.")],
+    out: Annotated[Path, typer.Argument(help="The folder to write: config.json, model.safetensors, the tokenizer, "
+                                             "README.md (a model card); what huggingface_hub uploads as it is.")],
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Export the EMA weights when the run has them.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace the exported files in a folder that is not empty.")] = False,
+) -> None:
+    """A Hub-style model folder from a run: the architecture and tokenizer, the chosen weights and a model card; no
+    training state. `cofre sample`, `cofre evaluate` and `cofre.load` read it, as they read runs."""
+    from cofre.hub import export_model
+
+    report = export_model(run, out, ema=ema, overwrite=overwrite)
+    atomic_write_text(Path(report.out) / "export.json", json.dumps(dataclasses.asdict(report), indent=2))
+    table = Table(title=f"cofre export: {report.source}")
+    table.add_column("")
+    table.add_column("")
+    for key, value in (("architecture", report.architecture), ("parameters", f"{report.parameters:,}"),
+                       ("weights", report.weights), ("files", ", ".join(report.files)), ("folder", report.out)):
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command()
 def probe(
     run: Annotated[Path, typer.Argument(help="Run directory (its selected or latest checkpoint) or checkpoint folder.")],
     batches: Annotated[int, typer.Option(help="Held-out batches probed.")] = 8,
@@ -430,7 +477,8 @@ def _code_version() -> str:
 
 @app.command()
 def sample(
-    checkpoint: Annotated[Path, typer.Argument(help="Run directory (its latest checkpoint) or checkpoint folder.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (its selected, else latest checkpoint), checkpoint folder "
+                                             "or exported folder.")],
     budget: Annotated[int | None, typer.Option("--budget", "-b", help="Total transformer-block forward passes per sample "
                                                                     "(with --model-schedule: derived, checked if given; "
                                                                     "with --shortcut: of the full steps, optional).")] = None,
@@ -476,7 +524,15 @@ def sample(
     order: Annotated[str | None, typer.Option(help="Images: reveal order, halton (default) or confidence (MaskGIT).")] = None,
     rotate: Annotated[bool | None, typer.Option("--rotate/--no-rotate", help="Images: roll the Halton order by a random "
                                                                            "offset per sample.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Images: softmax temperature at the first step (default 1).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Softmax temperature (default 1). Text: of every draw; images: "
+                                                           "at the first step (see --temperature-end).")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Text: a prompt every sample continues (its tokens stay fixed; "
+                                                    "after [BOS] for runs trained on wrapped blocks).")] = None,
+    infill: Annotated[str | None, typer.Option(help="Text: a template whose \\[mask] gaps are filled, one token each, "
+                                                    "e.g. 'Paris is the \\[mask] of \\[mask].'; the rest stays fixed. "
+                                                    "A space before a gap is the generated token's (BPEs attach spaces to "
+                                                    "the next word). Samples are the template's length unless --length "
+                                                    "is longer.")] = None,
     temperature_end: Annotated[float | None, typer.Option(help="Images: temperature at the last step, linear in between "
                                                                "(default: --temperature).")] = None,
     cfg: Annotated[float | None, typer.Option(help="Images: classifier-free guidance weight w in (1 + w) cond - w uncond "
@@ -506,7 +562,8 @@ def sample(
         budget=budget, steps=steps, schedule=schedule, reuse=reuse, gamma_mask_min=gamma_mask_min,
         gamma_mask_max=gamma_mask_max, gamma_changed_min=gamma_changed_min,
         gamma_changed_max=gamma_changed_max, num_samples=num_samples, batch_size=batch_size,
-        seed=seed, top_p=top_p, length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
+        seed=seed, top_p=top_p, temperature=1.0 if temperature is None else temperature, prefix=prefix, infill=infill,
+        length=length, ema=ema, noise_removal=noise_removal, cache=cache, tol=tol, device=device,
         precision=precision, compile=compile,  # 'auto' is made concrete for the device in sample_checkpoint
         light=str(light) if light is not None else None, model_schedule=model_schedule,
         shortcut=str(shortcut) if shortcut is not None else None, full_steps=full_steps,
@@ -516,17 +573,18 @@ def sample(
     image_options = {"classes": classes, "order": order, "rotate": rotate, "temperature": temperature,
                      "temperature_end": temperature_end, "cfg": cfg, "cfg_schedule": cfg_schedule,
                      "confidence_noise": confidence_noise}
-    ckpt = open_checkpoint(checkpoint, ema=ema, device=device, compile=compile)
+    ckpt = open_checkpoint(run, ema=ema, device=device, compile=compile)
     if ckpt.recipe.model.modality == "image":
         text_only = {"--top-p": top_p != 1.0, "--length": length is not None, "--noise-removal": noise_removal,
-                     "--cache": cache, "--light": light is not None}
+                     "--cache": cache, "--light": light is not None, "--prefix": prefix is not None,
+                     "--infill": infill is not None}
         if any(text_only.values()):
             raise CofreError(f"{', '.join(k for k, v in text_only.items() if v)}: text sampling options; "
                              f"{ckpt.folder} is an image model")
         check_output_dir(out, "--out")  # images: a folder of PNGs, grid.png and manifest.json
         _sample_images(ckpt, settings, image_options, out, overwrite, trace)
         return
-    given = [f"--{k.replace('_', '-')}" for k, v in image_options.items() if v is not None]
+    given = [f"--{k.replace('_', '-')}" for k, v in image_options.items() if v is not None and k != "temperature"]
     if given:
         raise CofreError(f"{', '.join(given)}: image sampling options; {ckpt.folder} is a text model")
     check_output_file(out, "--out")
@@ -677,8 +735,9 @@ def evaluate(
                                              "(e.g. an SDTT run, whose released students are raw weights).")
     ] = None,
     val_batches: Annotated[int, typer.Option(help="Held-out micro-batches for validation perplexity.")] = 16,
-    latency_warmup: Annotated[int, typer.Option(help="Untimed warm-up batches before latency is timed.")] = 2,
-    latency_repeats: Annotated[int, typer.Option(help="Timed batches per cell for latency (App. F.11).")] = 20,
+    latency_warmup: Annotated[int, typer.Option(help="Untimed warm-up batches before latency is timed.")] = 1,
+    latency_repeats: Annotated[int, typer.Option(help="Timed batches per cell for latency: a few by default; App. "
+                                                      "F.11's protocol is --latency-warmup 2 --latency-repeats 20.")] = 3,
     lm_eval: Annotated[
         str | None, typer.Option("--lm-eval", help="Comma-separated lm-eval tasks (e.g. arc_easy,piqa; "
                                                    "cofre_local_mc works offline), scored by the variational bound.")
@@ -727,7 +786,7 @@ def evaluate(
                            report_dir)
         return
     from cofre.evaluation.evaluate import EvalSettings, evaluate_runs
-    from cofre.evaluation.report import results_table
+    from cofre.evaluation.report import results_table, table_legend
     from cofre.precision import resolve_device
     from cofre.runs import runs_with_checkpoints
 
@@ -765,6 +824,12 @@ def evaluate(
         check_lm_eval(runs, lm_tasks, lm_eval_include)
     summary = evaluate_runs(runs, settings, report_dir, console)
     console.print(results_table(summary))
+    for line in table_legend(summary):
+        console.print(escape(line), highlight=False)
+    if summary.cells:
+        console.print("samples:")
+        for cell in summary.cells:  # whole paths, one a line, never cut by the table's width
+            console.print(f"  {cell.label} @ {cell.budget}: {cell.samples}", soft_wrap=True, highlight=False)
     if summary.cfg_sweep_path:
         console.print(f"guidance sweep: {summary.cfg_sweep_path} (and .png)")
     if summary.plot_path:
@@ -891,7 +956,8 @@ def trace_plot(
     traces: Annotated[list[Path], typer.Argument(help="Trace files of `cofre sample --trace`, e.g. one drawn with "
                                                       "--reuse none and one with --reuse full.")],
     labels: Annotated[str | None, typer.Option(help="Comma-separated names of the traces; default their file names.")] = None,
-    out_dir: Annotated[Path | None, typer.Option(help="Where the PNGs and JSON go; default the first trace's folder.")] = None,
+    report_dir: Annotated[Path | None, typer.Option(help="Where the PNGs and JSON go; default the first trace's folder.")] = None,
+    out_dir: OldOutDirOption = None,
 ) -> None:
     """Fig. 3 (solution shift per token transition type over the trajectory) and Fig. 16 (relative residual per
     fixed-point iteration and per denoising step) from sampler traces; JSON and a table beside them."""
@@ -901,8 +967,8 @@ def trace_plot(
         else [t.stem for t in traces]
     if len(names) != len(traces):
         raise CofreError(f"--labels names {len(names)} traces, but {len(traces)} were given")
-    out_dir = out_dir or traces[0].parent
-    check_output_dir(out_dir, "--out-dir")
+    out_dir = _renamed(report_dir, out_dir, "--report-dir", "--out-dir") or traces[0].parent
+    check_output_dir(out_dir, "--report-dir")
     stem = check_name("--labels (joined by '+', the files' name)", "+".join(names), longest=200)
     paths = {"fig3": out_dir / f"{stem}-fig3-shift.png", "fig16": out_dir / f"{stem}-fig16-residuals.png",
              "json": out_dir / f"{stem}-trace-stats.json"}
@@ -939,13 +1005,15 @@ def lagged_kl(
     seed: Annotated[int, typer.Option(help="Seed of the nested masks.")] = 0,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
     device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
-    out_dir: Annotated[Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<A>+<B>.")] = None,
+    precision: PrecisionOption = "auto",
+    report_dir: Annotated[Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<A>+<B>.")] = None,
+    out_dir: OldOutDirOption = None,
 ) -> None:
     """Lagged logit KL between a student step s and cleaner steps s + l on shared nested states, model A vs B,
     and B's relative reduction (App. F.6, Fig. 11)."""
     from cofre.data.packing import load_corpus
     from cofre.evaluation.lagged_kl import MIN_BASELINE_KL, compare, denoiser_log_probs, plot_lagged_kl
-    from cofre.precision import resolve_device
+    from cofre.precision import resolve_device, resolve_precision
     from cofre.training.checkpoint import load_model
 
     step_list, lag_list = _int_list(steps, "--steps"), _int_list(lags, "--lags")
@@ -958,8 +1026,9 @@ def lagged_kl(
     check_range("--batch-size", batch_size, 1, 10_000)
     check_range("--seed", seed, 0, MAX_SEED)
     dev = resolve_device(device)
-    out_dir = out_dir or Path("runs") / "reports" / f"{run_a.name}+{run_b.name}"
-    check_output_dir(out_dir, "--out-dir")
+    run_precision = resolve_precision(precision, dev)
+    out_dir = _renamed(report_dir, out_dir, "--report-dir", "--out-dir") or Path("runs") / "reports" / f"{run_a.name}+{run_b.name}"
+    check_output_dir(out_dir, "--report-dir")
     (model_a, recipe_a), (model_b, recipe_b) = load_model(run_a, ema=ema), load_model(run_b, ema=ema)
     if recipe_a.model.mask_id != recipe_b.model.mask_id or recipe_a.data.seq_len != recipe_b.data.seq_len:
         raise CofreError("the two runs differ in vocabulary or sequence length; their logits cannot be compared")
@@ -968,7 +1037,7 @@ def lagged_kl(
         raise CofreError(f"the validation split has {val.shape[0]} blocks, fewer than --batches x --batch-size")
     data = [val[i * batch_size:(i + 1) * batch_size].to(dev) for i in range(batches)]
     mask_id = recipe_a.model.mask_id
-    fns = [denoiser_log_probs(m.to(dev).eval(), iters or r.solver.eval_iters, r.task.eps, mask_id)
+    fns = [denoiser_log_probs(m.to(dev).eval(), iters or r.solver.eval_iters, r.task.eps, mask_id, run_precision)
            for m, r in ((model_a, recipe_a), (model_b, recipe_b))]
     results = compare(fns[0], fns[1], data, step_list, lag_list, mask_id, seed)
     table = Table(title=f"lagged logit KL(p_s+l || p_s) at masked positions (App. F.6): {run_a.name} vs {run_b.name}")
@@ -989,7 +1058,7 @@ def lagged_kl(
     plot_lagged_kl(results, run_a.name, run_b.name, png)
     atomic_write_text(out_json, json.dumps({
         "run_a": str(run_a), "run_b": str(run_b), "iters": iters, "batches": batches, "batch_size": batch_size,
-        "seed": seed, "ema": ema, "mean_reduction": mean, "mean_over": len(defined), "min_baseline_kl": MIN_BASELINE_KL,
+        "seed": seed, "ema": ema, "precision": run_precision, "mean_reduction": mean, "mean_over": len(defined), "min_baseline_kl": MIN_BASELINE_KL,
         "results": [{k: None if isinstance(v, float) and not math.isfinite(v) else v  # NaN: undefined, JSON null
                      for k, v in dataclasses.asdict(r).items()} for r in results],
     }, indent=2))
@@ -1040,7 +1109,7 @@ def stage_plot(
 @app.command("step-importance")
 def step_importance(
     heavy: Annotated[Path, typer.Argument(help="The heavy denoiser's run or checkpoint.")],
-    light: Annotated[Path, typer.Argument(help="The light denoiser's run or checkpoint (same tokenizer, length, [mask] id).")],
+    light: Annotated[Path, typer.Argument(help="The light denoiser's run or checkpoint (same tokenizer, length, \\[mask] id).")],
     points: Annotated[int, typer.Option(help="Grid of t: this many midpoints of equal intervals of (0, 1].")] = 20,
     times: Annotated[str | None, typer.Option(help="Comma-separated t values instead of --points.")] = None,
     batches: Annotated[int, typer.Option(help="Held-out batches of the heavy run's corpus.")] = 4,
@@ -1051,12 +1120,17 @@ def step_importance(
     steps: Annotated[int, typer.Option(help="Denoising steps of the suggested schedule.")] = 1000,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use EMA weights when present.")] = True,
     device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
-    out_dir: Annotated[Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<heavy>+<light>.")] = None,
+    precision: PrecisionOption = "auto",
+    report_dir: Annotated[Path | None, typer.Option(help="Where the JSON and PNG go; default runs/reports/<heavy>+<light>.")] = None,
+    out_dir: OldOutDirOption = None,
 ) -> None:
     """Per-token CE of both models at masked positions, their gap and KL(heavy || light) over a grid of t, and the
     model schedule they suggest for a saving (model scheduling's step-importance analysis)."""
+    import torch
+
     from cofre.evaluation.step_importance import default_times
     from cofre.evaluation.step_importance import step_importance as analyse
+    from cofre.precision import resolve_precision
 
     check_range("--points", points, 1, 10_000)
     check_range("--batches", batches, 1, 10_000)
@@ -1067,9 +1141,10 @@ def step_importance(
         grid = [float(x) for x in _option_list(times, "--times")] if times is not None else default_times(points)
     except ValueError:
         raise CofreError(f"--times takes comma-separated numbers, got '{times}'") from None
-    out_dir = out_dir or Path("runs") / "reports" / f"{heavy.name}+{light.name}"
-    check_output_dir(out_dir, "--out-dir")
-    result = analyse(heavy, light, grid, batches, batch_size, seed, ema, device, saving, steps, out_dir)
+    resolve_precision(precision, torch.device("cpu"))  # an unknown name fails before anything loads
+    out_dir = _renamed(report_dir, out_dir, "--report-dir", "--out-dir") or Path("runs") / "reports" / f"{heavy.name}+{light.name}"
+    check_output_dir(out_dir, "--report-dir")
+    result = analyse(heavy, light, grid, batches, batch_size, seed, ema, device, saving, steps, out_dir, precision)
     table = Table(title=f"step importance at masked held-out positions: {result.heavy} (heavy) vs {result.light} (light)")
     for column in ("t", "CE heavy", "CE light", "gap", "KL(H || L)", "masked"):
         table.add_column(column, justify="right")
@@ -1089,7 +1164,7 @@ def step_importance(
 @app.command("schedule-search")
 def schedule_search(
     heavy: Annotated[Path, typer.Argument(help="The heavy denoiser's run or checkpoint.")],
-    light: Annotated[Path, typer.Argument(help="The light denoiser's run or checkpoint (same tokenizer, length, [mask] id).")],
+    light: Annotated[Path, typer.Argument(help="The light denoiser's run or checkpoint (same tokenizer, length, \\[mask] id).")],
     steps: Annotated[int, typer.Option(help="Denoising steps, cut into --segments equal segments.")],
     segments: Annotated[int, typer.Option(help="Equal segments of the steps.")] = 8,
     light_segments: Annotated[int, typer.Option(help="Segments run by the light model in each placement.")] = 2,
@@ -1153,10 +1228,11 @@ def convert(
         str, typer.Option("--map", help="Source layers (1-based) for PRE,FP,POST, e.g. 1,6,12; '+' joins several "
                                         "layers in one part (1+2,6,11+12); 'all' keeps every layer (a plain copy).")
     ],
-    out: Annotated[
+    run_dir: Annotated[
         Path | None, typer.Option(help="New run directory for the converted FP-MDLM (must not exist or be empty); "
                                        "default runs/<source name>-fp.")
     ] = None,
+    out: OldOutRunOption = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads of the source, when its files cannot tell.")] = None,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Convert the EMA weights when the source has them.")] = True,
     injection: Annotated[str, typer.Option(help="Input injection G of the FP model: linear (init identity) or identity.")] = "linear",
@@ -1169,6 +1245,7 @@ def convert(
 
     if injection not in ("linear", "identity"):
         raise CofreError(f"--injection must be linear or identity, got '{injection}'")
+    out = _renamed(run_dir, out, "--run-dir", "--out")
     if out is None:
         out = default_output(source)
         console.print(f"out      {out} (default: runs/<source name>-fp)")
@@ -1189,7 +1266,7 @@ def convert(
 
 @app.command()
 def cka(
-    checkpoint: Annotated[Path, typer.Argument(help="Run directory (latest checkpoint) or checkpoint folder.")],
+    run: Annotated[Path, typer.Argument(help="Run directory (latest checkpoint) or checkpoint folder.")],
     timesteps: Annotated[str, typer.Option(help="Comma-separated noise levels t.")] = "0.1,0.3,0.5,0.7,0.9",
     batches: Annotated[int, typer.Option(help="Held-out batches per t.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Blocks per batch.")] = 8,
@@ -1198,7 +1275,8 @@ def cka(
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA weights when present.")] = True,
     device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto.")] = "auto",
     precision: PrecisionOption = "auto",
-    out: Annotated[Path | None, typer.Option(help="Output folder; default <run>/cka.")] = None,
+    report_dir: Annotated[Path | None, typer.Option(help="Where the heatmap, curve and JSON go; default <run>/cka.")] = None,
+    out: OldOutFolderOption = None,
 ) -> None:
     """Linear CKA between the residual streams of every layer, averaged over t (App. C.3.1, Fig. 6)."""
     from cofre.evaluation.cka import analyze_checkpoint, write_cka_outputs
@@ -1214,9 +1292,9 @@ def cka(
     check_range("--batch-size", batch_size, 1, 100_000)
     check_range("--max-tokens", max_tokens, 2, MAX_COUNT)
     check_range("--seed", seed, 0, MAX_SEED)
-    folder = resolve_checkpoint(checkpoint)
-    out = out or run_root(folder) / "cka"
-    check_output_dir(out, "--out")
+    folder = resolve_checkpoint(run)
+    out = _renamed(report_dir, out, "--report-dir", "--out") or run_root(folder) / "cka"
+    check_output_dir(out, "--report-dir")
     report = analyze_checkpoint(folder, tuple(times), batches=batches, batch_size=batch_size, seed=seed, ema=ema,
                                 max_tokens=max_tokens, device=device, precision=precision)
     paths = write_cka_outputs(report, out)
@@ -1229,7 +1307,7 @@ def cka(
     console.print(f"strongest boundary after {report.labels[report.boundary - 1]}; within early {report.within_early:.3f}, "
                   f"within late {report.within_late:.3f}, across {report.across:.3f}")
     if report.suggested_map:
-        console.print(f"suggested conversion: cofre convert {folder} --map {report.suggested_map} --out RUN")
+        console.print(f"suggested conversion: cofre convert {folder} --map {report.suggested_map} --run-dir RUN")
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
@@ -1242,8 +1320,11 @@ def _is_main_process() -> bool:
 def run() -> None:
     """Console-script entry point: user errors (ours, bad options, OS errors) become one line on stderr, exit 2."""
     DEBUG["on"] = False
+    args = sys.argv[1:]
+    if "--debug" in args[1:]:  # accepted after the subcommand too: it is the app's option, moved to the front
+        args = ["--debug", *(a for a in args if a != "--debug")]
     try:
-        code = app(standalone_mode=False)  # click raises usage errors instead of printing its usage box
+        code = app(args=args, prog_name="cofre", standalone_mode=False)  # click raises usage errors, no usage box
     except click_exceptions.NoArgsIsHelpError as err:  # `cofre` alone: the help is the answer
         if err.format_message().strip():  # Rich has printed it already when the message is empty
             err.show()

@@ -168,12 +168,14 @@ class DataConfig:
     hub_split: str = "train"  # the split read (the export's split folder); validation is held out of it (val_docs)
     streaming: bool = False  # read the hub's files while tokenising, without downloading the dataset first
     cache_dir: str = "~/.cache/cofre"  # tokenised corpora are cached here (COFRE_CACHE overrides)
+    tokenizer_file: str = ""  # text: a saved corpus BPE (an exported model's tokenizer.json), used instead of training one
     # images (cofre/data/images.py): corpus "fashion-mnist", or a folder with train/<class>/*.JPEG and val/<class>/
     image_size: int = 256  # side after center crop + resize (ImageNette 256; Fashion-MNIST's own size is 28)
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # its IDX .gz files (Debian's dataset-fashion-mnist)
     tokenizer: str = ""  # image tokenizer: a cofre VQ run or checkpoint folder, or llamagen:<path to vq_ds16_c2i.pt>
     train_images: int = 0  # a fixed random subset of N training images; 0: all
     val_images: int = 0  # a fixed random subset of N validation images; 0: all
+    class_names: list[str] = field(default_factory=list)  # images: the classes' names when the corpus is not at hand
 
     def validate(self, where: str = "data") -> None:
         _within(where, self, 1, MAX_SEQ_LEN, "seq_len")
@@ -185,6 +187,8 @@ class DataConfig:
         from cofre.data.tokenizer import check_tokenizer_name
 
         check_tokenizer_name(self.text_tokenizer)
+        _rule(not self.tokenizer_file or self.text_tokenizer != "gpt2",
+              f"{where}.tokenizer_file is a corpus BPE's file; data.text_tokenizer must be 'bpe-N', got 'gpt2'")
         hub_fields = ("hub_id", "hub_revision", "hub_config", "hub_split", "streaming")
         changed = [f"{where}.{name}" for name in hub_fields if getattr(self, name) != getattr(DataConfig, name)]
         _rule(self.corpus == "openwebtext" or not changed,

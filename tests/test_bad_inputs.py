@@ -254,14 +254,14 @@ CASES: list[tuple[list[str], str]] = [
      "empty.pth: not a readable weights file"),
     # file names from user input stay in the folder named (kind 3)
     (["trace-plot", "trace.jsonl", "--labels", "../../escaped", "--out-dir", "notes"], "'../../escaped': it is not a plain"),
-    (["trace-plot", "trace.jsonl", "--labels", "a/b", "--out-dir", "notes"], "'a/b': it is not a plain file name"),
+    (["trace-plot", "trace.jsonl", "--labels", "a/b", "--report-dir", "notes"], "'a/b': it is not a plain file name"),
     (["trace-plot", "trace.jsonl", "--labels", "x\x07y"], "it holds a control character"),
     # damaged resume files named (kind 4; damaged caches heal: tests/data/test_cache.py)
     (["trace-plot", "cut-trace.jsonl"], "is not a JSON record (a damaged trace file)"),
     (["trace-plot", "binary-trace.jsonl"], "binary-trace.jsonl: not a trace file (not UTF-8 text)"),
     (["trace-plot", "string-trace.jsonl"], "string-trace.jsonl: row 1 is not a trace row"),
     (["stage-plot", "garbage-result/stage", "--judge", "smollm2-135m"], "train_result.json: not a readable training"),
-    (["step-importance", "run", "light", "--out-dir", "importance", "--saving", "0.1", "--steps", "10"],
+    (["step-importance", "run", "light", "--report-dir", "importance", "--saving", "0.1", "--steps", "10"],
      "step-importance.json: not a readable step-importance file"),
     # a run or recipe of the wrong kind named as such (kind 5)
     (["sample", "vq-test", "--budget", "4"], "is a VQ image tokenizer run, not a denoiser"),
@@ -346,18 +346,20 @@ CASES: list[tuple[list[str], str]] = [
     (["evaluate", "nowhere", "--metrics", "valppl"], "no such run or checkpoint folder"),
     # convert
     (["convert", "run", "--map", "1,1,1", "--out", "converted"], "already a fixed-point model"),
-    (["convert", "run", "--map", "bogus", "--out", "converted"], "layer map 'bogus'"),
-    (["convert", "run", "--map", "1,1,1", "--out", "afile.txt"], "is not an empty directory"),
-    (["convert", "run", "--map", "1,1,1", "--out", "converted", "--heads", "0"], "--heads must be in 1..1024, got 0"),
-    (["convert", "run", "--map", "1,1,1", "--out", "converted", "--injection", "bogus"], "--injection must be"),
-    (["convert", "nowhere", "--map", "1,2,3", "--out", "converted"], "nowhere"),
-    (["convert", "run", "--out", "converted"], "Missing option '--map'"),
+    (["convert", "run", "--map", "bogus", "--run-dir", "converted"], "layer map 'bogus'"),
+    (["convert", "run", "--map", "1,1,1", "--run-dir", "afile.txt"], "is not an empty directory"),
+    (["convert", "run", "--map", "1,1,1", "--run-dir", "converted", "--heads", "0"], "--heads must be in 1..1024, got 0"),
+    (["convert", "run", "--map", "1,1,1", "--run-dir", "converted", "--injection", "bogus"], "--injection must be"),
+    (["convert", "nowhere", "--map", "1,2,3", "--run-dir", "converted"], "nowhere"),
+    (["convert", "run", "--run-dir", "converted"], "Missing option '--map'"),
     # cka
     (["cka", "run", "--timesteps", "0"], "--timesteps must be in (0, 1]"),
     (["cka", "run", "--timesteps", "a,b"], "--timesteps takes comma-separated numbers"),
     (["cka", "run", "--batches", "0"], "--batches must be in 1..10000"),
     (["cka", "run", "--max-tokens", "1"], "--max-tokens must be in 2..10000000"),
-    (["cka", "run", "--out", "afile.txt"], "--out afile.txt is a file"),
+    (["cka", "run", "--report-dir", "afile.txt"], "--report-dir afile.txt is a file"),
+    (["cka", "run", "--out", "afile.txt"], "--report-dir afile.txt is a file"),  # the old name, hidden
+    (["cka", "run", "--out", "a", "--report-dir", "b"], "--out is the old name of --report-dir; give --report-dir only"),
     (["cka", "nowhere"], "no such run or checkpoint folder"),
     (["cka", "corrupt-config"], "config.json: not valid JSON"),
     # consistency and adapt

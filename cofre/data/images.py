@@ -169,6 +169,8 @@ def image_channels(cfg: DataConfig) -> int:
 
 
 def class_names(cfg: DataConfig) -> list[str]:
+    if cfg.class_names:  # an exported model's, recorded when the corpus was at hand
+        return list(cfg.class_names)
     if cfg.corpus == FASHION_MNIST:
         return list(FASHION_CLASSES)
     return folder_classes(Path(cfg.corpus).expanduser())

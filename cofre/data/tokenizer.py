@@ -121,15 +121,34 @@ def text_tokenizer(cfg: DataConfig) -> TextTokenizer:
     check_tokenizer_name(cfg.text_tokenizer)
     if cfg.text_tokenizer == "gpt2":
         return TextTokenizer("gpt2", GPT2_VOCAB, EOS_ID, gpt2_tokenizer())
+    if cfg.tokenizer_file:  # an exported model's own BPE
+        return _saved_bpe(Path(cfg.tokenizer_file), int(cfg.text_tokenizer[4:]))
     return _corpus_bpe(cfg, int(cfg.text_tokenizer[4:]))
+
+
+def bpe_file(cfg: DataConfig) -> Path:
+    """The file of a run's corpus BPE (trained now if it is not cached yet)."""
+    if cfg.tokenizer_file:
+        return Path(cfg.tokenizer_file)
+    vocab = int(cfg.text_tokenizer[4:])
+    _corpus_bpe(cfg, vocab)
+    return _bpe_path(cfg, vocab)
+
+
+def _saved_bpe(path: Path, vocab: int) -> TextTokenizer:
+    if not path.is_file():
+        raise CofreError(f"{path}: missing; an exported bpe-{vocab} model keeps its tokenizer there")
+    try:
+        return _load_bpe(str(path), vocab)
+    except DamagedCache as err:
+        raise CofreError(f"{path}: {err}") from None
 
 
 def tokenizer_identity(cfg: DataConfig) -> dict[str, object]:
     """What a packed cache depends on in its tokenizer: GPT-2's name, or the corpus BPE's file digest."""
     if cfg.text_tokenizer == "gpt2":
         return {"name": gpt2_tokenizer().name}
-    path = _bpe_path(cfg, int(cfg.text_tokenizer[4:]))
-    _corpus_bpe(cfg, int(cfg.text_tokenizer[4:]))
+    path = bpe_file(cfg)
     return {"name": cfg.text_tokenizer, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 

@@ -82,8 +82,8 @@ class EvalSettings:
     ema: bool = True
     device: str = "auto"
     val_batches: int = 16  # micro-batches of held-out blocks for validation perplexity
-    latency_warmup: int = 2
-    latency_repeats: int = 20
+    latency_warmup: int = 1
+    latency_repeats: int = 3  # App. F.11's protocol: 2 + 20 (make's paper targets)
     precision: str = "auto"  # the network's: bf16 autocast on CUDA, fp32 on CPU; val PPL's loss stays fp32
     compile: bool = False  # torch.compile the transformer blocks
     cfg: list[float] = field(default_factory=lambda: [0.0])  # images: guidance weight w; several: chosen per run
@@ -338,6 +338,10 @@ def evaluate_runs(runs: list[Path], settings: EvalSettings, report_dir: Path, co
     rows = weight_rows(runs, settings)  # (checkpoint, EMA?): each run's named checkpoints (Table 24), raw too if asked
     runs = expand_checkpoints(runs, settings.checkpoints)  # run directories -> the named checkpoints (Table 24)
     modality = run_modality(runs)  # every run is readable before anything is sampled or written
+    if modality == "text" and settings.judge is not None:  # named: checked even when no metric here needs it
+        from cofre.evaluation.judge import check_judge
+
+        check_judge(settings.judge)
     isc_asked = settings.metrics is not None and "isc" in settings.metrics  # named: no null IS after hours of sampling
     settings = for_modality(settings, modality)
     assert settings.metrics is not None

@@ -100,8 +100,10 @@ def relative_reduction(kl_a: float, kl_b: float) -> float:
     return 1 - kl_b / kl_a if kl_a >= MIN_BASELINE_KL else float("nan")
 
 
-def denoiser_log_probs(model: torch.nn.Module, iters: int, eps: float, mask_id: int) -> LogProbs:
-    """A checkpoint's predictions: `iters` fixed-point iterations from h_pre, SUBS over the real vocabulary."""
+def denoiser_log_probs(model: torch.nn.Module, iters: int, eps: float, mask_id: int, precision: str = "fp32") -> LogProbs:
+    """A checkpoint's predictions: `iters` fixed-point iterations from h_pre at `precision` (fp32, or bf16
+    autocast), SUBS over the real vocabulary in float64."""
+    from cofre.precision import autocast
     from cofre.tasks.mdlm import LogLinearSchedule
 
     schedule = LogLinearSchedule(eps)
@@ -109,7 +111,8 @@ def denoiser_log_probs(model: torch.nn.Module, iters: int, eps: float, mask_id: 
     @torch.no_grad()
     def log_probs(z: Tensor, t: float) -> Tensor:
         sigma = schedule.sigma(torch.full((z.shape[0],), t, device=z.device))
-        logits = model(z, sigma, n_nograd=iters).logits
+        with autocast(z.device, precision):
+            logits = model(z, sigma, n_nograd=iters).logits
         return logits.double()[..., :mask_id].log_softmax(-1)
 
     return log_probs

@@ -99,6 +99,36 @@ def text_title(summary: EvalSummary) -> str:
     return "Evaluation"
 
 
+MAUVE_MIN_SAMPLES = 100  # below this, MAUVE's quantised histograms of a few texts mean little (its authors use 5000)
+
+
+def table_legend(summary: EvalSummary) -> list[str]:
+    """What a cell of the results table holds, and warnings on what it cannot show."""
+    settings = summary.settings
+    measured = set(settings.get("metrics") or ("mauve", "latency"))  # None: every metric of the modality
+    batch = f"{settings['batch_size']} samples"
+    if summary.modality == "image":
+        lines = [f"cells: FID / IS ({summary.judge} features; lower FID, higher IS better)"
+                 + (f", then latency per batch of {batch} and images/s" if "latency" in measured else "")
+                 + "; w: the guidance weight; budget: transformer-block forward passes per image"]
+    else:
+        parts = [f"Gen. PPL under {summary.judge} (entropy of each sample's tokens, nats)"]
+        if "mauve" in measured:
+            parts.append("M: MAUVE against held-out texts")
+        if "latency" in measured:
+            parts.append(f"then seconds per batch of {batch}")
+        lines = ["cells: " + ", ".join(parts) + "; budget: transformer-block forward passes per sample; "
+                 "lower Gen. PPL is better only at a similar entropy"]
+        if summary.valppl:
+            lines.append(f"val. PPL: the MDLM bound on {settings['val_batches']} held-out batches (training's "
+                         "validation uses trainer.val_batches, so the two can differ)")
+        mauve = next((c.metrics["mauve"] for c in summary.cells if "mauve" in c.metrics), None)
+        if mauve is not None and min(mauve["num_p"], mauve["num_q"]) < MAUVE_MIN_SAMPLES:
+            lines.append(f"warning: MAUVE compares {mauve['num_p']} generated with {mauve['num_q']} held-out texts; "
+                         f"below {MAUVE_MIN_SAMPLES} each it means little (raise --num-samples)")
+    return lines
+
+
 def results_table(summary: EvalSummary) -> Table:
     """Rows: run x reuse; columns: budgets; cells: Gen. PPL (entropy) [MAUVE] [latency per batch] for text,
     FID / IS [latency, images/s] for images, with each run's training time and peak memory (Table 15's header)."""

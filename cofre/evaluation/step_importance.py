@@ -199,7 +199,8 @@ def plot_importance(result: StepImportance, path: Path) -> None:
 
 
 def step_importance(heavy_run: Path, light_run: Path, times: list[float], batches: int, batch_size: int, seed: int,
-                    ema: bool, device: str, saving: float, steps: int, out_dir: Path) -> StepImportance:
+                    ema: bool, device: str, saving: float, steps: int, out_dir: Path,
+                    precision: str = "auto") -> StepImportance:
     """Load both runs (matched as a model schedule requires), analyse held-out batches of the heavy run's corpus,
     suggest a schedule; write `step-importance.json` and `.png` into `out_dir`."""
     from cofre.data.packing import load_corpus
@@ -218,10 +219,14 @@ def step_importance(heavy_run: Path, light_run: Path, times: list[float], batche
                          f"= {batches * batch_size}")
     data = [val[i * batch_size:(i + 1) * batch_size].to(heavy.device) for i in range(batches)]
     mask_id = heavy.recipe.model.mask_id
-    log_probs = [denoiser_log_probs(c.model, c.recipe.solver.eval_iters, c.recipe.task.eps, mask_id)
+    from cofre.precision import resolve_precision
+
+    run_precision = resolve_precision(precision, heavy.device)
+    log_probs = [denoiser_log_probs(c.model, c.recipe.solver.eval_iters, c.recipe.task.eps, mask_id, run_precision)
                  for c in (heavy, light)]
     weights = [{k: v for k, v in c.identity.items() if k != "code"} for c in (heavy, light)]  # code changes keep points
     settings = {"times": times, "batches": batches, "batch_size": batch_size, "seed": seed, "ema": ema,
+                "precision": run_precision,
                 "heavy": weights[0], "light": weights[1],
                 "iterations": {"heavy": step_iterations(heavy.recipe), "light": step_iterations(light.recipe)}}
     json_path = out_dir / "step-importance.json"

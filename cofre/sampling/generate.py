@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from cofre.checks import MAX_BUDGET, MAX_COUNT, MAX_SEED, check_memory, check_ra
 from cofre.data.tokenizer import text_tokenizer
 from cofre.errors import CofreError
 from cofre.sampling.budget import BudgetPlan, plan_budget
-from cofre.sampling.mdlm import MDLMSampler, SamplerConfig, StepRecord
+from cofre.sampling.conditioning import check_condition, condition_length, start_tokens
+from cofre.sampling.mdlm import MDLMSampler, SampleBatch, SamplerConfig, StepRecord
 from cofre.sampling.model_schedule import (
     check_compatible,
     parse_model_schedule,
@@ -51,7 +53,10 @@ class SampleSettings:
     batch_size: int = 8
     seed: int = 1
     top_p: float = 1.0
-    length: int | None = None  # default: the model's data.seq_len
+    temperature: float = 1.0  # softmax temperature of every draw
+    prefix: str | None = None  # conditional generation: a prompt the samples continue
+    infill: str | None = None  # ... or a template whose [mask] gaps are filled (one token each)
+    length: int | None = None  # default: the model's data.seq_len (an infill template: its own length)
     ema: bool = True
     noise_removal: bool = False
     cache: bool = False
@@ -167,6 +172,9 @@ def validate_settings(settings: SampleSettings, max_len: int | None = None) -> N
             raise CofreError(f"--gamma-{kind}-min must be <= --gamma-{kind}-max, got {low} > {high}")
     if not 0 < settings.top_p <= 1:
         raise CofreError(f"--top-p must be in (0, 1], got {settings.top_p}")
+    if not 0 < settings.temperature < float("inf"):
+        raise CofreError(f"--temperature must be a positive number, got {settings.temperature}")
+    check_condition(settings.prefix, settings.infill)
     if settings.tol is not None and not 0 < settings.tol < float("inf"):
         raise CofreError(f"--tol must be a positive number, got {settings.tol}")
     check_range("--length", settings.length, 1, max_len)  # max_len: the model's max_seq_len
@@ -217,7 +225,7 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
         raise CofreError(f"{ckpt.folder} is an image model; the text sampler needs a text (MDLM) checkpoint "
                          "(`cofre sample` on an image run draws images)")
     validate_settings(settings, recipe.model.max_seq_len)
-    length = settings.length or recipe.data.seq_len
+    length = sample_length(recipe, settings)
     check_sampling_memory(recipe.model, length, settings.batch_size, settings.num_samples, ckpt.device,
                           kept_per_sample=2048 + 100 * length)  # a record: ids, text, settings (Python objects)
     hook = None
@@ -233,11 +241,22 @@ def build_sampler(ckpt: LoadedCheckpoint, settings: SampleSettings, trace: bool 
         plan = plan_budget(recipe.model, settings.budget or 0, settings.steps, settings.schedule)
     reuse = ReuseConfig(settings.reuse, settings.gamma_mask_min, settings.gamma_mask_max, settings.gamma_changed_min,
                         settings.gamma_changed_max)
-    config = SamplerConfig(length=settings.length or recipe.data.seq_len, reuse=reuse, top_p=settings.top_p,
+    config = SamplerConfig(length=length, reuse=reuse, top_p=settings.top_p, temperature=settings.temperature,
                            noise_removal=settings.noise_removal, cache=settings.cache, tol=settings.tol, trace=trace,
                            precision=sampling_precision(settings.precision, ckpt.device, settings.shortcut))
     return MDLMSampler(ckpt.model, plan, config, eps=recipe.task.eps, light=light.model if light is not None else None,
                        hook=hook)
+
+
+def sample_length(recipe: Recipe, settings: SampleSettings) -> int:
+    """--length, else an infill template's own length, else the training sequence length."""
+    if settings.length is not None:
+        return settings.length
+    if settings.infill is not None:
+        length = condition_length(text_tokenizer(recipe.data), settings.infill, recipe.data.packing == "wrap") or 0
+        check_range("the --infill template's length in tokens", length, 1, recipe.model.max_seq_len)
+        return length
+    return recipe.data.seq_len
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
@@ -283,6 +302,8 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
     `<run>/samples/<tag>.jsonl`. An existing file is an error, replaced ("overwrite"), or read back ("reuse").
     With `light` and `settings.model_schedule`, each step runs the model the schedule names."""
     settings = with_schedule(ckpt, light, resolved(settings, ckpt.device))
+    if all(c.model.fixed_point is None for c in (ckpt, light) if c is not None):
+        settings = dataclasses.replace(settings, reuse="none")  # no solve, no warm start: one tag for the same draws
     sampler = build_sampler(ckpt, settings, trace=trace is not None, light=light)
     settings = dataclasses.replace(settings, budget=sampler.plan.budget)  # with a shortcut: the full steps' budget
     shortcut_sha256 = sampler.hook.identity.get("sha256") if sampler.hook is not None else None
@@ -299,40 +320,59 @@ def sample_checkpoint(ckpt: LoadedCheckpoint, settings: SampleSettings, out: Pat
         if path is not None and path.exists() and if_exists != "overwrite":
             raise CofreError(f"{path} exists; pass --overwrite to replace it")
     tokenizer = text_tokenizer(ckpt.recipe.data)
-    generator = torch.Generator(ckpt.device).manual_seed(settings.seed)
-    batches = [min(settings.batch_size, settings.num_samples - i) for i in range(0, settings.num_samples, settings.batch_size)]
+    start = conditioned_start(ckpt, sampler, settings)
+    for path in (out, trace):  # the folders exist before anything is drawn (a missing one fails now, not after)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     traces: list[list[StepRecord]] = []
     scheduled = _schedule_record(ckpt, light, settings)
     started = time.perf_counter()
-    progress = Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        disable=not show_progress)
-    with progress:
-        bar = progress.add_task("sample", total=len(batches))
-        for size in batches:
-            batch_start = time.perf_counter()
-            batch = sampler.sample(size, generator)
-            if ckpt.device.type == "cuda":
-                torch.cuda.synchronize()
-            batch_time = time.perf_counter() - batch_start
-            traces.append(batch.steps)
-            cost = {} if sampler.hook is None else {"shortcut": {**sampler.hook.identity, **shortcut_cost(
-                sampler.hook, sampler.cfg.length, sampler.plan)}}  # type: ignore[arg-type]
-            for ids in batch.tokens.tolist():
-                records.append({
-                    "ids": ids, "text": tokenizer.decode(ids), "settings": dataclasses.asdict(settings),
-                    "length": sampler.cfg.length, "plan": {"steps": sampler.plan.steps, "iterations": sampler.plan.iterations,
-                                                           **({"models": sampler.plan.models} if sampler.plan.models else {})},
-                    "blocks_spent": batch.blocks_spent, "blocks_per_step": [r.blocks for r in batch.steps],
-                    "batch_wall_time_s": batch_time, "checkpoint": identity, **scheduled, **cost,
-                })
-            progress.advance(bar)
+    for batch, batch_time in draw_batches(sampler, settings, start, ckpt.device, show_progress):
+        traces.append(batch.steps)
+        cost = {} if sampler.hook is None else {"shortcut": {**sampler.hook.identity, **shortcut_cost(
+            sampler.hook, sampler.cfg.length, sampler.plan)}}  # type: ignore[arg-type]
+        for ids in batch.tokens.tolist():
+            records.append({
+                "ids": ids, "text": tokenizer.decode(ids), "settings": dataclasses.asdict(settings),
+                "length": sampler.cfg.length, "plan": {"steps": sampler.plan.steps, "iterations": sampler.plan.iterations,
+                                                       **({"models": sampler.plan.models} if sampler.plan.models else {})},
+                "blocks_spent": batch.blocks_spent, "blocks_per_step": [r.blocks for r in batch.steps],
+                "batch_wall_time_s": batch_time, "checkpoint": identity, **scheduled, **cost,
+            })
     wall = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
     _write_jsonl(out, records)
     if trace is not None:
         _write_jsonl(trace, [{"batch": b, **dataclasses.asdict(r)} for b, steps in enumerate(traces) for r in steps])
     return _result(out, records, settings, sampler, traces, wall, identity)
+
+
+def conditioned_start(ckpt: LoadedCheckpoint, sampler: MDLMSampler, settings: SampleSettings) -> torch.Tensor | None:
+    """The tokens every sample starts from: all [mask], or a prompt / infill template (runs trained on wrapped
+    blocks start with [BOS])."""
+    if settings.prefix is None and settings.infill is None:
+        return None
+    return start_tokens(text_tokenizer(ckpt.recipe.data), ckpt.model.cfg.mask_id, sampler.cfg.length, settings.prefix,
+                        settings.infill, bos=ckpt.recipe.data.packing == "wrap")
+
+
+def draw_batches(sampler: MDLMSampler, settings: SampleSettings, start: torch.Tensor | None, device: torch.device,
+                 show_progress: bool) -> Iterator[tuple[SampleBatch, float]]:
+    """`settings.num_samples` samples in batches of `settings.batch_size` from one seeded generator, each batch with
+    its wall time; a progress bar when asked."""
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    sizes = [min(settings.batch_size, settings.num_samples - i) for i in range(0, settings.num_samples, settings.batch_size)]
+    progress = Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        disable=not show_progress)
+    with progress:
+        bar = progress.add_task("sample", total=len(sizes))
+        for size in sizes:
+            batch_start = time.perf_counter()
+            batch = sampler.sample(size, generator, start)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            yield batch, time.perf_counter() - batch_start
+            progress.advance(bar)
 
 
 def _weights(identity: Any) -> tuple[str, str | None] | None:

@@ -198,6 +198,33 @@ def image_grid(pixels: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
     return grid
 
 
+@dataclass
+class DrawnImages:
+    pixels: np.ndarray  # [N, S, S, C] uint8
+    codes: list[list[list[int]]]  # each sample's grid of codes
+    blocks_spent: list[int]  # per batch
+    traces: list[list[Any]]  # per batch: the steps' records
+    costs: list[dict[str, Any]]  # per batch: a shortcut's identity and cost
+
+
+def draw_images(sampler: MaskGITSampler, tokenizer: Any, labels: list[int], settings: ImageSampleSettings,
+                device: torch.device) -> DrawnImages:
+    """Images of the classes `labels` in batches of `settings.batch_size`, from one seeded generator, decoded."""
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    pixels, codes, spent, traces, costs = [], [], [], [], []
+    for start in range(0, len(labels), settings.batch_size):
+        batch_labels = torch.tensor(labels[start: start + settings.batch_size], device=device)
+        batch = sampler.sample(batch_labels, generator)
+        grid_codes = batch.tokens.view(-1, *tokenizer.grid)
+        pixels.append(to_uint8(tokenizer.decode(grid_codes)))
+        codes.extend(grid_codes.tolist())
+        spent.append(batch.blocks_spent)
+        traces.append(batch.steps)
+        if sampler.hook is not None:
+            costs.append({**sampler.hook.identity, **shortcut_cost(sampler.hook, sampler.cells, sampler.plan)})  # type: ignore[arg-type]
+    return DrawnImages(np.concatenate(pixels), codes, spent, traces, costs)
+
+
 def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Path | None = None,
                   overwrite: bool = False, trace: Path | None = None) -> ImageSampleResult:
     """Sample `settings.num_samples` images into `out` (default `<run>/samples/<tag>/`): one PNG each, grid.png
@@ -221,23 +248,14 @@ def sample_images(ckpt: LoadedCheckpoint, settings: ImageSampleSettings, out: Pa
     for path in (out, trace):
         if path is not None and path.exists() and not overwrite:
             raise CofreError(f"{path} exists; pass --overwrite to replace it")
-    generator = torch.Generator(ckpt.device).manual_seed(settings.seed)
     labels = class_labels(settings.classes, names, settings.num_samples, torch.Generator().manual_seed(settings.seed))
+    out.mkdir(parents=True, exist_ok=True)  # the folders exist before anything is drawn
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    pixels, codes, spent, traces, costs = [], [], [], [], []
-    for start in range(0, settings.num_samples, settings.batch_size):
-        batch_labels = torch.tensor(labels[start: start + settings.batch_size], device=ckpt.device)
-        batch = sampler.sample(batch_labels, generator)
-        grid_codes = batch.tokens.view(-1, *tokenizer.grid)
-        pixels.append(to_uint8(tokenizer.decode(grid_codes)))
-        codes.extend(grid_codes.tolist())
-        spent.append(batch.blocks_spent)
-        traces.append(batch.steps)
-        if sampler.hook is not None:
-            costs.append({**sampler.hook.identity, **shortcut_cost(sampler.hook, sampler.cells, sampler.plan)})  # type: ignore[arg-type]
+    drawn = draw_images(sampler, tokenizer, labels, settings, ckpt.device)
     wall = time.perf_counter() - started
-    images = np.concatenate(pixels)
-    out.mkdir(parents=True, exist_ok=True)
+    images, codes, spent, traces, costs = drawn.pixels, drawn.codes, drawn.blocks_spent, drawn.traces, drawn.costs
     for old in [*out.glob("sample-*.png"), out / "grid.png", out / "manifest.json"]:  # --overwrite: what we wrote
         old.unlink(missing_ok=True)
     rows = []

@@ -41,6 +41,7 @@ class SamplerConfig:
     length: int
     reuse: ReuseConfig = field(default_factory=ReuseConfig)
     top_p: float = 1.0  # nucleus sampling; 1 keeps the whole distribution
+    temperature: float = 1.0  # softmax temperature of every draw (logits / temperature, in float64)
     noise_removal: bool = False  # MDLM's final pass at t = 1e-5: argmax fill of what is still masked (the last step)
     cache: bool = False  # skip the network when no token is revealed (spends less); a shortcut's full steps still run
     tol: float | None = None  # adaptive stopping: leave the solve once every residual is below tol
@@ -92,9 +93,10 @@ def nucleus(log_p: Tensor, top_p: float) -> Tensor:
     return log_p.masked_fill(drop, float("-inf"))
 
 
-def draw_tokens(logits: Tensor, mask_id: int, top_p: float, greedy: bool, generator: torch.Generator) -> Tensor:
-    """Token values at revealed positions: SUBS ([mask] excluded), float64 (App. D.4), optional top-p."""
-    log_p = logits.double()[:, :mask_id].log_softmax(dim=-1)
+def draw_tokens(logits: Tensor, mask_id: int, top_p: float, greedy: bool, generator: torch.Generator,
+                temperature: float = 1.0) -> Tensor:
+    """Token values at revealed positions: SUBS ([mask] excluded), float64 (App. D.4), temperature, optional top-p."""
+    log_p = (logits.double()[:, :mask_id] / temperature).log_softmax(dim=-1)
     if greedy:
         return log_p.argmax(dim=-1)
     if top_p < 1.0:
@@ -115,11 +117,11 @@ def reveal(z: Tensor, t: Tensor | float, s: Tensor | float, mask_id: int, genera
 
 
 def fill_revealed(z: Tensor, revealed: Tensor, logits: Tensor, mask_id: int, top_p: float, greedy: bool,
-                  generator: torch.Generator) -> Tensor:
+                  generator: torch.Generator, temperature: float = 1.0) -> Tensor:
     """The second half: the revealed tokens take values drawn from `logits`, given at `revealed.nonzero()`
     positions in that order (float64, SUBS); every other token is kept."""
     z = z.clone()
-    z[revealed] = draw_tokens(logits, mask_id, top_p, greedy, generator)
+    z[revealed] = draw_tokens(logits, mask_id, top_p, greedy, generator, temperature)
     return z
 
 
@@ -185,10 +187,15 @@ class MDLMSampler:
         self.hook = hook  # MIGM-Shortcut's steps, or a trajectory recorder (cofre.sampling.shortcut)
 
     @torch.no_grad()
-    def sample(self, batch_size: int, generator: torch.Generator) -> SampleBatch:
+    def sample(self, batch_size: int, generator: torch.Generator, start: Tensor | None = None) -> SampleBatch:
+        """`batch_size` sequences from all-[mask], or from `start` ([length] ids, [mask] where to generate): only
+        masked positions are ever revealed, so the given tokens condition every step (a prompt, or infilling)."""
         cfg, plan = self.cfg, self.plan
         device = next(self.model.parameters()).device
-        z = torch.full((batch_size, cfg.length), self.mask_id, dtype=torch.long, device=device)
+        if start is None:
+            z = torch.full((batch_size, cfg.length), self.mask_id, dtype=torch.long, device=device)
+        else:
+            z = start.to(device=device, dtype=torch.long).expand(batch_size, cfg.length).clone()
         times = time_grid(plan.steps, cfg.noise_removal)
         h_prev: Tensor | None = None
         z_prev: Tensor | None = None
@@ -226,7 +233,7 @@ class MDLMSampler:
                     self.hook.observe(i, z, step.features)
                 logits = model.head_logits(step.features, cond, revealed.nonzero(as_tuple=True))
             greedy = cfg.noise_removal and i == plan.steps - 1  # MDLM's noise removal: argmax of the final pass
-            z = fill_revealed(z, revealed, logits, self.mask_id, cfg.top_p, greedy, generator)
+            z = fill_revealed(z, revealed, logits, self.mask_id, cfg.top_p, greedy, generator, cfg.temperature)
         for record, count in zip(records, torch.stack(counts).tolist()):
             record.revealed = count
         return SampleBatch(tokens=z, blocks_spent=spent, steps=records)

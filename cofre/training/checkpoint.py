@@ -216,6 +216,10 @@ def checkpoint_recipe(path: str | Path) -> Recipe:
     folder = resolve_checkpoint(path)
     config, values = folder / CONFIG_FILE, read_config(folder)
     require_kind(values, DENOISER, path, "run")  # a VQ, classifier or shortcut run is named, not read as a denoiser
+    from cofre.hub import exported_recipe, is_exported
+
+    if is_exported(values):  # a Hub-style folder (`cofre export`): its config holds the model, not a recipe
+        return exported_recipe(values, folder)
     if isinstance(values, dict):  # written before these fields existed: what those checkpoints were built with
         for section, key, old in LEGACY_DEFAULTS:
             if isinstance(values.get(section), dict):

@@ -78,9 +78,9 @@ def test_search_ranks_every_placement_and_resumes(pair: tuple[Path, Path], tmp_p
     draws: list[list[str]] = []
     original = MDLMSampler.sample
 
-    def counting(self: MDLMSampler, batch_size: int, generator: torch.Generator):  # type: ignore[no-untyped-def]
+    def counting(self: MDLMSampler, batch_size: int, generator: torch.Generator, start=None):  # type: ignore[no-untyped-def]
         draws.append(self.plan.models)
-        return original(self, batch_size, generator)
+        return original(self, batch_size, generator, start)
 
     monkeypatch.setattr(MDLMSampler, "sample", counting)
     console = Console(record=True, width=200)
@@ -151,7 +151,7 @@ def test_schedule_commands(pair: tuple[Path, Path], tmp_path: Path, tiny_gpt2_di
     # step importance: the table, the suggestion, JSON and PNG
     out = tmp_path / "importance"
     importance = cofre("step-importance", str(heavy), str(light), "--points", "3", "--batches", "1", "--batch-size", "2",
-                       "--steps", "8", "--saving", "0.4", "--device", "cpu", "--out-dir", str(out))
+                       "--steps", "8", "--saving", "0.4", "--device", "cpu", "--report-dir", str(out))
     assert importance.returncode == 0, importance.stderr[-2000:]
     result = json.loads((out / "step-importance.json").read_text())
     assert [round(p["t"], 4) for p in result["points"]] == [0.8333, 0.5, 0.1667]

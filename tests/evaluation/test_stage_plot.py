@@ -59,9 +59,9 @@ def test_evaluate_checkpoints_and_top_p_rows(tmp_path: Path, tiny_gpt2_dir: Path
     draws: list[float] = []
     original = MDLMSampler.sample
 
-    def counting(self: MDLMSampler, batch_size: int, generator: torch.Generator):  # type: ignore[no-untyped-def]
+    def counting(self: MDLMSampler, batch_size: int, generator: torch.Generator, start=None):  # type: ignore[no-untyped-def]
         draws.append(self.cfg.top_p)
-        return original(self, batch_size, generator)
+        return original(self, batch_size, generator, start)
 
     monkeypatch.setattr(MDLMSampler, "sample", counting)
     chosen = settings(tiny_gpt2_dir, checkpoints=["10", "step-000000020"], top_p=[1.0, 0.9])

@@ -101,11 +101,11 @@ def test_interrupted_sweep_draws_only_the_missing_cells(tmp_path: Path, tiny_gpt
     draws: list[int] = []  # one batch per cell: each sampler call is one cell drawn
     original = MDLMSampler.sample
 
-    def counting(self: MDLMSampler, batch_size: int, generator: torch.Generator):  # type: ignore[no-untyped-def]
+    def counting(self: MDLMSampler, batch_size: int, generator: torch.Generator, start=None):  # type: ignore[no-untyped-def]
         draws.append(self.plan.budget)
         if interrupt_at and len(draws) == interrupt_at:
             raise KeyboardInterrupt  # Ctrl-C while the third cell is being drawn
-        return original(self, batch_size, generator)
+        return original(self, batch_size, generator, start)
 
     monkeypatch.setattr(MDLMSampler, "sample", counting)
     console = Console(record=True, width=200)

@@ -57,7 +57,7 @@ def test_unreadable_traces_are_one_line_errors(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_trace_plot_writes_both_figures_and_compares_warm_starts(tmp_path: Path) -> None:
     none, full = write_trace(tmp_path / "none.jsonl", 1.0), write_trace(tmp_path / "full.jsonl", 0.01)
-    result = subprocess.run([sys.executable, "-m", "cofre", "trace-plot", str(none), str(full), "--out-dir",
+    result = subprocess.run([sys.executable, "-m", "cofre", "trace-plot", str(none), str(full), "--report-dir",
                              str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
                             env={**__import__("os").environ, "COLUMNS": "200"})
     assert result.returncode == 0, result.stderr[-2000:]

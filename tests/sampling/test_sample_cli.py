@@ -110,3 +110,34 @@ def test_precision_and_compile_are_recorded(trained_run: Path, tmp_path: Path) -
         assert all(len(r["ids"]) == 32 and 50257 not in r["ids"] and r["blocks_spent"] == 24 for r in rows[name])
     # the same seed in fp32, eager or compiled, draws the same tokens (float64 logits, same draws)
     assert [r["ids"] for r in rows["auto"]] == [r["ids"] for r in rows["compiled"]]
+
+
+@pytest.mark.slow
+def test_prefix_and_infill_from_the_command_line(trained_run: Path, tmp_path: Path) -> None:
+    from cofre.data.tokenizer import BOS_ID, gpt2_tokenizer
+
+    out = tmp_path / "prefix.jsonl"
+    result = cofre("sample", str(trained_run), "--budget", "24", "--num-samples", "2", "--prefix", "The river",
+                   "--temperature", "0.7", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    prompt = [BOS_ID, *gpt2_tokenizer().encode_ordinary("The river")]
+    for row in read(out):
+        assert row["ids"][: len(prompt)] == prompt and len(row["ids"]) == 32 and 50257 not in row["ids"]
+        assert row["settings"]["prefix"] == "The river" and row["settings"]["temperature"] == 0.7
+    out = tmp_path / "infill.jsonl"
+    result = cofre("sample", str(trained_run), "--budget", "24", "--num-samples", "2", "--infill",
+                   "A [mask] of [mask] water.", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for row in read(out):
+        assert row["text"].startswith("<|endoftext|>A") and row["text"].endswith(" water.")
+        assert 50257 not in row["ids"] and row["settings"]["infill"] == "A [mask] of [mask] water."
+
+
+@pytest.mark.slow
+def test_outputs_into_folders_that_do_not_exist_yet(trained_run: Path, tmp_path: Path) -> None:
+    """The samples file's and the trace's folders are made before anything is drawn."""
+    out, trace = tmp_path / "new" / "a.jsonl", tmp_path / "other" / "deep" / "t.jsonl"
+    result = cofre("sample", str(trained_run), "--budget", "12", "--num-samples", "1", "--out", str(out),
+                   "--trace", str(trace))
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and trace.is_file() and not list(trace.parent.glob(".*tmp*"))

@@ -58,7 +58,7 @@ def test_consistency_stage_selects_and_stops(parents: dict[str, Path]) -> None:
 @pytest.mark.slow
 def test_convert_then_adapt(parents: dict[str, Path]) -> None:
     converted = parents["root"] / "converted"
-    out = cofre("convert", str(parents["plain"]), "--map", "1,2,3", "--out", str(converted)).stdout
+    out = cofre("convert", str(parents["plain"]), "--map", "1,2,3", "--run-dir", str(converted)).stdout
     assert "source layer 2 -> fixed_point.blocks.0" in out.replace("\n", " ") or "fixed_point" in out
     summary = json.loads(cofre("inspect", str(resolve_checkpoint(converted)), "--json").stdout)
     assert (summary["K_pre"], summary["K_fp"], summary["K_post"]) == (1, 1, 1)
