@@ -105,3 +105,27 @@ def test_import_cofre_is_light() -> None:
     code = "import sys, cofre; print('cofre.api' in sys.modules, callable(cofre.load), cofre.Recipe.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.split() == ["False", "True", "Recipe"], out.stderr
+
+
+def test_an_image_run_exports_with_its_vq_tokenizer_and_generates(tmp_path: Path) -> None:
+    """An image export carries the VQ tokenizer run (image_tokenizer/) and the class names; it loads with the same
+    logits and draws images without the original run or the corpus."""
+    import shutil
+
+    import numpy as np
+    from image_runs import make_image_run, make_vq_run
+
+    run = make_image_run(tmp_path, make_vq_run(tmp_path), (1, 1, 1), "img")
+    out = cofre.load(run).save_pretrained(tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "fp-maskgit" and len(config["image"]["class_names"]) == 10
+    assert (out / "image_tokenizer" / "model.safetensors").is_file()
+    labels = torch.zeros(2, dtype=torch.long)
+    z = torch.randint(0, 8, (2, cofre.load(run).recipe.model.max_seq_len))
+    expected = cofre.load(run).logits(z, labels)
+    shutil.rmtree(tmp_path / "img")
+    shutil.rmtree(tmp_path / "vq-test")
+    exported = cofre.load(out)
+    assert torch.equal(exported.logits(z, labels), expected)
+    images = exported.generate(2, budget=4, classes=[0, "Trouser"])
+    assert len(images) == 2 and images[0].dtype == np.uint8 and images[0].shape[-1] == 1
