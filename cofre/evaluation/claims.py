@@ -354,6 +354,8 @@ class ImageFeatures:
         self.name = f"classifier:{Path(judge).name}"
         reference = self.features(load_images(data, "val")[0])
         self.mu, self.cov = reference.mean(0), np.cov(reference, rowvar=False)
+        values, vectors = np.linalg.eigh(self.cov)
+        self.cov_sqrt = (vectors * np.sqrt(values.clip(min=0))) @ vectors.T  # the reference's symmetric square root
 
     def features(self, images: Any) -> np.ndarray:
         import torch
@@ -362,11 +364,11 @@ class ImageFeatures:
             return torch.cat([self.model(images[i:i + 500])[0] for i in range(0, len(images), 500)]).double().numpy()
 
     def fid(self, features: np.ndarray) -> float:
-        from scipy import linalg
-
+        """|mu - mu_r|^2 + tr(C + C_r - 2 (C C_r)^1/2), with tr (C C_r)^1/2 = the sum of the square roots of the
+        eigenvalues of C_r^1/2 C C_r^1/2 (symmetric, so one eigvalsh: thousands of bootstrap draws stay cheap)."""
         mu, cov = features.mean(0), np.cov(features, rowvar=False)
-        covmean = linalg.sqrtm(cov @ self.cov).real
-        return float(((mu - self.mu) ** 2).sum() + np.trace(cov + self.cov - 2 * covmean))
+        root_trace = np.sqrt(np.linalg.eigvalsh(self.cov_sqrt @ cov @ self.cov_sqrt).clip(min=0)).sum()
+        return float(((mu - self.mu) ** 2).sum() + np.trace(cov) + np.trace(self.cov) - 2 * root_trace)
 
     def of_folder(self, folder: str) -> np.ndarray:
         from cofre.evaluation.fid import read_png_folder
