@@ -119,6 +119,12 @@ class Bootstrap:
         index = self.rng.integers(0, len(values), size=(self.draws, len(values)))
         return np.array([stat(values[i]) for i in index])
 
+    @staticmethod
+    def interval(label: str, point: float, draws: np.ndarray, n: int, unit: str = "") -> Estimate:
+        """The percentile interval of statistics already drawn (one set of draws serves several estimates)."""
+        low, high = np.percentile(draws, [2.5, 97.5])
+        return Estimate(label, float(point), float(low), float(high), n, unit)
+
     def estimate(self, label: str, values: np.ndarray, stat: Callable[[np.ndarray], float], unit: str = "") -> Estimate:
         low, high = np.percentile(self.resample(values, stat), [2.5, 97.5])
         return Estimate(label, float(stat(values)), float(low), float(high), len(values), unit)
@@ -401,9 +407,13 @@ def c6_images(spec: ClaimsSpec, boot: Bootstrap) -> Claim:
         feats = {role: bank.of_folder(image_cell(run, budget, reuse, bank.name, spec.image_samples)["samples"])
                  for role, run, reuse in (("MaskGIT", i.maskgit, "none"), ("FP-MaskGIT", i.fp_maskgit, "none"),
                                           ("CoFRe", i.cofre, "3sr"))}
-        claim.estimates += [boot.estimate(f"{role} FID at {budget}", f, bank.fid) for role, f in feats.items()]
-        for a, b in (("FP-MaskGIT", "MaskGIT"), ("CoFRe", "FP-MaskGIT")):
-            ratio = boot.ratio(f"FID {a} / {b} at {budget}", feats[a], feats[b], bank.fid)
+        points = {role: bank.fid(f) for role, f in feats.items()}
+        draws = {role: boot.resample(f, bank.fid) for role, f in feats.items()}  # each role resampled once
+        claim.estimates += [boot.interval(f"{role} FID at {budget}", points[role], draws[role], len(feats[role]))
+                            for role in feats]
+        for a, b in (("FP-MaskGIT", "MaskGIT"), ("CoFRe", "FP-MaskGIT")):  # a and b resampled independently
+            ratio = boot.interval(f"FID {a} / {b} at {budget}", points[a] / points[b], draws[a] / draws[b],
+                                  min(len(feats[a]), len(feats[b])), "ratio")
             claim.estimates.append(ratio)
             tests.append(below_one(ratio))
     claim.verdict, claim.reason = verdict_of(tests)
@@ -433,11 +443,12 @@ def c8_shortcut(spec: ClaimsSpec, boot: Bootstrap) -> Claim:
 
     bank = ImageFeatures(spec.image_judge, checkpoint_recipe(summary["run"]).data)
     feats = {k: bank.of_folder(r["samples"]) for k, r in rows.items()}
-    claim.estimates += [boot.estimate(f"FID vanilla {k}" if k != "shortcut" else "FID shortcut", f, bank.fid)
-                        for k, f in feats.items()]
-    gap = {k: boot.resample(feats[k], bank.fid) for k in feats}
+    gap = {k: boot.resample(feats[k], bank.fid) for k in feats}  # each row resampled once
+    fid = {k: bank.fid(f) for k, f in feats.items()}
+    claim.estimates += [boot.interval(f"FID vanilla {k}" if k != "shortcut" else "FID shortcut", fid[k], gap[k],
+                                      len(feats[k])) for k in feats]
     closer = np.abs(gap["shortcut"] - gap["N"]) - np.abs(gap["B"] - gap["N"])
-    point = abs(bank.fid(feats["shortcut"]) - bank.fid(feats["N"])) - abs(bank.fid(feats["B"]) - bank.fid(feats["N"]))
+    point = abs(fid["shortcut"] - fid["N"]) - abs(fid["B"] - fid["N"])
     low, high = np.percentile(closer, [2.5, 97.5])
     claim.estimates.append(Estimate("|FID S - FID N| - |FID B - FID N|", point, float(low), float(high),
                                     len(feats["N"]), "difference"))
