@@ -2,13 +2,13 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from processes import start_and_kill_after_checkpoint
 
 from cofre.training.checkpoint import load_train_state
 
@@ -33,15 +33,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, tiny_recipe: 
     subprocess.run(train_cmd(tiny_recipe, reference, final), check=True, capture_output=True, env=env, cwd=ROOT)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(tiny_recipe, killed, 10_000), env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = killed / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while not latest.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed_from = int(latest.read_text().strip().split("-")[1])
+    resumed_from = start_and_kill_after_checkpoint(train_cmd(tiny_recipe, killed, 10_000), killed, env)
     assert 4 <= resumed_from < final, "the kill must land after a checkpoint and before the end"
 
     result = subprocess.run(train_cmd(tiny_recipe, killed, final), capture_output=True, text=True, env=env, cwd=ROOT)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import start_and_kill_after_checkpoint
+
 from cofre.config import load_recipe
 from cofre.training.loop import train
 
@@ -40,18 +42,6 @@ def distill(parent: Path, run: Path, steps: int, round_steps: int = 4) -> list[s
 def losses(run: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records if "loss" in r}
-
-
-def start_and_kill_after_checkpoint(cmd: list[str], run: Path) -> int:
-    """Start `cmd`, SIGKILL it once a checkpoint exists; the step it will resume from."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = run / "checkpoints" / "latest"
-    deadline = time.time() + 180
-    while not latest.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return int(latest.read_text().strip().split("-")[1])
 
 
 @pytest.mark.slow
